@@ -1,0 +1,51 @@
+"""
+dispycos: distributed communicating tasks on Twisted.
+
+A L{Computation} ships code to servers that C{dispycosnode} runs on every
+compute host; tasks there exchange messages with the client and each other.
+"""
+
+from ._version import __version__
+from .client import Client, Computation
+from .errors import (
+    AuthenticationError,
+    ComputationClosed,
+    DispycosError,
+    NoServerError,
+    PayloadTooLarge,
+    PicklingError,
+    RemoteTaskError,
+    ScheduleError,
+    SetupError,
+    TaskAbandoned,
+    TaskError,
+    TaskTerminated,
+    UnknownTaskError,
+)
+from .local import LocalCluster
+from .scheduler import Scheduler
+from .status import (
+    DispycosNodeAvailInfo,
+    DispycosNodeInfo,
+    DispycosStatus,
+    DispycosTaskInfo,
+    Location,
+    Status,
+    TaskInfo,
+)
+from .tasks import RemoteTask, Task, TaskRef, TimeoutError
+
+# Status codes at module level for "from dispycos import *", except the two
+# names that are the exception classes.
+_status_names = [s.name for s in Status if s.name not in ("TaskTerminated", "TaskAbandoned")]
+globals().update({name: Status[name] for name in _status_names})
+MinPulseInterval = 1
+MaxPulseInterval = 100
+
+__all__ = [
+    "__version__", "Client", "Computation", "Scheduler", "LocalCluster", "Task", "TaskRef", "RemoteTask",
+    "Location", "Status", "DispycosStatus", "DispycosNodeInfo", "DispycosNodeAvailInfo", "DispycosTaskInfo",
+    "TaskInfo", "DispycosError", "ScheduleError", "RemoteTaskError", "TaskTerminated", "TaskAbandoned",
+    "TaskError", "NoServerError", "ComputationClosed", "PayloadTooLarge", "PicklingError", "SetupError",
+    "AuthenticationError", "UnknownTaskError", "TimeoutError", "MinPulseInterval", "MaxPulseInterval",
+] + _status_names

@@ -1,0 +1,386 @@
+# -*- test-case-name: tests.test_core -*-
+"""
+The client API: L{Computation} packages code, schedules it and creates remote
+tasks. Every method returns a Deferred.
+"""
+
+import inspect
+import os
+import sys
+import time
+import types
+
+from twisted.internet import defer
+from twisted.logger import Logger
+
+from . import config, serialize
+from .errors import ComputationClosed, DispycosError, PicklingError, ScheduleError
+from .status import DispycosStatus, Location, Status, TaskInfo
+from .tasks import OK, ERROR, RemoteTask, Task, outcome_result
+
+_ANY_CALLABLE = (types.FunctionType, type)
+
+
+def _component_name(obj):
+    return getattr(obj, "__qualname__", None) or getattr(obj, "__name__", None)
+
+
+class Computation:
+    """
+    A computation: code (C{components}) that runs as tasks on servers.
+
+    @param components: functions (generator, coroutine or plain), classes,
+        modules and paths of files. Functions and classes travel with
+        cloudpickle; modules and files are copied to every node.
+    @param status_task: a local L{Task} (messages go to its mailbox) or a
+        callable, given every L{DispycosStatus}.
+    """
+
+    log = Logger()
+
+    def __init__(self, components, pulse_interval=10, node_allocations=(), status_task=None,
+                 node_setup=None, server_setup=None, disable_nodes=False, disable_servers=False,
+                 peers_communicate=False, secret="", certfile=None, keyfile=None, cafile=None,
+                 dest_path=None, nodes=None, **unknown):
+        if unknown:
+            raise TypeError("Computation() got unexpected arguments: %s" % ", ".join(sorted(unknown)))
+        if not isinstance(components, (list, tuple)):
+            components = [components]
+        if not (config.MinPulseInterval <= pulse_interval <= config.MaxPulseInterval):
+            raise ValueError("pulse_interval must be between %s and %s" % (config.MinPulseInterval, config.MaxPulseInterval))
+        if status_task is not None and not (isinstance(status_task, Task) or callable(status_task)):
+            raise TypeError("status_task must be a Task or a callable, not %r" % (status_task,))
+        self.pulse_interval = pulse_interval
+        self.node_allocations = list(node_allocations or ()) + list(nodes or ())
+        self.status_task = status_task
+        self.node_setup = node_setup
+        self.server_setup = server_setup
+        self.disable_nodes = disable_nodes
+        self.disable_servers = disable_servers
+        self.peers_communicate = peers_communicate
+        self.secret = secret
+        self.dest_path = dest_path
+        self._code = {}
+        self._files = []
+        for item in components:
+            self._add_component(item)
+        for fn in (node_setup, server_setup):
+            if fn is not None:
+                if not callable(fn):
+                    raise TypeError("setup function %r is not callable" % (fn,))
+                self._code.setdefault(_component_name(fn), fn)
+        for obj in self._code.values():
+            serialize.register_by_value(obj)
+        try:
+            self._components_blob = serialize.dumps(self._code, "components")
+        except PicklingError as e:
+            raise TypeError("components cannot be pickled: %s" % e) from e
+        self.id = None
+        self.key = None
+        self._scheduler = None
+        self._pending_schedule = None
+        self._active = False
+        self._closing = False
+        self._closed = False
+        self._tasks = {}
+        self._ready_timer = None
+        self._exit_trigger = None
+
+    def _add_component(self, item):
+        if isinstance(item, str):
+            path = os.path.abspath(item)
+            if not os.path.isfile(path):
+                raise ValueError("component %r is not a readable file" % (item,))
+            self._add_file(path)
+        elif isinstance(item, types.ModuleType):
+            path = getattr(item, "__file__", None)
+            if not path or not path.endswith((".py", ".pyc")):
+                raise ValueError("module component %r has no Python source file" % (item.__name__,))
+            if path.endswith(".pyc"):
+                path = path[:-1]
+            self._add_file(os.path.abspath(path), item.__name__.rpartition(".")[0].replace(".", os.sep))
+        elif isinstance(item, _ANY_CALLABLE) or inspect.isroutine(item):
+            name = _component_name(item)
+            if not name:
+                raise ValueError("component %r has no name" % (item,))
+            self._code[name] = item
+        else:
+            raise TypeError("invalid component %r: give functions, classes, modules or file paths" % (item,))
+
+    def _add_file(self, path, subdir=None):
+        cwd = os.getcwd()
+        if subdir is None:
+            rel = os.path.relpath(path, cwd)
+            name = rel if not rel.startswith("..") else os.path.basename(path)
+        else:
+            name = os.path.join(subdir, os.path.basename(path)) if subdir else os.path.basename(path)
+        if any(n == name for n, _ in self._files):
+            return
+        try:
+            with open(path, "rb") as f:
+                data = f.read()
+        except OSError as e:
+            raise ValueError("component %r is not readable: %s" % (path, e))
+        self._files.append((name, data))
+
+    # -- status -------------------------------------------------------------------
+
+    def _status(self, status, info=None):
+        target = self.status_task
+        if target is None:
+            return
+        msg = DispycosStatus(status, info)
+        try:
+            if isinstance(target, Task):
+                target.send(msg)
+            else:
+                target(msg)
+        except Exception:
+            self.log.failure("status_task failed on {msg}", msg=msg)
+
+    # -- scheduling -------------------------------------------------------------
+
+    def schedule(self, location=None, timeout=None):
+        """
+        Deferred firing with 0 once this computation is active and a server
+        is ready; errbacks with L{ScheduleError} (see the manual).
+        """
+        if self._active or self._pending_schedule is not None:
+            return defer.fail(ScheduleError("computation is already scheduled"))
+        if self._closed:
+            return defer.fail(ScheduleError("computation is closed"))
+        from .scheduler import Scheduler
+
+        if location is None:
+            scheduler = Scheduler._instance
+            if scheduler is None:
+                return defer.fail(ScheduleError(
+                    "no scheduler: create dispycos.Scheduler(nodes=[...]) in this process, "
+                    "use dispycos.LocalCluster, or give the location of a shared scheduler"))
+        else:
+            return defer.fail(ScheduleError("shared schedulers are not supported yet (location %r)" % (location,)))
+        self._scheduler = scheduler
+        self.reactor = scheduler.reactor
+        self.runtime = scheduler.runtime
+        d = self._pending_schedule = defer.Deferred()
+        try:
+            scheduler.submit(self)
+        except DispycosError as e:
+            self._pending_schedule = None
+            return defer.fail(e)
+        if timeout is not None:
+            call = self.reactor.callLater(timeout, lambda: self._schedule_failed(
+                ScheduleError("not scheduled within %s s%s" % (timeout, self._node_report()))))
+            d.addBoth(lambda r: (call.cancel() if call.active() else None, r)[1])
+        self._exit_trigger = self.reactor.addSystemEventTrigger("before", "shutdown", self._close_at_exit)
+        return d
+
+    def _node_report(self):
+        links = self._scheduler.links.values() if self._scheduler else ()
+        parts = ["%s: %s" % (l.location, l.refusal or l.state) for l in links]
+        return (" (nodes: %s)" % ", ".join(parts)) if parts else " (no nodes known)"
+
+    def _activated(self):
+        self._active = True
+        self._ready_timer = self.reactor.callLater(60, lambda: self._schedule_failed(
+            ScheduleError("no server ready 60 s after activation%s" % self._node_report())))
+
+    def _server_ready(self):
+        if self._ready_timer is not None and self._ready_timer.active():
+            self._ready_timer.cancel()
+        d, self._pending_schedule = self._pending_schedule, None
+        if d is not None:
+            d.callback(0)
+
+    def _schedule_failed(self, exc):
+        d, self._pending_schedule = self._pending_schedule, None
+        if d is None:
+            return
+        if self._ready_timer is not None and self._ready_timer.active():
+            self._ready_timer.cancel()
+        scheduler = self._scheduler
+        self._active = False
+        self._closed = True
+        self._remove_exit_trigger()
+        if scheduler is not None:
+            scheduler.release(self)
+        d.errback(exc)
+
+    def _remove_exit_trigger(self):
+        if self._exit_trigger is not None:
+            try:
+                self.reactor.removeSystemEventTrigger(self._exit_trigger)
+            except (ValueError, KeyError):
+                pass
+            self._exit_trigger = None
+
+    def _close_at_exit(self):
+        self._exit_trigger = None
+        if self._active and not self._closed:
+            return self.close(terminate=True)
+
+    # -- remote tasks ---------------------------------------------------------------
+
+    def _code_for(self, fn):
+        name = _component_name(fn)
+        if name is not None and self._code.get(name) is fn:
+            return name, None
+        if not callable(fn):
+            raise TypeError("%r is not a function" % (fn,))
+        serialize.register_by_value(fn)
+        return "", serialize.dumps(fn, "function %s" % (name,))
+
+    @defer.inlineCallbacks
+    def _run(self, where, fn, args, kwargs, cpu):
+        if not self._active or self._closing:
+            raise ComputationClosed("computation is not scheduled" if not self._closing else "computation is closing")
+        name, code = self._code_for(fn)
+        for obj in list(args) + list(kwargs.values()):
+            serialize.register_by_value(type(obj))
+        argblob = serialize.dumps((args, kwargs), "arguments of %s" % (_component_name(fn),))
+        from .protocol import commands
+
+        if where is not None and not isinstance(where, Location):
+            where = str(where)
+        entry = yield self._scheduler.place(self, cpu, where)
+        try:
+            r = yield self.runtime.call(entry.location, commands.RunTask, function=name, code=code, args=argblob)
+        except Exception:
+            self._scheduler.task_done(entry, cpu)
+            raise
+        info = TaskInfo(None, args, kwargs, time.time())
+        rtask = RemoteTask(entry.location, r["task"], r["name"], computation=self, info=info)
+        info.task = rtask
+        rtask._entry = entry
+        rtask._cpu = cpu
+        self._tasks[(rtask.location, rtask.tid)] = rtask
+        self._status(Status.TaskCreated, info)
+        self.runtime.expect(rtask)
+        return rtask
+
+    def _task_ended(self, rtask):
+        self._tasks.pop((rtask.location, rtask.tid), None)
+        if self._scheduler is not None:
+            self._scheduler.task_done(rtask._entry, rtask._cpu)
+        info = rtask.info
+        info.end_time = time.time()
+        kind, value = rtask.outcome
+        if kind == OK:
+            info.result = value
+        else:
+            info.exception = outcome_result(rtask.outcome, rtask).value
+        self._status(Status.TaskFinished, info)
+
+    def run_at(self, where, fn, *args, **kwargs):
+        """
+        Deferred firing with a L{RemoteTask} for C{fn(*args, **kwargs)} on node
+        C{where} (IP or name) or server C{where} (a L{Location}), once it has
+        no CPU task.
+        """
+        return self._run(where, fn, args, kwargs, True)
+
+    def run(self, fn, *args, **kwargs):
+        """Deferred firing with a L{RemoteTask} on the least-loaded free server."""
+        return self._run(None, fn, args, kwargs, True)
+
+    def run_async_at(self, where, fn, *args, **kwargs):
+        """As L{run_at}, but the task does not count as a CPU task."""
+        return self._run(where, fn, args, kwargs, False)
+
+    def run_async(self, fn, *args, **kwargs):
+        """As L{run}, but the task does not count as a CPU task."""
+        return self._run(None, fn, args, kwargs, False)
+
+    @defer.inlineCallbacks
+    def run_result_at(self, where, fn, *args, **kwargs):
+        """Deferred firing with the result of C{fn} run at C{where}."""
+        rtask = yield self.run_at(where, fn, *args, **kwargs)
+        result = yield rtask.result()
+        return result
+
+    @defer.inlineCallbacks
+    def run_result(self, fn, *args, **kwargs):
+        """Deferred firing with the result of C{fn} run on some server."""
+        rtask = yield self.run(fn, *args, **kwargs)
+        result = yield rtask.result()
+        return result
+
+    def run_results(self, fn, iterable, progress=False):
+        """
+        Deferred firing with the list of results of C{fn} over C{iterable}, in
+        input order (a tuple item is the argument list). Errbacks with the
+        first failure.
+        """
+        items = [item if isinstance(item, tuple) else (item,) for item in iterable]
+        done = [0]
+
+        def tick(result):
+            done[0] += 1
+            if progress:
+                sys.stderr.write("\r%s: %d/%d done" % (_component_name(fn), done[0], len(items)))
+                if done[0] == len(items):
+                    sys.stderr.write("\n")
+            return result
+
+        ds = [self.run_result(fn, *args).addBoth(tick) for args in items]
+        if not ds:
+            return defer.succeed([])
+        d = defer.gatherResults(ds, consumeErrors=True)
+        d.addErrback(lambda f: f.value.subFailure if isinstance(f.value, defer.FirstError) else f)
+        return d
+
+    # pycos names
+    rtask_at = run_at
+    rtask = run
+    io_rtask_at = run_async_at
+    io_rtask = run_async
+
+    # -- queries -----------------------------------------------------------------------
+
+    def nodes(self):
+        """Deferred firing with the addresses of the nodes in use."""
+        if not self._active:
+            return defer.succeed([])
+        return defer.succeed(sorted({e.node.addr for e in self._scheduler.servers}))
+
+    def servers(self):
+        """Deferred firing with the L{Location}s of the servers in use."""
+        if not self._active:
+            return defer.succeed([])
+        return defer.succeed([e.location for e in self._scheduler.servers])
+
+    # -- closing --------------------------------------------------------------------
+
+    @defer.inlineCallbacks
+    def close(self, await_async=False, terminate=False):
+        """
+        Close the computation: wait for its CPU tasks (and asynchronous ones
+        when C{await_async}), terminate the rest (every task when
+        C{terminate}), release the nodes. Fires with None.
+        """
+        if self._closed or self._closing:
+            return None
+        if self._pending_schedule is not None:
+            self._schedule_failed(ScheduleError("computation closed before it was scheduled"))
+            return None
+        if not self._active:
+            return None
+        self._closing = True
+        self._remove_exit_trigger()
+        tasks = list(self._tasks.values())
+        if terminate:
+            waits = [t.terminate() for t in tasks]
+        else:
+            waits = [t.result() for t in tasks if t._cpu or await_async]
+        yield defer.DeferredList(waits, consumeErrors=True)
+        leftovers = [t.terminate() for t in self._tasks.values()]
+        if leftovers:
+            yield defer.DeferredList(leftovers, consumeErrors=True)
+        yield self._scheduler.release(self, terminate=True)
+        self._active = False
+        self._closed = True
+        self._status(Status.ComputationClosed, self.id)
+        return None
+
+
+Client = Computation

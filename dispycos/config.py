@@ -1,0 +1,60 @@
+# -*- test-case-name: tests.test_units -*-
+"""
+Defaults and limits shared by every dispycos process.
+"""
+
+import os
+import tempfile
+
+#: Default scheduler port (TCP and UDP).
+SchedulerPort = 9705
+#: Default node port (TCP and UDP); the node's servers follow it.
+NodePort = 9706
+
+#: Lowest and highest pulse interval a computation may ask for (seconds).
+MinPulseInterval = 1
+MaxPulseInterval = 100
+#: A peer that misses this many pulses is declared lost.
+MissedPulses = 5
+
+#: Protocol version; peers with another version refuse each other.
+ProtocolVersion = 1
+
+#: Largest payload (pickled function, argument, result or message) sent inline.
+MaxInlineBytes = 16 * 1024 * 1024
+
+#: Seconds an unauthenticated connection may take to finish the handshake.
+HandshakeTimeout = 10
+
+#: Seconds a server gets to end its tasks before it is killed.
+ServerKillGrace = 5
+
+
+def default_dest_path():
+    """
+    The default prefix under which nodes and clients keep computation files.
+    """
+    return os.path.join(tempfile.gettempdir(), "dispycos")
+
+
+def parse_size(text):
+    """
+    Parse a size such as C{"10m"} (suffixes k, m, g, t; powers of 1024).
+
+    @raise ValueError: for anything else.
+    """
+    if isinstance(text, int):
+        return text
+    text = str(text).strip().lower()
+    if not text:
+        return 0
+    factor = 1
+    for i, suffix in enumerate("kmgt", 1):
+        if text.endswith(suffix):
+            factor = 1024**i
+            text = text[:-1]
+            break
+    value = int(text)
+    if value < 0:
+        raise ValueError("size must not be negative")
+    return value * factor

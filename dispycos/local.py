@@ -1,0 +1,136 @@
+# -*- test-case-name: tests.test_core -*-
+"""
+L{LocalCluster}: a real node as a child process on a free loopback port, with
+a generated secret, plus a private scheduler: zero set-up for trying dispycos.
+"""
+
+import os
+import re
+import secrets
+import shutil
+import signal
+import sys
+import tempfile
+
+from twisted.internet import defer, error
+from twisted.internet.protocol import ProcessProtocol
+from twisted.logger import Logger
+
+from .errors import DispycosError
+
+_READY = re.compile(rb"ready at (\S+):(\d+) with (\d+) servers")
+
+
+class _NodeProcess(ProcessProtocol):
+    log = Logger()
+
+    def __init__(self, echo):
+        self.ready = defer.Deferred()
+        self.ended = defer.Deferred()
+        self.echo = echo
+        self._buf = b""
+        self.output = []
+
+    def outReceived(self, data):
+        if self.echo:
+            sys.stdout.buffer.write(data)
+            sys.stdout.flush()
+        if not self.ready.called:
+            self._buf += data
+            m = _READY.search(self._buf)
+            if m:
+                self.ready.callback((m.group(1).decode(), int(m.group(2)), int(m.group(3))))
+
+    def errReceived(self, data):
+        self.output.append(data)
+        del self.output[:-50]
+        if self.echo:
+            sys.stderr.buffer.write(data)
+            sys.stderr.flush()
+
+    def processEnded(self, reason):
+        if not self.ready.called:
+            tail = b"".join(self.output).decode("utf-8", "replace")[-2000:]
+            self.ready.errback(DispycosError("dispycosnode exited before it was ready:\n%s" % tail))
+        self.ended.callback(None)
+
+
+class LocalCluster:
+    """
+    A node (C{cpus} servers) in a child process and a private L{Scheduler}
+    connected to it. Use C{async with LocalCluster(cpus=2):} or
+    C{yield cluster.start()} ... C{yield cluster.stop()}.
+
+    @param echo: copy the node's output (including tasks' prints) to ours.
+    """
+
+    def __init__(self, cpus=2, reactor=None, echo=False, debug=False, **scheduler_options):
+        if reactor is None:
+            from twisted.internet import reactor
+        self.reactor = reactor
+        self.cpus = cpus
+        self.echo = echo
+        self.debug = debug
+        self.scheduler_options = scheduler_options
+        self.secret = secrets.token_hex(16)
+        self.scheduler = None
+        self.node_location = None
+        self.pid = None
+        self._proc = None
+        self._dir = None
+
+    @defer.inlineCallbacks
+    def start(self):
+        """Start the node and the scheduler; fires with this cluster."""
+        from .scheduler import Scheduler
+
+        self._dir = tempfile.mkdtemp(prefix="dispycos-local-")
+        argv = [sys.executable, "-m", "dispycos.scripts", "-c", str(self.cpus), "-i", "127.0.0.1",
+                "--tcp_ports", "0", "--dest_path", self._dir, "--daemon"]
+        if self.debug:
+            argv.append("-d")
+        env = dict(os.environ)
+        env["DISPYCOS_SECRET"] = self.secret
+        env["PYTHONPATH"] = os.pathsep.join(p for p in sys.path if p)
+        self._proc = _NodeProcess(self.echo)
+        transport = self.reactor.spawnProcess(self._proc, sys.executable, argv, env=env)
+        self.pid = transport.pid
+        try:
+            host, port, _ = yield self._proc.ready
+        except Exception:
+            yield self.stop()
+            raise
+        self.node_location = "%s:%d" % (host, port)
+        self.scheduler = Scheduler(nodes=[self.node_location], secret=self.secret, reactor=self.reactor,
+                                   **self.scheduler_options)
+        return self
+
+    @defer.inlineCallbacks
+    def stop(self):
+        """Close the scheduler, stop the node (by its PID) and remove its files."""
+        if self.scheduler is not None:
+            yield self.scheduler.close()
+            self.scheduler = None
+        if self._proc is not None and not self._proc.ended.called:
+            self._signal(signal.SIGTERM)
+            killer = self.reactor.callLater(10, self._signal, signal.SIGKILL)
+            yield self._proc.ended
+            if killer.active():
+                killer.cancel()
+        if self._dir is not None:
+            shutil.rmtree(self._dir, ignore_errors=True)
+            self._dir = None
+
+    def _signal(self, sig):
+        try:
+            self._proc.transport.signalProcess(sig)
+        except (error.ProcessExitedAlready, OSError, AttributeError):
+            pass
+
+    async def __aenter__(self):
+        await self.start()
+        return self
+
+    async def __aexit__(self, *exc):
+        await self.stop()
+        return False

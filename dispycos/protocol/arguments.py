@@ -1,0 +1,98 @@
+# -*- test-case-name: tests.test_protocol -*-
+"""
+AMP argument types for values larger than AMP's 64 KiB limit.
+
+None of these unpickle: they carry bytes, and the responders decide, after
+the peer authenticated, what to decode.
+"""
+
+import struct
+
+from twisted.protocols import amp
+
+from ..config import MaxInlineBytes
+from ..errors import PayloadTooLarge
+
+_PIECE = 0xFFFF
+
+
+class BigBytes(amp.Argument):
+    """
+    Bytes of any length up to C{cap}, split over the keys C{name}, C{name.2},
+    C{name.3}, ... of one box.
+    """
+
+    def __init__(self, optional=False, cap=MaxInlineBytes):
+        super().__init__(optional)
+        self.cap = cap
+
+    def toBox(self, name, strings, objects, proto):
+        value = self.retrieve(objects, amp._wireNameToPythonIdentifier(name), proto)
+        if value is None and self.optional:
+            return
+        value = bytes(value) if not isinstance(value, bytes) else value
+        if len(value) > self.cap:
+            raise PayloadTooLarge(
+                "payload of %d bytes exceeds the inline cap of %d bytes" % (len(value), self.cap)
+            )
+        view = memoryview(value)
+        strings[name] = bytes(view[:_PIECE])
+        for i, start in enumerate(range(_PIECE, len(value), _PIECE), 2):
+            strings[b"%s.%d" % (name, i)] = bytes(view[start : start + _PIECE])
+
+    def fromBox(self, name, strings, objects, proto):
+        key = amp._wireNameToPythonIdentifier(name)
+        first = strings.get(name)
+        if first is None:
+            if self.optional:
+                objects[key] = None
+                return
+            raise KeyError(name)
+        pieces = [first]
+        i = 2
+        while True:
+            piece = strings.get(b"%s.%d" % (name, i))
+            if piece is None:
+                break
+            pieces.append(piece)
+            i += 1
+            if len(pieces) * _PIECE > self.cap + _PIECE:
+                raise PayloadTooLarge("incoming payload exceeds the inline cap")
+        objects[key] = b"".join(pieces) if len(pieces) > 1 else first
+
+
+_ITEM = struct.Struct("!QI")
+
+
+def pack_items(items):
+    """
+    Pack C{(int, bytes)} pairs into one byte string (for batches of small
+    messages: many per AMP box).
+    """
+    out = []
+    for number, blob in items:
+        out.append(_ITEM.pack(number, len(blob)))
+        out.append(blob)
+    return b"".join(out)
+
+
+def unpack_items(data):
+    """
+    Inverse of L{pack_items}.
+
+    @raise ValueError: for a malformed batch.
+    """
+    items = []
+    view = memoryview(data)
+    offset = 0
+    end = len(data)
+    while offset < end:
+        if offset + _ITEM.size > end:
+            raise ValueError("truncated batch header")
+        number, size = _ITEM.unpack_from(view, offset)
+        offset += _ITEM.size
+        if offset + size > end:
+            raise ValueError("truncated batch item")
+        items.append((number, bytes(view[offset : offset + size])))
+        offset += size
+    return items

@@ -1,0 +1,234 @@
+# -*- test-case-name: tests.test_protocol -*-
+"""
+L{DispycosAMP}: AMP with a shared-secret handshake that gates every other
+command, and with batching of small one-way messages.
+
+The gate sits in L{DispycosAMP.locateResponder}: AMP decodes a command's
+arguments inside the responder that C{locateResponder} returns, so a command
+refused there is never decoded, let alone unpickled.
+"""
+
+from twisted.internet import defer
+from twisted.internet.error import ConnectionDone, ConnectionLost
+from twisted.logger import Logger
+from twisted.protocols import amp
+
+from .. import config
+from ..errors import AuthenticationError, ConnectionLostError
+from . import auth, commands
+from .arguments import pack_items
+
+_OPEN_COMMANDS = (b"Hello", b"Authenticate")
+
+#: Flush a batch at once when it holds this many bytes.
+BATCH_BYTES = 256 * 1024
+
+
+class DispycosAMP(amp.AMP):
+    """
+    One authenticated dispycos connection.
+
+    @ivar keyring: on the listening side, C{keyring(role, computation)}
+        returns the HMAC key for that peer or None to refuse it.
+    @ivar peer_location: the location the peer announced (its own listener).
+    @ivar role: the connector's role (C{"scheduler"}, C{"peer"}).
+    @ivar computation: the computation id the connector named.
+    """
+
+    log = Logger()
+
+    def __init__(self, reactor, keyring=None, location="", locator=None):
+        super().__init__(locator=locator)
+        self.reactor = reactor
+        self.keyring = keyring
+        self.my_location = location
+        self.authenticated = False
+        self.peer_location = ""
+        self.role = ""
+        self.computation = ""
+        self._pending_proof = None
+        self._deadline = None
+        self._batches = {}
+        self._batch_size = 0
+        self._flush_call = None
+        self.lost = defer.Deferred()
+        self.connected = False
+
+    # -- connection ------------------------------------------------------
+
+    def connectionMade(self):
+        super().connectionMade()
+        self.connected = True
+        try:
+            self.transport.setTcpNoDelay(True)
+        except Exception:
+            pass
+        if self.keyring is not None:
+            self._deadline = self.reactor.callLater(config.HandshakeTimeout, self._handshake_timeout)
+
+    def _handshake_timeout(self):
+        self._deadline = None
+        if not self.authenticated:
+            self.log.warn("dropping {peer}: no handshake within {t}s", peer=self._peer(), t=config.HandshakeTimeout)
+            self.transport.abortConnection()
+
+    def connectionLost(self, reason):
+        self.connected = False
+        if self._deadline is not None and self._deadline.active():
+            self._deadline.cancel()
+        if self._flush_call is not None and self._flush_call.active():
+            self._flush_call.cancel()
+        try:
+            super().connectionLost(reason)
+        finally:
+            d, self.lost = self.lost, None
+            if d is not None:
+                d.callback(None)
+
+    def _peer(self):
+        try:
+            peer = self.transport.getPeer()
+            return "%s:%s" % (peer.host, peer.port)
+        except Exception:
+            return "peer"
+
+    # -- the gate --------------------------------------------------------
+
+    def locateResponder(self, name):
+        if not self.authenticated and name not in _OPEN_COMMANDS:
+            return self._refuse
+        return super().locateResponder(name)
+
+    def _refuse(self, box):
+        self.log.warn(
+            "refused command {cmd!r} from unauthenticated {peer}; dropping connection",
+            cmd=box.get(b"_command"),
+            peer=self._peer(),
+        )
+        self.transport.abortConnection()
+        return defer.Deferred()
+
+    # -- listener side of the handshake ----------------------------------
+
+    @commands.Hello.responder
+    def _hello(self, version, role, computation, location, nonce):
+        if self.keyring is None or self.authenticated:
+            raise AuthenticationError("unexpected handshake")
+        if version != config.ProtocolVersion:
+            raise AuthenticationError("protocol version %d, expected %d" % (version, config.ProtocolVersion))
+        key = self.keyring(role, computation)
+        if key is None or len(nonce) != auth.NONCE_BYTES:
+            self.log.warn("refused {role} {comp} from {peer}", role=role, comp=computation, peer=self._peer())
+            raise AuthenticationError("peer refused")
+        mine = auth.new_nonce()
+        self._pending_proof = auth.connector_proof(key, mine, nonce, role)
+        self.role, self.computation, self.peer_location = role, computation, location
+        return {
+            "version": config.ProtocolVersion,
+            "location": self.my_location,
+            "nonce": mine,
+            "proof": auth.listener_proof(key, nonce, mine, role),
+        }
+
+    @commands.Authenticate.responder
+    def _authenticate(self, proof):
+        expected, self._pending_proof = self._pending_proof, None
+        if expected is None or not auth.check(expected, proof):
+            self.log.warn("authentication failed for {peer}", peer=self._peer())
+            raise AuthenticationError("authentication failed")
+        self.authenticated = True
+        if self._deadline is not None and self._deadline.active():
+            self._deadline.cancel()
+        self.authenticated_as_listener()
+        return {}
+
+    def authenticated_as_listener(self):
+        """Hook: the connector proved the secret."""
+
+    # -- connector side ----------------------------------------------------
+
+    @defer.inlineCallbacks
+    def handshake(self, key, role, computation=""):
+        """
+        Prove the secret to the listener and check its proof.
+
+        @return: a Deferred firing with None, or failing with
+            L{AuthenticationError} (the connection is then dropped).
+        """
+        mine = auth.new_nonce()
+        try:
+            r = yield self.callRemote(
+                commands.Hello,
+                version=config.ProtocolVersion,
+                role=role,
+                computation=computation,
+                location=self.my_location,
+                nonce=mine,
+            )
+        except AuthenticationError:
+            raise AuthenticationError("refused by %s (wrong secret or unknown computation)" % self._peer())
+        except ConnectionLostError:
+            raise
+        except Exception as e:
+            self.transport.abortConnection()
+            raise AuthenticationError("handshake with %s failed: %s" % (self._peer(), e))
+        if not auth.check(auth.listener_proof(key, mine, r["nonce"], role), r["proof"]):
+            self.transport.abortConnection()
+            raise AuthenticationError("%s could not prove the secret (wrong secret?)" % self._peer())
+        try:
+            yield self.callRemote(commands.Authenticate, proof=auth.connector_proof(key, r["nonce"], mine, role))
+        except AuthenticationError:
+            raise AuthenticationError("refused by %s (wrong secret)" % self._peer())
+        self.authenticated = True
+        self.role, self.computation, self.peer_location = role, computation, r["location"]
+
+    def callRemote(self, command, **kw):
+        if not self.connected:
+            return defer.fail(ConnectionLostError("connection to %s is closed" % (self.peer_location or "peer")))
+        self.flush()
+        d = super().callRemote(command, **kw)
+
+        def lost(f):
+            if f.check(ConnectionDone, ConnectionLost):
+                raise ConnectionLostError("connection to %s lost" % (self.peer_location or self._peer()))
+            return f
+
+        return d.addErrback(lost)
+
+    # -- batching of one-way traffic -----------------------------------
+
+    def queue(self, command, number, blob):
+        """
+        Queue C{(number, blob)} for the one-way batch C{command}; batches go out
+        on the next reactor turn (or at once when large), in order with every
+        other command on this connection.
+        """
+        self._batches.setdefault(command, []).append((number, blob))
+        self._batch_size += len(blob) + 12
+        if self._batch_size >= BATCH_BYTES:
+            self.flush()
+        elif self._flush_call is None:
+            self._flush_call = self.reactor.callLater(0, self.flush)
+
+    def flush(self):
+        """Send every queued batch now."""
+        if self._flush_call is not None:
+            if self._flush_call.active():
+                self._flush_call.cancel()
+            self._flush_call = None
+        if not self._batches:
+            return
+        batches, self._batches, self._batch_size = self._batches, {}, 0
+        if not self.connected:
+            return
+        for command, items in batches.items():
+            # Split so one box stays well inside the inline cap.
+            chunk, size = [], 0
+            for item in items:
+                chunk.append(item)
+                size += len(item[1]) + 12
+                if size >= 4 * 1024 * 1024:
+                    amp.AMP.callRemote(self, command, batch=pack_items(chunk))
+                    chunk, size = [], 0
+            if chunk:
+                amp.AMP.callRemote(self, command, batch=pack_items(chunk))

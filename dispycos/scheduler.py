@@ -1,0 +1,444 @@
+# -*- test-case-name: tests.test_core -*-
+"""
+The scheduler: finds nodes, runs computations one at a time in submission
+order, places tasks on servers and keeps the books of nodes, servers and tasks.
+
+L{Scheduler} runs privately in the client's process (as here); the shared
+scheduler program wraps the same logic for remote clients.
+"""
+
+import os
+import pickle
+import uuid
+from collections import deque
+
+from twisted.internet import defer, error
+from twisted.internet.endpoints import TCP4ClientEndpoint, connectProtocol
+from twisted.logger import Logger
+
+from . import config
+from .errors import AuthenticationError, ComputationClosed, DispycosError, NoServerError, ScheduleError
+from .protocol import auth, commands
+from .protocol.base import DispycosAMP
+from .status import DispycosNodeAvailInfo, DispycosNodeInfo, Location, Status
+
+
+class _NodeClient(DispycosAMP):
+    """The scheduler's connection to one node."""
+
+    def __init__(self, link):
+        super().__init__(link.scheduler.reactor)
+        self.link = link
+
+    def connectionLost(self, reason):
+        super().connectionLost(reason)
+        self.link.connection_lost(self)
+
+    @commands.ServerEvent.responder
+    def _server_event(self, computation, index, event, location):
+        self.link.scheduler._server_event(self.link, computation, index, event, location)
+        return {}
+
+
+class ServerEntry:
+    """The scheduler's record of one server of the active computation."""
+
+    def __init__(self, node, index, location):
+        self.node = node
+        self.index = index
+        self.location = location
+        self.cpu_busy = False
+        self.tasks = 0
+        self.tasks_submitted = 0
+        self.tasks_done = 0
+        self.ready = True
+
+    def __repr__(self):
+        return "<server %s>" % (self.location,)
+
+
+class NodeLink:
+    """The scheduler's connection to one node, with reconnection and backoff."""
+
+    log = Logger()
+
+    def __init__(self, scheduler, location, listed=True):
+        self.scheduler = scheduler
+        self.location = location
+        self.listed = listed
+        self.proto = None
+        self.state = "new"
+        self.refusal = None
+        self.info = None
+        self.servers = {}
+        self.computation = None
+        self._delay = 0.2
+        self._retry = None
+        self._stopped = False
+
+    @property
+    def addr(self):
+        return self.info.addr if self.info else self.location.addr
+
+    def connect(self):
+        if self._stopped:
+            return
+        self._retry = None
+        self.state = "connecting"
+        reactor = self.scheduler.reactor
+        proto = _NodeClient(self)
+        endpoint = TCP4ClientEndpoint(reactor, self.location.addr, self.location.port, timeout=5)
+        d = connectProtocol(endpoint, proto)
+        d.addCallback(lambda p: p.handshake(self.scheduler.key, "scheduler"))
+        d.addCallback(lambda _: proto.callRemote(commands.NodeInfo))
+        d.addCallbacks(lambda info: self._connected(proto, info), lambda f: self._failed(proto, f))
+
+    def _connected(self, proto, info):
+        if self._stopped:
+            proto.transport.loseConnection()
+            return
+        self.proto = proto
+        self.state = "connected"
+        self.refusal = None
+        self._delay = 0.2
+        avail = DispycosNodeAvailInfo(self.location, **info["avail"])
+        self.info = DispycosNodeInfo(info["name"], self.location.addr, info["cpus"], info["platform"], avail)
+        self.log.info("node {name} at {loc} connected: {cpus} servers", name=info["name"], loc=self.location, cpus=info["cpus"])
+        self.scheduler._node_connected(self)
+
+    def _failed(self, proto, f):
+        if proto.transport is not None and proto.connected:
+            proto.transport.abortConnection()
+        if self._stopped:
+            return
+        if f.check(AuthenticationError):
+            self.state = "refused"
+            self.refusal = f.getErrorMessage()
+            self.log.warn("node at {loc} refused: {why}", loc=self.location, why=self.refusal)
+            self.scheduler._node_refused(self)
+            self._schedule_retry(max(self._delay, 5.0))
+        else:
+            self.state = "unreachable"
+            self.refusal = None
+            self.log.debug("node at {loc} not reachable: {why}", loc=self.location, why=f.getErrorMessage())
+            self._schedule_retry(self._delay)
+            self._delay = min(self._delay * 1.5, 10.0)
+
+    def _schedule_retry(self, delay):
+        if self.listed and not self._stopped:
+            self._retry = self.scheduler.reactor.callLater(delay, self.connect)
+
+    def connection_lost(self, proto):
+        if proto is not self.proto:
+            return
+        self.proto = None
+        self.state = "lost"
+        self.scheduler._node_lost(self)
+        self._schedule_retry(0.5)
+
+    def call(self, command, **kw):
+        if self.proto is None:
+            return defer.fail(error.ConnectionDone("node %s is not connected" % (self.location,)))
+        return self.proto.callRemote(command, **kw)
+
+    def stop(self):
+        self._stopped = True
+        if self._retry is not None and self._retry.active():
+            self._retry.cancel()
+        if self.proto is not None and self.proto.connected:
+            self.proto.transport.loseConnection()
+
+
+class _Placement:
+    def __init__(self, computation, cpu, where, deferred):
+        self.computation = computation
+        self.cpu = cpu
+        self.where = where
+        self.deferred = deferred
+
+
+class Scheduler:
+    """
+    A private scheduler in this process, on the running reactor.
+
+    @param nodes: nodes to connect to: C{"host[:port]"} strings (port 9706
+        by default) or L{Location}s.
+    @param secret: the secret the nodes were started with.
+    @param ip_addr: the address this process listens on for its servers'
+        replies (default: loopback).
+    """
+
+    log = Logger()
+    _instance = None
+
+    def __init__(self, nodes=(), secret="", ip_addr=None, reactor=None, **options):
+        if reactor is None:
+            from twisted.internet import reactor
+        self.reactor = reactor
+        self.options = options
+        self.key = auth.key_from_secret(secret)
+        from .runtime import Runtime, current_runtime, set_runtime
+
+        runtime = current_runtime(create=False)
+        if runtime is None:
+            runtime = Runtime(reactor, host=ip_addr or "127.0.0.1")
+            runtime.listen()
+            set_runtime(runtime)
+        self.runtime = runtime
+        self.links = {}
+        self.queue = deque()
+        self.active = None
+        self.servers = []
+        self.waiting = deque()
+        self.closed = False
+        for entry in nodes:
+            self.add_node(entry)
+        Scheduler._instance = self
+        for st in Status:
+            setattr(self, st.name, st)
+
+    # -- nodes --------------------------------------------------------------------
+
+    def add_node(self, entry):
+        """Connect to a node (C{"host[:port]"} or L{Location})."""
+        loc = Location.parse(entry, config.NodePort)
+        if loc not in self.links:
+            link = self.links[loc] = NodeLink(self, loc)
+            link.connect()
+
+    def _node_connected(self, link):
+        comp = self.active
+        if comp is not None:
+            self._reserve(link, comp)
+
+    def _node_refused(self, link):
+        comp = self.active
+        if comp is not None:
+            self._check_refusals(comp)
+
+    def _check_refusals(self, comp):
+        listed = [l for l in self.links.values() if l.listed]
+        if comp._pending_schedule is not None and listed and all(l.state == "refused" for l in listed):
+            why = "; ".join("%s: %s" % (l.location, l.refusal) for l in listed)
+            comp._schedule_failed(ScheduleError("every node refused: %s" % why))
+
+    def _node_lost(self, link):
+        comp = self.active
+        entries = list(link.servers.values())
+        link.servers.clear()
+        was_reserved = link.computation is not None
+        link.computation = None
+        for entry in entries:
+            self._remove_server(entry, Status.ServerDisconnected, "node %s lost" % (link.location,))
+        if comp is not None and was_reserved:
+            comp._status(Status.NodeDisconnected, link.info)
+        self._fail_if_no_servers()
+
+    @defer.inlineCallbacks
+    def _reserve(self, link, comp):
+        if link.computation is comp or link.proto is None or comp is not self.active:
+            return
+        link.computation = comp
+        comp._status(Status.NodeDiscovered, link.info)
+        try:
+            r = yield link.call(
+                commands.Reserve, computation=comp.id, key=comp.key, cpus=0,
+                components=comp._components_blob, files=pickle.dumps(comp._files),
+                client=str(self.runtime.location),
+            )
+        except Exception as e:
+            if link.computation is comp:
+                link.computation = None
+            if comp is self.active and link.proto is not None:
+                self.log.warn("node {loc} could not take the computation: {e}", loc=link.location, e=e)
+                self.reactor.callLater(2, self._reserve, link, comp)
+            return
+        if comp is not self.active or link.computation is not comp:
+            return
+        comp._status(Status.NodeInitialized, link.info)
+        for s in r["servers"]:
+            self._add_server(link, comp, s["index"], Location.parse(s["location"], 0))
+
+    def _add_server(self, link, comp, index, location):
+        entry = ServerEntry(link, index, location)
+        link.servers[index] = entry
+        self.servers.append(entry)
+        self.runtime.computation_of[location] = comp.id
+        comp._status(Status.ServerDiscovered, location)
+        comp._status(Status.ServerInitialized, location)
+        comp._server_ready()
+        self._dispatch()
+
+    def _remove_server(self, entry, status, why):
+        if entry in self.servers:
+            self.servers.remove(entry)
+        entry.ready = False
+        comp = self.active
+        self.runtime._abandon_at(entry.location, why)
+        if comp is not None:
+            comp._status(status, entry.location)
+
+    def _server_event(self, link, computation, index, event, location):
+        comp = self.active
+        if comp is None or comp.id != computation or link.computation is not comp:
+            return
+        if event == "died":
+            entry = link.servers.pop(index, None)
+            if entry is not None:
+                self._remove_server(entry, Status.ServerDisconnected, "server %s died" % (entry.location,))
+        elif event == "initialized":
+            self._add_server(link, comp, index, Location.parse(location, 0))
+
+    def _fail_if_no_servers(self):
+        if self.servers or any(l.state == "connected" for l in self.links.values()):
+            return
+        waiting, self.waiting = self.waiting, deque()
+        for p in waiting:
+            p.deferred.errback(NoServerError("no servers left: every node is gone"))
+
+    # -- computations -------------------------------------------------------------
+
+    def submit(self, comp):
+        """Queue C{comp}; it becomes active when the ones before it closed."""
+        if self.closed:
+            raise ScheduleError("the scheduler is closed")
+        comp.id = uuid.uuid4().hex
+        comp.key = os.urandom(32)
+        self.queue.append(comp)
+        self._next()
+
+    def withdraw(self, comp):
+        if comp in self.queue:
+            self.queue.remove(comp)
+
+    def _next(self):
+        if self.active is not None or not self.queue:
+            return
+        comp = self.active = self.queue.popleft()
+        self.runtime.keys[comp.id] = comp.key
+        comp._activated()
+        for link in self.links.values():
+            if link.state == "connected":
+                self._reserve(link, comp)
+        self._check_refusals(comp)
+
+    @defer.inlineCallbacks
+    def release(self, comp, terminate=False):
+        """Release every node of C{comp}, then start the next computation."""
+        if comp is not self.active:
+            self.withdraw(comp)
+            return
+        waiting, self.waiting = self.waiting, deque()
+        for p in waiting:
+            p.deferred.errback(ComputationClosed("computation closed"))
+        calls = []
+        for link in self.links.values():
+            if link.computation is comp:
+                calls.append(link.call(commands.Release, computation=comp.id, terminate=terminate))
+        yield defer.DeferredList(calls, consumeErrors=True)
+        for link in self.links.values():
+            if link.computation is comp:
+                for entry in list(link.servers.values()):
+                    self._remove_server(entry, Status.ServerClosed, "computation closed")
+                link.servers.clear()
+                link.computation = None
+                comp._status(Status.NodeClosed, link.info)
+        self.servers = []
+        self.runtime.keys.pop(comp.id, None)
+        self.active = None
+        self._next()
+
+    # -- placement ----------------------------------------------------------------
+
+    def place(self, comp, cpu, where=None):
+        """
+        Deferred firing with the L{ServerEntry} to run a task on: for a CPU
+        task one without a CPU task (waiting, first come first served, while
+        there is none), least loaded first.
+        """
+        if comp is not self.active:
+            return defer.fail(ComputationClosed("computation is not active"))
+        if where is not None and not self._known(where):
+            return defer.fail(NoServerError("no server at %s" % (where,)))
+        d = defer.Deferred()
+        self.waiting.append(_Placement(comp, cpu, where, d))
+        self._dispatch()
+        if not d.called:
+            self._fail_if_no_servers()
+        return d
+
+    def _known(self, where):
+        for entry in self.servers:
+            if self._matches(entry, where):
+                return True
+        return False
+
+    @staticmethod
+    def _matches(entry, where):
+        if where is None:
+            return True
+        if isinstance(where, Location):
+            return entry.location == where
+        where = str(where)
+        info = entry.node.info
+        return where in (entry.node.location.addr, str(entry.location), info.name if info else None)
+
+    def _pick(self, p):
+        best, best_key = None, None
+        for entry in self.servers:
+            if not entry.ready or (p.cpu and entry.cpu_busy) or not self._matches(entry, p.where):
+                continue
+            node = entry.node
+            busy = sum(1 for e in node.servers.values() if e.cpu_busy)
+            key = (busy / max(len(node.servers), 1), entry.tasks)
+            if best is None or key < best_key:
+                best, best_key = entry, key
+        return best
+
+    def _dispatch(self):
+        if not self.waiting:
+            return
+        remaining = deque()
+        blocked_general = False
+        while self.waiting:
+            p = self.waiting.popleft()
+            if p.deferred.called:
+                continue
+            if blocked_general and p.cpu and p.where is None:
+                remaining.append(p)
+                continue
+            entry = self._pick(p)
+            if entry is None:
+                if p.cpu and p.where is None:
+                    blocked_general = True
+                remaining.append(p)
+                continue
+            if p.cpu:
+                entry.cpu_busy = True
+            entry.tasks += 1
+            entry.tasks_submitted += 1
+            p.deferred.callback(entry)
+        self.waiting = remaining
+
+    def task_done(self, entry, cpu):
+        """A task placed on C{entry} ended."""
+        entry.tasks -= 1
+        entry.tasks_done += 1
+        if cpu:
+            entry.cpu_busy = False
+        self._dispatch()
+
+    # -- shutting down -----------------------------------------------------------
+
+    @defer.inlineCallbacks
+    def close(self):
+        """Close every computation and disconnect from the nodes."""
+        self.closed = True
+        while self.queue:
+            self.queue.popleft()._schedule_failed(ScheduleError("scheduler closed"))
+        if self.active is not None:
+            yield self.active.close(terminate=True)
+        for link in self.links.values():
+            link.stop()
+        if Scheduler._instance is self:
+            Scheduler._instance = None

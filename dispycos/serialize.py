@@ -1,0 +1,76 @@
+# -*- test-case-name: tests.test_units -*-
+"""
+Pickling of code and data that travel between processes.
+
+Everything here is called explicitly, after a peer authenticated; nothing in
+the protocol layer ever unpickles.
+"""
+
+import os
+import pickle
+import sys
+import sysconfig
+import types
+
+import cloudpickle
+
+from .errors import PicklingError
+
+# Directories whose modules a remote process can import by itself.
+_installed_roots = tuple(
+    os.path.realpath(p)
+    for p in {sysconfig.get_paths().get(k) for k in ("stdlib", "platstdlib", "purelib", "platlib")}
+    if p
+)
+_dispycos_root = os.path.dirname(os.path.realpath(__file__))
+
+
+def _is_user_module(module):
+    """
+    True for a module that lives outside the installed packages: its code must
+    travel by value because the remote process cannot import it.
+    """
+    if module is None or module.__name__ in ("__main__", "builtins"):
+        return False
+    path = getattr(module, "__file__", None)
+    if not path:
+        return False
+    path = os.path.realpath(path)
+    if path.startswith(_dispycos_root + os.sep):
+        return False
+    return not any(path.startswith(root + os.sep) for root in _installed_roots)
+
+
+def register_by_value(obj):
+    """
+    Make cloudpickle ship the module of C{obj} by value when it is the client's
+    own code (not an installed package). Returns the module registered, or None.
+    """
+    if isinstance(obj, types.ModuleType):
+        module = obj
+    else:
+        module = sys.modules.get(getattr(obj, "__module__", None) or "")
+    if _is_user_module(module):
+        try:
+            cloudpickle.register_pickle_by_value(module)
+        except ValueError:
+            return None
+        return module
+    return None
+
+
+def dumps(obj, what="object"):
+    """
+    Pickle C{obj} with cloudpickle.
+
+    @raise PicklingError: naming C{what} when C{obj} cannot be pickled.
+    """
+    try:
+        return cloudpickle.dumps(obj, protocol=pickle.HIGHEST_PROTOCOL)
+    except Exception as e:
+        raise PicklingError("cannot pickle %s: %s: %s" % (what, type(e).__name__, e)) from e
+
+
+def loads(data):
+    """Unpickle C{data}; only ever called on data from an authenticated peer."""
+    return pickle.loads(data)

@@ -1,0 +1,205 @@
+# -*- test-case-name: tests.test_core -*-
+"""
+The node's server processes: spawning them with AMP on pipes (fds 3 and 4),
+noticing their death at once, and stopping them (pipe close, then SIGKILL).
+"""
+
+import os
+import signal
+import sys
+
+from twisted.internet import defer, error
+from twisted.internet.protocol import ProcessProtocol
+from twisted.logger import Logger
+from twisted.protocols import amp
+
+from .protocol import commands
+
+_FD_TO_CHILD, _FD_FROM_CHILD = 3, 4
+
+
+class _PipeAddress:
+    def __str__(self):
+        return "pipe"
+
+
+class _PipeTransport:
+    """Adapts a process transport to what AMP expects of a transport."""
+
+    def __init__(self, process):
+        self._process = process
+
+    def write(self, data):
+        self._process.writeToChild(_FD_TO_CHILD, data)
+
+    def writeSequence(self, seq):
+        self.write(b"".join(seq))
+
+    def loseConnection(self):
+        self._process.closeChildFD(_FD_TO_CHILD)
+
+    abortConnection = loseConnection
+
+    def getPeer(self):
+        return _PipeAddress()
+
+    getHost = getPeer
+
+
+class _ControlAMP(amp.AMP):
+    def __init__(self, slot):
+        super().__init__()
+        self.slot = slot
+
+    @commands.Ready.responder
+    def _ready(self, port, pid):
+        self.slot._ready(port, pid)
+        return {}
+
+
+class ServerSlot(ProcessProtocol):
+    """
+    One server process of a node (and its successors after restarts).
+
+    @ivar index: the server's number on its node (1, 2, ...).
+    @ivar port: the TCP port it listens on (0 until ready when dynamic).
+    @ivar ready: a Deferred firing once the process listens, or None when
+        it is running and ready.
+    """
+
+    log = Logger()
+
+    def __init__(self, node, index, host, port, spawner=None):
+        self.node = node
+        self.index = index
+        self.host = host
+        self.wanted_port = port
+        self.port = port
+        self.pid = None
+        self.control = None
+        self.running = False
+        self.is_ready = False
+        self.expect_exit = False
+        self._ready_waiters = []
+        self._ended_waiters = []
+        self._spawner = spawner
+        self._out = b""
+
+    # -- life cycle ---------------------------------------------------------------
+
+    def spawn(self):
+        reactor = self.node.reactor
+        self.is_ready = False
+        self.expect_exit = False
+        argv = [
+            sys.executable, "-u", "-m", "dispycos.server",
+            "--index", str(self.index),
+            "--host", self.host,
+            "--port", str(self.wanted_port),
+            "--parent", str(os.getpid()),
+        ]
+        if self.node.debug:
+            argv.append("--debug")
+        env = dict(os.environ)
+        env["PYTHONPATH"] = os.pathsep.join(p for p in sys.path if p)
+        spawn = self._spawner or reactor.spawnProcess
+        spawn(self, sys.executable, argv, env=env, childFDs={0: "w", 1: "r", 2: "r", 3: "w", 4: "r"})
+        self.running = True
+
+    def connectionMade(self):
+        self.control = _ControlAMP(self)
+        self.control.makeConnection(_PipeTransport(self.transport))
+        self.pid = self.transport.pid
+        self.transport.closeStdin()
+
+    def _ready(self, port, pid):
+        self.port = port
+        self.pid = pid
+        self.is_ready = True
+        waiters, self._ready_waiters = self._ready_waiters, []
+        for d in waiters:
+            d.callback(self)
+
+    def when_ready(self):
+        """Deferred firing with this slot once its process listens."""
+        if self.is_ready:
+            return defer.succeed(self)
+        d = defer.Deferred()
+        self._ready_waiters.append(d)
+        return d
+
+    def childDataReceived(self, fd, data):
+        if fd == _FD_FROM_CHILD:
+            self.control.dataReceived(data)
+        elif fd == 1:
+            # Tasks' prints appear on the node's stdout, as in the original.
+            try:
+                sys.stdout.buffer.write(data)
+                sys.stdout.flush()
+            except Exception:
+                pass
+        else:
+            self._out += data
+            *lines, self._out = self._out.split(b"\n")
+            for line in lines:
+                self.log.info("server {i}: {line}", i=self.index, line=line.decode("utf-8", "replace"))
+
+    def processEnded(self, reason):
+        self.running = False
+        self.is_ready = False
+        if self.control is not None:
+            self.control.connectionLost(reason)
+            self.control = None
+        waiters, self._ready_waiters = self._ready_waiters, []
+        for d in waiters:
+            d.errback(reason)
+        ended, self._ended_waiters = self._ended_waiters, []
+        for d in ended:
+            d.callback(None)
+        expected, self.expect_exit = self.expect_exit, False
+        self.node.server_ended(self, expected, reason)
+
+    def when_ended(self):
+        if not self.running:
+            return defer.succeed(None)
+        d = defer.Deferred()
+        self._ended_waiters.append(d)
+        return d
+
+    def call(self, command, **kw):
+        if self.control is None or not self.is_ready:
+            return defer.fail(error.ConnectionDone("server %d is not running" % self.index))
+        return self.control.callRemote(command, **kw)
+
+    def signal(self, sig):
+        if self.running:
+            try:
+                self.transport.signalProcess(sig)
+            except (error.ProcessExitedAlready, OSError):
+                pass
+
+    @defer.inlineCallbacks
+    def stop(self, terminate=True, grace=3.0):
+        """
+        Close the server: ask it to end its tasks and exit, then kill it if it
+        has not exited after C{grace} seconds. Fires once it is gone.
+        """
+        if not self.running:
+            return
+        self.expect_exit = True
+        ended = self.when_ended()
+        reactor = self.node.reactor
+        killer = reactor.callLater(grace, self.signal, signal.SIGKILL)
+        if self.is_ready:
+            try:
+                yield self.call(commands.Close, terminate=terminate)
+            except Exception:
+                pass
+        if self.running:
+            try:
+                self.transport.closeChildFD(_FD_TO_CHILD)
+            except Exception:
+                pass
+        yield ended
+        if killer.active():
+            killer.cancel()

@@ -1,0 +1,551 @@
+# -*- test-case-name: tests.test_units -*-
+"""
+Tasks: local tasks with a mailbox (L{Task}), references to tasks in other
+processes (L{TaskRef}, L{RemoteTask}), and the runner that drives pycos-style
+generator functions, C{async def} coroutines and plain functions.
+"""
+
+import builtins
+import ctypes
+import functools
+import inspect
+import threading
+import time
+import traceback
+from collections import deque
+
+from twisted.internet import defer, threads
+from twisted.logger import Logger
+from twisted.python import threadable
+from twisted.python.failure import Failure
+
+from . import serialize
+from .errors import (
+    DispycosError,
+    PicklingError,
+    RemoteTaskError,
+    TaskAbandoned,
+    TaskTerminated,
+)
+from .status import Location
+
+log = Logger()
+
+
+class TimeoutError(DispycosError, builtins.TimeoutError):
+    """A C{receive}, C{deliver} or C{result} did not complete in time."""
+
+
+# -- outcomes ---------------------------------------------------------------
+
+OK, ERROR, TERMINATED, ABANDONED = "ok", "error", "terminated", "abandoned"
+
+
+def error_outcome(exc, tb_text=None):
+    """An outcome describing exception C{exc}."""
+    if tb_text is None:
+        tb_text = "".join(traceback.format_exception(type(exc), exc, exc.__traceback__))
+    return (ERROR, (type(exc).__name__, str(exc), tb_text, exc))
+
+
+def encode_outcome(outcome):
+    """Pickle an outcome; a result or exception that cannot be pickled becomes an error."""
+    kind, value = outcome
+    if kind == ERROR:
+        name, text, tb_text, exc = value
+        try:
+            exc_blob = serialize.dumps(exc)
+            serialize.loads(exc_blob)
+        except Exception:
+            exc_blob = None
+        return serialize.dumps((ERROR, (name, text, tb_text, exc_blob)))
+    try:
+        return serialize.dumps((kind, value), "task result")
+    except PicklingError as e:
+        return encode_outcome(error_outcome(e))
+
+
+def decode_outcome(blob):
+    """Inverse of L{encode_outcome} (the exception is unpickled when possible)."""
+    kind, value = serialize.loads(blob)
+    if kind == ERROR:
+        name, text, tb_text, exc_blob = value
+        exc = None
+        if exc_blob is not None:
+            try:
+                exc = serialize.loads(exc_blob)
+            except Exception:
+                exc = None
+        value = (name, text, tb_text, exc)
+    return (kind, value)
+
+
+def outcome_result(outcome, task=None):
+    """The value of an outcome, or the L{DispycosError} it stands for."""
+    kind, value = outcome
+    if kind == OK:
+        return value
+    if kind == ERROR:
+        name, text, tb_text, exc = value
+        return Failure(RemoteTaskError(name, text, tb_text, exc, task))
+    if kind == TERMINATED:
+        return Failure(TaskTerminated("task %s was terminated" % (task,), task))
+    return Failure(TaskAbandoned("task %s was abandoned (%s)" % (task, value or "server lost"), task))
+
+
+# -- thread awareness ------------------------------------------------------
+
+
+def _reactor():
+    from twisted.internet import reactor
+
+    return reactor
+
+
+def blocking_in_thread(method):
+    """
+    Decorate a Deferred-returning method so that, called from a worker
+    thread (a plain-function task), it blocks and returns the value.
+    """
+
+    @functools.wraps(method)
+    def wrapper(*args, **kwargs):
+        if threadable.isInIOThread() or not _reactor().running:
+            return method(*args, **kwargs)
+        return threads.blockingCallFromThread(_reactor(), method, *args, **kwargs)
+
+    return wrapper
+
+
+def oneway_in_thread(method):
+    """Decorate a method returning None so worker threads hand it to the reactor."""
+
+    @functools.wraps(method)
+    def wrapper(*args, **kwargs):
+        if threadable.isInIOThread() or not _reactor().running:
+            return method(*args, **kwargs)
+        _reactor().callFromThread(method, *args, **kwargs)
+
+    return wrapper
+
+
+def with_timeout(d, timeout, reactor, what):
+    """Errback C{d} with L{TimeoutError} after C{timeout} seconds (None: never)."""
+    if timeout is None:
+        return d
+    timed_out = []
+
+    def expire():
+        timed_out.append(True)
+        d.cancel()
+
+    call = reactor.callLater(timeout, expire)
+
+    def done(result):
+        if call.active():
+            call.cancel()
+        if timed_out and isinstance(result, Failure) and result.check(defer.CancelledError):
+            raise TimeoutError("%s timed out after %s s" % (what, timeout))
+        return result
+
+    return d.addBoth(done)
+
+
+# -- the runner ---------------------------------------------------------------
+
+
+class _Runner:
+    """
+    Drives a generator (pycos style: yielded Deferreds are awaited, the result
+    is the return value or else the last non-Deferred value yielded) or a
+    coroutine (awaiting Deferreds) on the reactor.
+    """
+
+    def __init__(self, it, coroutine, done):
+        self.it = it
+        self.coroutine = coroutine
+        self.done = done
+        self.last = None
+        self.waiting = None
+        self.terminating = False
+
+    def start(self):
+        self._step(None, None)
+
+    def _step(self, value, exc):
+        it = self.it
+        while True:
+            try:
+                if exc is not None:
+                    y = it.throw(exc)
+                else:
+                    y = it.send(value)
+            except StopIteration as e:
+                if self.terminating:
+                    return self.done((TERMINATED, None))
+                result = e.value
+                if result is None and not self.coroutine:
+                    result = self.last
+                return self.done((OK, result))
+            except TaskTerminated:
+                return self.done((TERMINATED, None))
+            except BaseException as e:
+                if self.terminating and isinstance(e, (GeneratorExit, defer.CancelledError)):
+                    return self.done((TERMINATED, None))
+                return self.done(error_outcome(e))
+            value = exc = None
+            if isinstance(y, defer.Deferred):
+                if self.coroutine:
+                    if y.called and not y.paused:
+                        continue
+                    self.waiting = y
+                    y.addBoth(self._resume)
+                    return
+                box = []
+                y.addBoth(box.append)
+                if box:
+                    r = box[0]
+                    if isinstance(r, Failure):
+                        exc = r.value
+                    else:
+                        value = r
+                    continue
+                self.waiting = y
+                y.addBoth(self._resume)
+                return
+            if self.coroutine:
+                exc = TypeError("a dispycos coroutine may await only Deferreds, not %r" % (y,))
+                continue
+            self.last = value = y
+
+    def _resume(self, result):
+        self.waiting = None
+        if self.terminating:
+            self._step(None, TaskTerminated("terminated"))
+            return None
+        if self.coroutine:
+            self._step(None, None)
+            return result
+        if isinstance(result, Failure):
+            self._step(None, result.value)
+        else:
+            self._step(result, None)
+        return None
+
+    def terminate(self):
+        """Throw L{TaskTerminated} into the task at its current wait."""
+        if self.terminating:
+            try:
+                self.it.close()
+            except BaseException:
+                pass
+            return self.done((TERMINATED, None))
+        self.terminating = True
+        w = self.waiting
+        if w is not None:
+            w.cancel()
+            if self.waiting is w:
+                # The Deferred ignored the cancel (paused or chained): do not wait for it.
+                self.waiting = None
+                self._step(None, TaskTerminated("terminated"))
+
+
+def _async_raise(thread_id, exc_type):
+    ctypes.pythonapi.PyThreadState_SetAsyncExc(ctypes.c_ulong(thread_id), ctypes.py_object(exc_type))
+
+
+# -- task references ------------------------------------------------------------
+
+
+def _rebuild_ref(addr, port, tid, name):
+    from .runtime import current_runtime
+
+    runtime = current_runtime(create=False)
+    location = Location(addr, port)
+    if runtime is not None and runtime.location == location:
+        task = runtime.tasks.get(tid)
+        if task is not None:
+            return task
+    return TaskRef(location, tid, name)
+
+
+class _TaskAPI:
+    """What every task reference offers (local or remote)."""
+
+    location = None
+    tid = None
+    name = ""
+
+    def __reduce__(self):
+        return (_rebuild_ref, (self.location.addr, self.location.port, self.tid, self.name))
+
+    def __eq__(self, other):
+        return isinstance(other, _TaskAPI) and (self.location, self.tid) == (other.location, other.tid)
+
+    def __hash__(self):
+        return hash((self.location, self.tid))
+
+    def __str__(self):
+        return "%s/%s@%s" % (self.name, self.tid, self.location)
+
+    __repr__ = __str__
+
+    def finish(self, timeout=None):
+        """Alias of C{result}."""
+        return self.result(timeout)
+
+    def __call__(self, timeout=None):
+        return self.result(timeout)
+
+
+class TaskRef(_TaskAPI):
+    """
+    A reference to a task in another process of the computation. It pickles,
+    so it can be passed in arguments and messages.
+    """
+
+    def __init__(self, location, tid, name=""):
+        self.location = location
+        self.tid = tid
+        self.name = name
+
+    def _runtime(self):
+        from .runtime import current_runtime
+
+        return current_runtime()
+
+    @oneway_in_thread
+    def send(self, msg):
+        """Send C{msg} (no acknowledgement; ordered per sender). Returns None."""
+        self._runtime().send(self, msg)
+
+    @blocking_in_thread
+    def deliver(self, msg, timeout=None):
+        """Deferred firing with 1 once C{msg} is in the task's mailbox."""
+        return self._runtime().deliver(self, msg, timeout)
+
+    @blocking_in_thread
+    def result(self, timeout=None):
+        """Deferred firing with the task's result (see L{RemoteTask.result})."""
+        return self._runtime().wait_task(self, timeout)
+
+    @blocking_in_thread
+    def terminate(self):
+        """Deferred firing once the task has ended."""
+        return self._runtime().terminate(self)
+
+
+class RemoteTask(TaskRef):
+    """
+    A task created by this process on a server (what C{Computation.run}
+    returns). Its outcome is pushed here, so C{result()} costs no round trip.
+    """
+
+    def __init__(self, location, tid, name="", computation=None, info=None):
+        super().__init__(location, tid, name)
+        self.computation = computation
+        self.info = info
+        self.outcome = None
+        self._waiters = []
+
+    def _set_outcome(self, outcome):
+        if self.outcome is not None:
+            return False
+        self.outcome = outcome
+        waiters, self._waiters = self._waiters, []
+        for d in waiters:
+            d.callback(None)
+        return True
+
+    @blocking_in_thread
+    def result(self, timeout=None):
+        """
+        Deferred firing with the task's return value; errbacks with
+        L{RemoteTaskError} if it raised, L{TaskTerminated} if it was
+        terminated, L{TaskAbandoned} if its server or node was lost.
+        """
+        if self.outcome is not None:
+            return defer.succeed(None).addCallback(lambda _: outcome_result(self.outcome, self))
+        d = defer.Deferred(lambda d: self._waiters.remove(d) if d in self._waiters else None)
+        self._waiters.append(d)
+        d.addCallback(lambda _: outcome_result(self.outcome, self))
+        return with_timeout(d, timeout, self._runtime().reactor, "result of %s" % (self,))
+
+
+class Task(_TaskAPI):
+    """
+    A task running in this process, on the reactor, with a mailbox.
+
+    C{Task(fn, *args, **kwargs)} starts C{fn} (a generator function, a
+    coroutine function or a plain function, which then runs in a thread);
+    when C{fn} declares a parameter named C{task} it receives this object.
+    """
+
+    def __init__(self, fn, *args, **kwargs):
+        from .runtime import current_runtime
+
+        self._setup(current_runtime(), fn, args, kwargs)
+        self._start()
+
+    @classmethod
+    def _create(cls, runtime, fn, args, kwargs, on_done=None):
+        self = cls.__new__(cls)
+        self._setup(runtime, fn, args, kwargs)
+        self._on_done = on_done
+        return self
+
+    def _setup(self, runtime, fn, args, kwargs):
+        if not callable(fn):
+            raise TypeError("%r is not callable" % (fn,))
+        self._rt = runtime
+        self.fn = fn
+        self.args = args
+        self.kwargs = dict(kwargs)
+        self.name = getattr(fn, "__name__", "task")
+        self.tid = runtime.register(self)
+        self.location = runtime.location
+        self.start_time = time.time()
+        self.mailbox = deque()
+        self._receivers = deque()
+        self.outcome = None
+        self._waiters = []
+        self._runner = None
+        self._thread = None
+        self._on_done = None
+        try:
+            if "task" in inspect.signature(fn).parameters:
+                self.kwargs["task"] = self
+        except (TypeError, ValueError):
+            pass
+
+    @property
+    def reactor(self):
+        return self._rt.reactor
+
+    def _start(self):
+        fn = self.fn
+        if inspect.isgeneratorfunction(fn) or inspect.iscoroutinefunction(fn):
+            try:
+                it = fn(*self.args, **self.kwargs)
+            except BaseException as e:
+                return self._done(error_outcome(e))
+            self._runner = _Runner(it, inspect.iscoroutine(it), self._done)
+            self._runner.start()
+        else:
+            d = threads.deferToThreadPool(self.reactor, self._rt.threadpool, self._in_thread)
+            d.addBoth(self._thread_done)
+
+    def _in_thread(self):
+        self._thread = threading.get_ident()
+        try:
+            return (OK, self.fn(*self.args, **self.kwargs))
+        except TaskTerminated:
+            return (TERMINATED, None)
+        except BaseException as e:
+            if self.outcome is None and getattr(self, "_terminating", False):
+                return (TERMINATED, None)
+            return error_outcome(e)
+        finally:
+            self._thread = None
+
+    def _thread_done(self, result):
+        if isinstance(result, Failure):
+            result = error_outcome(result.value)
+        self._done(result)
+
+    def _done(self, outcome):
+        if self.outcome is not None:
+            return
+        self.outcome = outcome
+        self.end_time = time.time()
+        self._runner = None
+        while self._receivers:
+            d = self._receivers.popleft()
+            d.cancel()
+        self._rt.task_done(self)
+        waiters, self._waiters = self._waiters, []
+        for d in waiters:
+            d.callback(None)
+        if self._on_done is not None:
+            self._on_done(self)
+
+    # -- inside the task ----------------------------------------------
+
+    @blocking_in_thread
+    def receive(self, timeout=None):
+        """
+        Deferred firing with the next message in the mailbox; errbacks with
+        L{TimeoutError} after C{timeout} seconds. From a worker thread it
+        blocks and returns the message.
+        """
+        if self.mailbox:
+            return defer.succeed(self.mailbox.popleft())
+        d = defer.Deferred(lambda d: self._receivers.remove(d) if d in self._receivers else None)
+        self._receivers.append(d)
+        return with_timeout(d, timeout, self.reactor, "receive")
+
+    recv = receive
+
+    def sleep(self, seconds):
+        """
+        Deferred firing after C{seconds}; from a worker thread it sleeps.
+        """
+        if not threadable.isInIOThread() and self.reactor.running:
+            time.sleep(seconds)
+            return None
+        from twisted.internet.task import deferLater
+
+        return deferLater(self.reactor, seconds, lambda: None)
+
+    def _put(self, msg):
+        if self.outcome is not None:
+            return False
+        if self._receivers:
+            self._receivers.popleft().callback(msg)
+        else:
+            self.mailbox.append(msg)
+        return True
+
+    # -- reference API --------------------------------------------------
+
+    @oneway_in_thread
+    def send(self, msg):
+        """Put C{msg} in this task's mailbox. Returns None."""
+        self._put(msg)
+
+    @blocking_in_thread
+    def deliver(self, msg, timeout=None):
+        """Deferred firing with 1 once C{msg} is in the mailbox."""
+        from .errors import UnknownTaskError
+
+        if self._put(msg):
+            return defer.succeed(1)
+        return defer.fail(UnknownTaskError("task %s has ended" % (self,)))
+
+    @blocking_in_thread
+    def result(self, timeout=None):
+        """Deferred firing with the task's result (errbacks as L{RemoteTask.result})."""
+        if self.outcome is not None:
+            return defer.succeed(None).addCallback(lambda _: outcome_result(self.outcome, self))
+        d = defer.Deferred(lambda d: self._waiters.remove(d) if d in self._waiters else None)
+        self._waiters.append(d)
+        d.addCallback(lambda _: outcome_result(self.outcome, self))
+        return with_timeout(d, timeout, self.reactor, "result of %s" % (self,))
+
+    @blocking_in_thread
+    def terminate(self):
+        """Terminate the task; the Deferred fires once it has ended."""
+        if self.outcome is None:
+            if self._runner is not None:
+                self._runner.terminate()
+            elif self._thread is not None:
+                self._terminating = True
+                _async_raise(self._thread, TaskTerminated)
+        if self.outcome is not None:
+            return defer.succeed(None)
+        d = defer.Deferred()
+        self._waiters.append(d)
+        return d
+
+    def is_alive(self):
+        return self.outcome is None

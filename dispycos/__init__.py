@@ -22,7 +22,7 @@ from .errors import (
     TaskTerminated,
     UnknownTaskError,
 )
-from .local import LocalCluster
+from .local import LocalCluster, default_cluster
 from .scheduler import Scheduler
 from .status import (
     DispycosNodeAvailInfo,
@@ -43,7 +43,7 @@ MinPulseInterval = 1
 MaxPulseInterval = 100
 
 __all__ = [
-    "__version__", "Client", "Computation", "Scheduler", "LocalCluster", "Task", "TaskRef", "RemoteTask",
+    "__version__", "Client", "Computation", "Scheduler", "LocalCluster", "default_cluster", "Task", "TaskRef", "RemoteTask",
     "Location", "Status", "DispycosStatus", "DispycosNodeInfo", "DispycosNodeAvailInfo", "DispycosTaskInfo",
     "TaskInfo", "DispycosError", "ScheduleError", "RemoteTaskError", "TaskTerminated", "TaskAbandoned",
     "TaskError", "NoServerError", "ComputationClosed", "PayloadTooLarge", "PicklingError", "SetupError",

@@ -134,3 +134,44 @@ class LocalCluster:
     async def __aexit__(self, *exc):
         await self.stop()
         return False
+
+
+class _EnvCluster:
+    """A private scheduler for the nodes named in C{$DISPYCOS_NODES}."""
+
+    def __init__(self, nodes, secret, reactor):
+        self.nodes = nodes
+        self.secret = secret
+        self.reactor = reactor
+        self.scheduler = None
+
+    def start(self):
+        from .scheduler import Scheduler
+
+        self.scheduler = Scheduler(nodes=self.nodes, secret=self.secret, reactor=self.reactor)
+        return defer.succeed(self)
+
+    def stop(self):
+        scheduler, self.scheduler = self.scheduler, None
+        return scheduler.close() if scheduler is not None else defer.succeed(None)
+
+    async def __aenter__(self):
+        return await self.start()
+
+    async def __aexit__(self, *exc):
+        await self.stop()
+        return False
+
+
+def default_cluster(cpus=2, reactor=None, echo=True):
+    """
+    What the examples run on: the nodes listed in C{$DISPYCOS_NODES}
+    (comma-separated C{host[:port]}, secret in C{$DISPYCOS_SECRET}) with a
+    private scheduler, or else a L{LocalCluster} of C{cpus} servers.
+    """
+    if reactor is None:
+        from twisted.internet import reactor
+    nodes = [n for n in os.environ.get("DISPYCOS_NODES", "").split(",") if n.strip()]
+    if nodes:
+        return _EnvCluster(nodes, os.environ.get("DISPYCOS_SECRET", ""), reactor)
+    return LocalCluster(cpus=cpus, reactor=reactor, echo=echo)

@@ -22,7 +22,7 @@ from .protocol import commands
 from .protocol.arguments import unpack_items
 from .protocol.base import DispycosAMP
 from .status import Location
-from .tasks import ABANDONED, decode_outcome, encode_outcome, outcome_result, with_timeout
+from .tasks import ABANDONED, set_reactor_thread, decode_outcome, encode_outcome, outcome_result, with_timeout
 
 #: How many finished tasks' outcomes a process keeps for C{WaitTask}.
 KEEP_FINISHED = 10000
@@ -156,6 +156,7 @@ class Runtime:
 
     def __init__(self, reactor, host="127.0.0.1", port=0, announce=None, threadpool=None):
         self.reactor = reactor
+        set_reactor_thread()
         self.host = host
         self.port = port
         self.announce = announce

@@ -256,16 +256,19 @@ class Scheduler:
         if comp is not self.active or link.computation is not comp:
             return
         comp._status(Status.NodeInitialized, link.info)
-        for s in r["servers"]:
-            self._add_server(link, comp, s["index"], Location.parse(s["location"], 0))
+        self._add_servers(link, comp, [(s["index"], Location.parse(s["location"], 0)) for s in r["servers"]])
 
-    def _add_server(self, link, comp, index, location):
-        entry = ServerEntry(link, index, location)
-        link.servers[index] = entry
-        self.servers.append(entry)
-        self.runtime.computation_of[location] = comp.id
-        comp._status(Status.ServerDiscovered, location)
-        comp._status(Status.ServerInitialized, location)
+    def _add_servers(self, link, comp, servers):
+        # Book every server first: user code may run as soon as the
+        # computation hears of one.
+        for index, location in servers:
+            entry = ServerEntry(link, index, location)
+            link.servers[index] = entry
+            self.servers.append(entry)
+            self.runtime.computation_of[location] = comp.id
+        for index, location in servers:
+            comp._status(Status.ServerDiscovered, location)
+            comp._status(Status.ServerInitialized, location)
         comp._server_ready()
         self._dispatch()
 
@@ -287,7 +290,7 @@ class Scheduler:
             if entry is not None:
                 self._remove_server(entry, Status.ServerDisconnected, "server %s died" % (entry.location,))
         elif event == "initialized":
-            self._add_server(link, comp, index, Location.parse(location, 0))
+            self._add_servers(link, comp, [(index, Location.parse(location, 0))])
 
     def _fail_if_no_servers(self):
         if self.servers or any(l.state == "connected" for l in self.links.values()):

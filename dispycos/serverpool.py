@@ -73,6 +73,7 @@ class ServerSlot(ProcessProtocol):
         self.node = node
         self.index = index
         self.host = host
+        self.original_port = port
         self.wanted_port = port
         self.port = port
         self.pid = None
@@ -113,7 +114,8 @@ class ServerSlot(ProcessProtocol):
         self.transport.closeStdin()
 
     def _ready(self, port, pid):
-        self.port = port
+        # A restarted server keeps its location (clients and the scheduler know it).
+        self.port = self.wanted_port = port
         self.pid = pid
         self.is_ready = True
         waiters, self._ready_waiters = self._ready_waiters, []
@@ -145,6 +147,8 @@ class ServerSlot(ProcessProtocol):
                 self.log.info("server {i}: {line}", i=self.index, line=line.decode("utf-8", "replace"))
 
     def processEnded(self, reason):
+        if not self.is_ready and self.original_port == 0:
+            self.wanted_port = 0  # its port may have been taken meanwhile
         self.running = False
         self.is_ready = False
         if self.control is not None:

@@ -16,7 +16,6 @@ from collections import deque
 
 from twisted.internet import defer, threads
 from twisted.logger import Logger
-from twisted.python import threadable
 from twisted.python.failure import Failure
 
 from . import serialize
@@ -102,6 +101,20 @@ def _reactor():
     return reactor
 
 
+_reactor_thread = [None]
+
+
+def set_reactor_thread():
+    """Record the calling thread as the reactor's (the runtime does this)."""
+    _reactor_thread[0] = threading.get_ident()
+
+
+def in_worker_thread():
+    """True in a thread other than the reactor's while the reactor runs."""
+    main = _reactor_thread[0]
+    return main is not None and threading.get_ident() != main and _reactor().running
+
+
 def blocking_in_thread(method):
     """
     Decorate a Deferred-returning method so that, called from a worker
@@ -110,7 +123,7 @@ def blocking_in_thread(method):
 
     @functools.wraps(method)
     def wrapper(*args, **kwargs):
-        if threadable.isInIOThread() or not _reactor().running:
+        if not in_worker_thread():
             return method(*args, **kwargs)
         return threads.blockingCallFromThread(_reactor(), method, *args, **kwargs)
 
@@ -122,7 +135,7 @@ def oneway_in_thread(method):
 
     @functools.wraps(method)
     def wrapper(*args, **kwargs):
-        if threadable.isInIOThread() or not _reactor().running:
+        if not in_worker_thread():
             return method(*args, **kwargs)
         _reactor().callFromThread(method, *args, **kwargs)
 
@@ -201,9 +214,9 @@ class _Runner:
                     self.waiting = y
                     y.addBoth(self._resume)
                     return
-                box = []
-                y.addBoth(box.append)
-                if box:
+                if y.called and not y.paused:
+                    box = []
+                    y.addBoth(box.append)
                     r = box[0]
                     if isinstance(r, Failure):
                         exc = r.value
@@ -490,7 +503,7 @@ class Task(_TaskAPI):
         """
         Deferred firing after C{seconds}; from a worker thread it sleeps.
         """
-        if not threadable.isInIOThread() and self.reactor.running:
+        if in_worker_thread():
             time.sleep(seconds)
             return None
         from twisted.internet.task import deferLater

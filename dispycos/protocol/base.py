@@ -187,6 +187,8 @@ class DispycosAMP(amp.AMP):
             return defer.fail(ConnectionLostError("connection to %s is closed" % (self.peer_location or "peer")))
         self.flush()
         d = super().callRemote(command, **kw)
+        if d is None:  # requiresAnswer=False
+            return None
 
         def lost(f):
             if f.check(ConnectionDone, ConnectionLost):

@@ -1,0 +1,108 @@
+"""
+Fixtures that start real dispycos processes on 127.0.0.1 and stop them by PID.
+"""
+
+import os
+import secrets
+import shutil
+import signal
+import subprocess
+import sys
+import tempfile
+import time
+
+import pytest
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+
+
+def env_for_children():
+    env = dict(os.environ)
+    env["PYTHONPATH"] = os.pathsep.join([ROOT] + [p for p in sys.path if p])
+    return env
+
+
+class NodeProcess:
+    """A dispycosnode started for a test; C{stop()} ends it by its PID."""
+
+    def __init__(self, cpus=2, secret=None, args=(), command=None):
+        self.secret = secrets.token_hex(8) if secret is None else secret
+        self.dest = tempfile.mkdtemp(prefix="dispycos-test-node-")
+        self.ready_file = os.path.join(self.dest, "ready")
+        self.log_path = os.path.join(self.dest, "node.log")
+        cmd = command or [sys.executable, "-m", "dispycos.scripts"]
+        cmd = list(cmd) + ["-c", str(cpus), "-i", "127.0.0.1", "--tcp_ports", "0",
+                           "--dest_path", self.dest, "--ready_file", self.ready_file, "--daemon"] + list(args)
+        env = env_for_children()
+        env["DISPYCOS_SECRET"] = self.secret
+        self.log = open(self.log_path, "wb")
+        self.proc = subprocess.Popen(cmd, stdout=self.log, stderr=subprocess.STDOUT, env=env, cwd=self.dest,
+                                     start_new_session=True)
+        deadline = time.monotonic() + 30
+        while not os.path.exists(self.ready_file):
+            if self.proc.poll() is not None or time.monotonic() > deadline:
+                self.stop()
+                raise RuntimeError("dispycosnode did not start:\n" + self.output())
+            time.sleep(0.05)
+        with open(self.ready_file) as f:
+            self.location = f.read().strip()
+        self.port = int(self.location.rsplit(":", 1)[1])
+        self.node_dir = os.path.join(self.dest, "node-%d" % self.port)
+
+    def output(self):
+        try:
+            with open(self.log_path, "rb") as f:
+                return f.read().decode("utf-8", "replace")
+        except OSError:
+            return ""
+
+    def server_pids(self):
+        import psutil
+
+        try:
+            return sorted(c.pid for c in psutil.Process(self.proc.pid).children() if "dispycos.server" in " ".join(c.cmdline()))
+        except psutil.Error:
+            return []
+
+    def kill(self, sig=signal.SIGKILL):
+        if self.proc.poll() is None:
+            os.kill(self.proc.pid, sig)
+
+    def stop(self):
+        """Stop the node by PID (TERM, then KILL of its process group); remove its files."""
+        if self.proc.poll() is None:
+            self.proc.send_signal(signal.SIGTERM)
+            try:
+                self.proc.wait(15)
+            except subprocess.TimeoutExpired:
+                pass
+        try:
+            os.killpg(self.proc.pid, signal.SIGKILL)
+        except (ProcessLookupError, PermissionError):
+            pass
+        self.proc.wait()
+        self.log.close()
+        shutil.rmtree(self.dest, ignore_errors=True)
+
+
+@pytest.fixture(scope="module")
+def node():
+    """A node with 2 servers, shared by the tests of a module."""
+    n = NodeProcess(cpus=2)
+    yield n
+    n.stop()
+
+
+@pytest.fixture
+def fresh_node():
+    """A node of the test's own (for tests that kill it)."""
+    nodes = []
+
+    def make(**kw):
+        n = NodeProcess(**kw)
+        nodes.append(n)
+        return n
+
+    yield make
+    for n in nodes:
+        n.stop()

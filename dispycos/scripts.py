@@ -28,10 +28,16 @@ def _run_service(options_class, make_service, argv, prog):
     except usage.UsageError as e:
         print("%s: %s" % (prog, e), file=sys.stderr)
         sys.exit(2)
+    from twisted.internet import reactor as global_reactor
+
+    try:
+        svc = make_service(options, global_reactor)
+    except usage.UsageError as e:
+        print("%s: %s" % (prog, e), file=sys.stderr)
+        sys.exit(2)
     _start_logging(options.get("debug"))
 
     def main(reactor):
-        svc = make_service(options, reactor)
         svc.privilegedStartService()
         svc.startService()
         # As twistd does: SIGINT/SIGTERM stop the reactor, which first stops the

@@ -436,3 +436,53 @@ async def test_close_terminates_async_tasks(node):
         assert await cpu.result() == 0.3
         with pytest.raises(dispycos.TaskTerminated):
             await stray.result()
+
+
+CLIENT_SCRIPT = r'''
+import sys
+from twisted.internet import task, defer
+import dispycos
+
+def slow(seconds, task=None):
+    yield task.sleep(seconds)
+    return seconds
+
+async def main(reactor):
+    dispycos.Scheduler(nodes=[sys.argv[1]], secret=sys.argv[2])
+    comp = dispycos.Computation([slow])
+    await comp.schedule(timeout=30)
+    rtask = await comp.run(slow, 60)
+    print("RUNNING", flush=True)
+    try:
+        await rtask.result()
+        print("UNEXPECTED RESULT", flush=True)
+    except dispycos.TaskAbandoned:
+        print("ABANDONED", flush=True)
+    await comp.close()
+    print("CLOSED", flush=True)
+
+task.react(lambda reactor: defer.ensureDeferred(main(reactor)))
+'''
+
+
+def test_client_process_exits_cleanly_when_node_dies(fresh_node, tmp_path):
+    import subprocess
+    import sys
+
+    from .conftest import env_for_children
+
+    node = fresh_node(cpus=1)
+    script = tmp_path / "client.py"
+    script.write_text(CLIENT_SCRIPT)
+    proc = subprocess.Popen([sys.executable, str(script), node.location, node.secret], stdout=subprocess.PIPE,
+                            stderr=subprocess.STDOUT, env=env_for_children(), text=True)
+    try:
+        assert proc.stdout.readline().strip() == "RUNNING"
+        node.kill(signal.SIGKILL)
+        out, _ = proc.communicate(timeout=60)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
+    assert proc.returncode == 0, out
+    assert "ABANDONED" in out and "CLOSED" in out, out

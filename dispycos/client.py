@@ -16,7 +16,7 @@ from twisted.logger import Logger
 from . import config, serialize
 from .errors import ComputationClosed, DispycosError, PicklingError, ScheduleError
 from .status import DispycosStatus, Location, Status, TaskInfo
-from .tasks import OK, ERROR, RemoteTask, Task, outcome_result
+from .tasks import ABANDONED, OK, RemoteTask, Task, outcome_result
 
 _ANY_CALLABLE = (types.FunctionType, type)
 
@@ -126,10 +126,12 @@ class Computation:
     # -- status -------------------------------------------------------------------
 
     def _status(self, status, info=None):
+        self._status_raw(DispycosStatus(status, info))
+
+    def _status_raw(self, msg):
         target = self.status_task
-        if target is None:
+        if target is None or self._closed:
             return
-        msg = DispycosStatus(status, info)
         try:
             if isinstance(target, Task):
                 target.send(msg)
@@ -377,9 +379,11 @@ class Computation:
         if leftovers:
             yield defer.DeferredList(leftovers, consumeErrors=True)
         yield self._scheduler.release(self, terminate=True)
+        for rtask in list(self._tasks.values()):
+            self.runtime._settle(rtask, (ABANDONED, "computation closed"))
         self._active = False
-        self._closed = True
         self._status(Status.ComputationClosed, self.id)
+        self._closed = True
         return None
 
 

@@ -13,7 +13,7 @@ import socket
 import sys
 
 from twisted.application import service
-from twisted.internet import defer
+from twisted.internet import defer, task
 from twisted.internet.protocol import Factory
 from twisted.logger import Logger
 
@@ -62,7 +62,7 @@ def expand_ports(specs, count):
     return ports[:count]
 
 
-def avail_info():
+def avail_info(path=None):
     """The node's free resources, from psutil (None where unknown)."""
     try:
         import psutil
@@ -70,7 +70,7 @@ def avail_info():
         return {
             "cpu": 100.0 - psutil.cpu_percent(),
             "memory": psutil.virtual_memory().available,
-            "disk": psutil.disk_usage(os.getcwd()).free,
+            "disk": psutil.disk_usage(path if path and os.path.isdir(path) else os.getcwd()).free,
             "swap": psutil.swap_memory().free,
         }
     except Exception:
@@ -97,6 +97,8 @@ class NodeProtocol(DispycosAMP):
     def __init__(self, node):
         super().__init__(node.reactor, keyring=node.keyring, location="")
         self.node = node
+        self.last_pulse = node.reactor.seconds()
+        self.pulse_interval = None
 
     def connectionLost(self, reason):
         super().connectionLost(reason)
@@ -109,9 +111,16 @@ class NodeProtocol(DispycosAMP):
             "name": node.name,
             "cpus": len(node.slots),
             "platform": platform.platform(),
-            "avail": avail_info(),
+            "avail": avail_info(node.dest_path),
             "busy": node.active is not None and node.active["proto"] is not self,
         }
+
+    @commands.Pulse.responder
+    def _pulse(self, interval):
+        node = self.node
+        self.last_pulse = node.reactor.seconds()
+        self.pulse_interval = min(max(interval, node.min_pulse_interval), node.max_pulse_interval)
+        return {"avail": avail_info(node.dest_path)}
 
     @commands.Reserve.responder
     def _reserve(self, computation, key, cpus, components, files, client):
@@ -136,7 +145,8 @@ class NodeService(service.Service):
     name = "dispycosnode"
 
     def __init__(self, reactor, cpus, hosts, ports, secret="", node_name=None, dest_path=None,
-                 ext_hosts=(), debug=False, spawner=None, ready_file=None):
+                 ext_hosts=(), debug=False, spawner=None, ready_file=None,
+                 min_pulse_interval=config.MinPulseInterval, max_pulse_interval=config.MaxPulseInterval):
         self.reactor = reactor
         self.cpus = cpus
         self.hosts = list(hosts)
@@ -148,6 +158,8 @@ class NodeService(service.Service):
         self.debug = debug
         self.spawner = spawner
         self.ready_file = ready_file
+        self.min_pulse_interval = min_pulse_interval
+        self.max_pulse_interval = max_pulse_interval
         self.slots = []
         self.listening = []
         self.active = None
@@ -179,6 +191,24 @@ class NodeService(service.Service):
             slot.spawn()
         d = defer.DeferredList([s.when_ready() for s in self.slots], consumeErrors=True)
         d.addCallback(self._announce_ready)
+        self._watchdog = task.LoopingCall(self._check_scheduler)
+        self._watchdog.clock = self.reactor
+        self._watchdog.start(self.min_pulse_interval, now=False)
+
+    def _check_scheduler(self):
+        """Release a computation whose scheduler fell silent (5 missed pulses)."""
+        active = self.active
+        if active is None:
+            return
+        proto = active["proto"]
+        interval = proto.pulse_interval or self.max_pulse_interval
+        silent = self.reactor.seconds() - proto.last_pulse
+        if silent > config.MissedPulses * interval:
+            self.log.warn("scheduler of computation {c} silent for {s:.1f}s; releasing it", c=active["computation"], s=silent)
+            if proto.connected:
+                proto.transport.abortConnection()
+            else:
+                self.release(active["computation"], True)
 
     def _announce_ready(self, _):
         addr = self.ext_hosts[0] if self.ext_hosts else (self.hosts[0] or "0.0.0.0")
@@ -195,6 +225,8 @@ class NodeService(service.Service):
     @defer.inlineCallbacks
     def stopService(self):
         self.stopping = True
+        if self._watchdog.running:
+            self._watchdog.stop()
         for p in self.listening:
             yield p.stopListening()
         self.listening = []

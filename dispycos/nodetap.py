@@ -29,6 +29,8 @@ class Options(UnderscoreOptions):
         ["secret", "s", None, "Shared secret schedulers must prove (default: $DISPYCOS_SECRET or none)."],
         ["max_file_size", None, "0", "Largest file accepted (bytes; suffix k, m, g, t)."],
         ["ready_file", None, None, "Write host:port here once every server is ready."],
+        ["min_pulse_interval", None, config.MinPulseInterval, "Shortest pulse interval a client may ask for (s).", float],
+        ["max_pulse_interval", None, config.MaxPulseInterval, "Longest pulse interval (s).", float],
     ]
 
     _repeatable = ("ip_addr", "ext_ip_addr", "tcp_ports")
@@ -82,6 +84,8 @@ class Options(UnderscoreOptions):
         if not self["secret"] and self["insecure"]:
             print("WARNING: dispycosnode runs WITHOUT A SECRET on a non-loopback address: "
                   "anyone who can reach it can run code on this machine", file=sys.stderr)
+        if not (0 < self["min_pulse_interval"] <= self["max_pulse_interval"]):
+            raise usage.UsageError("need 0 < --min_pulse_interval <= --max_pulse_interval")
         try:
             self["ports"] = expand_ports(self["tcp_ports"], cpus + 1)
         except ValueError as e:
@@ -103,4 +107,6 @@ def makeService(options, reactor=None):
         ext_hosts=options["ext_ip_addr"],
         debug=options["debug"],
         ready_file=options["ready_file"],
+        min_pulse_interval=options["min_pulse_interval"],
+        max_pulse_interval=options["max_pulse_interval"],
     )

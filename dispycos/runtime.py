@@ -250,6 +250,12 @@ class Runtime:
             for hook in list(self.lost_hooks):
                 hook(loc)
 
+    def drop(self, location):
+        """Abort the connection to C{location} (its tasks are abandoned)."""
+        link = self.links.get(location)
+        if link is not None and link.proto is not None and link.proto.connected:
+            link.proto.transport.abortConnection()
+
     def _abandon_at(self, loc, why):
         for (where, tid), rt in list(self.remote.items()):
             if where == loc and rt.outcome is None:
@@ -387,5 +393,5 @@ class Runtime:
 
     def _settle(self, rtask, outcome):
         self.remote.pop((rtask.location, rtask.tid), None)
-        if rtask._set_outcome(outcome) and rtask.computation is not None:
-            rtask.computation._task_ended(rtask)
+        comp = rtask.computation
+        rtask._set_outcome(outcome, (lambda: comp._task_ended(rtask)) if comp is not None else None)

@@ -75,6 +75,9 @@ class NodeLink:
         self._delay = 0.2
         self._retry = None
         self._stopped = False
+        self._pulser = None
+        self.last_pulse = None
+        self.abandoned = False
 
     @property
     def addr(self):
@@ -104,7 +107,55 @@ class NodeLink:
         avail = DispycosNodeAvailInfo(self.location, **info["avail"])
         self.info = DispycosNodeInfo(info["name"], self.location.addr, info["cpus"], info["platform"], avail)
         self.log.info("node {name} at {loc} connected: {cpus} servers", name=info["name"], loc=self.location, cpus=info["cpus"])
+        self.abandoned = False
+        self.last_pulse = self.scheduler.reactor.seconds()
+        self._start_pulses()
         self.scheduler._node_connected(self)
+
+    # -- heartbeat -------------------------------------------------------------
+
+    def _start_pulses(self, now=False):
+        from twisted.internet import task
+
+        self._stop_pulses()
+        self._pulser = task.LoopingCall(self._pulse)
+        self._pulser.clock = self.scheduler.reactor
+        self._pulser.start(self.scheduler.pulse_interval(), now=now)
+
+    def _stop_pulses(self):
+        if self._pulser is not None and self._pulser.running:
+            self._pulser.stop()
+        self._pulser = None
+
+    def _pulse(self):
+        scheduler = self.scheduler
+        interval = scheduler.pulse_interval()
+        if self._pulser is not None and self._pulser.interval != interval:
+            self._pulser.interval = interval
+        now = scheduler.reactor.seconds()
+        if self.proto is None:
+            return
+        if now - self.last_pulse > config.MissedPulses * interval:
+            self.log.warn("node at {loc} silent for {s:.1f}s: abandoned", loc=self.location, s=now - self.last_pulse)
+            self.abandoned = True
+            scheduler._node_abandoned(self)
+            proto, self.proto = self.proto, None
+            self._stop_pulses()
+            proto.transport.abortConnection()
+            self.state = "lost"
+            self._schedule_retry(interval)
+            return
+        d = self.proto.callRemote(commands.Pulse, interval=float(interval))
+        d.addCallbacks(self._pulse_answer, lambda f: None)
+
+    def _pulse_answer(self, answer):
+        self.last_pulse = self.scheduler.reactor.seconds()
+        avail = DispycosNodeAvailInfo(self.location, **answer["avail"])
+        if self.info is not None:
+            self.info.avail_info = avail
+        comp = self.computation
+        if comp is not None and comp is self.scheduler.active:
+            comp._status_raw(avail)
 
     def _failed(self, proto, f):
         if proto.transport is not None and proto.connected:
@@ -131,6 +182,7 @@ class NodeLink:
     def connection_lost(self, proto):
         if proto is not self.proto:
             return
+        self._stop_pulses()
         self.proto = None
         self.state = "lost"
         self.scheduler._node_lost(self)
@@ -143,6 +195,7 @@ class NodeLink:
 
     def stop(self):
         self._stopped = True
+        self._stop_pulses()
         if self._retry is not None and self._retry.active():
             self._retry.cancel()
         if self.proto is not None and self.proto.connected:
@@ -197,6 +250,13 @@ class Scheduler:
         for st in Status:
             setattr(self, st.name, st)
 
+    def pulse_interval(self):
+        """The heartbeat interval: the active computation's, else the default."""
+        comp = self.active
+        if comp is not None:
+            return comp.pulse_interval
+        return self.options.get("pulse_interval", 10)
+
     # -- nodes --------------------------------------------------------------------
 
     def add_node(self, entry):
@@ -223,22 +283,36 @@ class Scheduler:
             comp._schedule_failed(ScheduleError("every node refused: %s" % why))
 
     def _node_lost(self, link):
+        self._drop_node(link, Status.ServerDisconnected, Status.NodeDisconnected, "node %s lost" % (link.location,))
+
+    def _drop_node(self, link, server_status, node_status, why):
+        # Statuses first, then the tasks' errbacks: code woken by an errback
+        # already sees why.
         comp = self.active
         entries = list(link.servers.values())
         link.servers.clear()
         was_reserved = link.computation is not None
         link.computation = None
         for entry in entries:
-            self._remove_server(entry, Status.ServerDisconnected, "node %s lost" % (link.location,))
+            self._forget_server(entry, server_status)
         if comp is not None and was_reserved:
-            comp._status(Status.NodeDisconnected, link.info)
+            comp._status(node_status, link.info)
+        for entry in entries:
+            self.runtime._abandon_at(entry.location, why)
+            self.runtime.drop(entry.location)
         self._fail_if_no_servers()
+
+    def _node_abandoned(self, link):
+        """C{link}'s node missed too many pulses: abandon it, its servers and tasks."""
+        self._drop_node(link, Status.ServerAbandoned, Status.NodeAbandoned,
+                        "node %s abandoned (no pulse)" % (link.location,))
 
     @defer.inlineCallbacks
     def _reserve(self, link, comp):
         if link.computation is comp or link.proto is None or comp is not self.active:
             return
         link.computation = comp
+        link._start_pulses(now=True)  # at the computation's pulse interval
         comp._status(Status.NodeDiscovered, link.info)
         try:
             r = yield link.call(
@@ -272,14 +346,16 @@ class Scheduler:
         comp._server_ready()
         self._dispatch()
 
-    def _remove_server(self, entry, status, why):
+    def _forget_server(self, entry, status):
         if entry in self.servers:
             self.servers.remove(entry)
         entry.ready = False
-        comp = self.active
+        if self.active is not None:
+            self.active._status(status, entry.location)
+
+    def _remove_server(self, entry, status, why):
+        self._forget_server(entry, status)
         self.runtime._abandon_at(entry.location, why)
-        if comp is not None:
-            comp._status(status, entry.location)
 
     def _server_event(self, link, computation, index, event, location):
         comp = self.active

@@ -361,10 +361,13 @@ class RemoteTask(TaskRef):
         self.outcome = None
         self._waiters = []
 
-    def _set_outcome(self, outcome):
+    def _set_outcome(self, outcome, before_waiters=None):
+        """Record the outcome; call C{before_waiters()} (bookkeeping) before waking waiters."""
         if self.outcome is not None:
             return False
         self.outcome = outcome
+        if before_waiters is not None:
+            before_waiters()
         waiters, self._waiters = self._waiters, []
         for d in waiters:
             d.callback(None)

@@ -113,6 +113,16 @@ class Release(amp.Command):
     errors = _common_errors
 
 
+class Pulse(amp.Command):
+    """
+    Scheduler → node heartbeat (both sides count the silence): the node
+    answers with its free resources.
+    """
+
+    arguments = [(b"interval", amp.Float())]
+    response = [(b"avail", JSON())]
+
+
 class ServerEvent(amp.Command):
     """Node → scheduler: a server of the computation died, or is ready again."""
 

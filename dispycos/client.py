@@ -85,6 +85,7 @@ class Computation:
         self._tasks = {}
         self._ready_timer = None
         self._exit_trigger = None
+        self._scheduler_gone = None
 
     def _add_component(self, item):
         if isinstance(item, str):
@@ -160,27 +161,32 @@ class Computation:
                     "no scheduler: create dispycos.Scheduler(nodes=[...]) in this process, "
                     "use dispycos.LocalCluster, or give the location of a shared scheduler"))
         else:
-            return defer.fail(ScheduleError("shared schedulers are not supported yet (location %r)" % (location,)))
+            from .schedclient import RemoteScheduler
+
+            try:
+                where = Location.parse(location, config.SchedulerPort)
+            except (TypeError, ValueError):
+                return defer.fail(ScheduleError("invalid scheduler location %r" % (location,)))
+            scheduler = RemoteScheduler(where, self.secret)
         self._scheduler = scheduler
         self.reactor = scheduler.reactor
         self.runtime = scheduler.runtime
         d = self._pending_schedule = defer.Deferred()
-        try:
-            scheduler.submit(self)
-        except DispycosError as e:
-            self._pending_schedule = None
-            return defer.fail(e)
+
+        def refused(f):
+            self._schedule_failed(f.value if isinstance(f.value, ScheduleError)
+                                  else ScheduleError("cannot submit to the scheduler: %s" % f.getErrorMessage()))
+
         if timeout is not None:
             call = self.reactor.callLater(timeout, lambda: self._schedule_failed(
                 ScheduleError("not scheduled within %s s%s" % (timeout, self._node_report()))))
             d.addBoth(lambda r: (call.cancel() if call.active() else None, r)[1])
         self._exit_trigger = self.reactor.addSystemEventTrigger("before", "shutdown", self._close_at_exit)
+        defer.maybeDeferred(scheduler.submit, self).addErrback(refused)
         return d
 
     def _node_report(self):
-        links = self._scheduler.links.values() if self._scheduler else ()
-        parts = ["%s: %s" % (l.location, l.refusal or l.state) for l in links]
-        return (" (nodes: %s)" % ", ".join(parts)) if parts else " (no nodes known)"
+        return self._scheduler.node_report() if self._scheduler else ""
 
     def _activated(self):
         self._active = True
@@ -207,6 +213,23 @@ class Computation:
         if scheduler is not None:
             scheduler.release(self)
         d.errback(exc)
+
+    def _scheduler_lost(self, exc):
+        """The shared scheduler is gone: pending Deferreds errback, nothing hangs."""
+        if self._pending_schedule is not None:
+            self._schedule_failed(ScheduleError(str(exc)))
+            return
+        self._scheduler_gone = exc
+
+    def _closed_by_scheduler(self, reason):
+        if self._closed:
+            return
+        for rtask in list(self._tasks.values()):
+            self.runtime._settle(rtask, (ABANDONED, "computation closed by the scheduler: %s" % reason))
+        self._active = False
+        self._remove_exit_trigger()
+        self._status(Status.ComputationClosed, self.id)
+        self._closed = True
 
     def _remove_exit_trigger(self):
         if self._exit_trigger is not None:
@@ -236,6 +259,8 @@ class Computation:
     def _run(self, where, fn, args, kwargs, cpu):
         if not self._active or self._closing:
             raise ComputationClosed("computation is not scheduled" if not self._closing else "computation is closing")
+        if self._scheduler_gone is not None:
+            raise ComputationClosed("the scheduler is gone: %s" % (self._scheduler_gone,))
         name, code = self._code_for(fn)
         for obj in list(args) + list(kwargs.values()):
             serialize.register_by_value(type(obj))
@@ -343,13 +368,13 @@ class Computation:
         """Deferred firing with the addresses of the nodes in use."""
         if not self._active:
             return defer.succeed([])
-        return defer.succeed(sorted({e.node.addr for e in self._scheduler.servers}))
+        return self._scheduler.nodes_of(self)
 
     def servers(self):
         """Deferred firing with the L{Location}s of the servers in use."""
         if not self._active:
             return defer.succeed([])
-        return defer.succeed([e.location for e in self._scheduler.servers])
+        return self._scheduler.servers_of(self)
 
     # -- closing --------------------------------------------------------------------
 

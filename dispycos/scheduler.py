@@ -53,6 +53,10 @@ class ServerEntry:
         self.tasks_done = 0
         self.ready = True
 
+    @property
+    def node_addr(self):
+        return self.node.addr
+
     def __repr__(self):
         return "<server %s>" % (self.location,)
 
@@ -224,7 +228,7 @@ class Scheduler:
     log = Logger()
     _instance = None
 
-    def __init__(self, nodes=(), secret="", ip_addr=None, reactor=None, **options):
+    def __init__(self, nodes=(), secret="", ip_addr=None, reactor=None, private=True, **options):
         if reactor is None:
             from twisted.internet import reactor
         self.reactor = reactor
@@ -246,7 +250,8 @@ class Scheduler:
         self.closed = False
         for entry in nodes:
             self.add_node(entry)
-        Scheduler._instance = self
+        if private:
+            Scheduler._instance = self
         for st in Status:
             setattr(self, st.name, st)
 
@@ -376,6 +381,29 @@ class Scheduler:
             p.deferred.errback(NoServerError("no servers left: every node is gone"))
 
     # -- computations -------------------------------------------------------------
+
+    def servers_of(self, comp):
+        """Deferred firing with the L{Location}s of C{comp}'s servers."""
+        if comp is not self.active:
+            return defer.succeed([])
+        return defer.succeed([e.location for e in self.servers])
+
+    def nodes_of(self, comp):
+        """Deferred firing with the addresses of C{comp}'s nodes."""
+        if comp is not self.active:
+            return defer.succeed([])
+        return defer.succeed(sorted({e.node_addr for e in self.servers}))
+
+    def node_report(self):
+        """What each known node answered, for error messages."""
+        parts = ["%s: %s" % (l.location, l.refusal or l.state) for l in self.links.values()]
+        return (" (nodes: %s)" % ", ".join(parts)) if parts else " (no nodes known)"
+
+    def entry_at(self, location):
+        for entry in self.servers:
+            if entry.location == location:
+                return entry
+        return None
 
     def submit(self, comp):
         """Queue C{comp}; it becomes active when the ones before it closed."""

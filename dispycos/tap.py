@@ -2,23 +2,26 @@
 """
 Options and service of the shared scheduler program C{dispycos} (and
 C{twistd dispycos}).
-
-The shared scheduler is not part of this release yet: the options parse, and
-starting it says so plainly. Use a private L{dispycos.Scheduler} meanwhile.
 """
+
+import os
+import sys
 
 from twisted.python import usage
 
+from . import config
+from .node import is_loopback
 from .options import UnderscoreOptions
 
 
 class Options(UnderscoreOptions):
     synopsis = "[options]"
-    longdesc = "Run a shared dispycos scheduler (not available in this release)."
+    longdesc = "Run a shared dispycos scheduler: clients' computations queue and run one at a time."
 
     optFlags = [
         ["debug", "d", "Log debug messages."],
         ["daemon", None, "Do not read commands from stdin."],
+        ["insecure", None, "Allow listening on non-loopback addresses without a secret (dangerous)."],
     ]
     optParameters = [
         ["udp_port", "u", 9705, "UDP port for discovery.", int],
@@ -26,7 +29,7 @@ class Options(UnderscoreOptions):
         ["name", "n", None, "Name of the scheduler."],
         ["dest_path", None, None, "Directory for computation files."],
         ["max_file_size", None, "0", "Largest file accepted."],
-        ["secret", "s", None, "Shared secret."],
+        ["secret", "s", None, "Shared secret of clients and nodes (default: $DISPYCOS_SECRET or none)."],
         ["certfile", None, None, "TLS certificate."],
         ["keyfile", None, None, "TLS key."],
         ["cafile", None, None, "CA to verify peers against."],
@@ -56,8 +59,35 @@ class Options(UnderscoreOptions):
         self["node"].append(value)
 
 
+    def postOptions(self):
+        if self["secret"] is None:
+            self["secret"] = os.environ.get("DISPYCOS_SECRET", "")
+        if not self["ip_addr"]:
+            self["ip_addr"] = ["" if self["secret"] else "127.0.0.1"]
+        if not self["secret"] and not self["insecure"]:
+            exposed = [h for h in self["ip_addr"] if not is_loopback(h or "0.0.0.0")]
+            if exposed:
+                raise usage.UsageError(
+                    "refusing to listen on %s without a secret: clients could run code on every node; "
+                    "give one with -s/--secret (or $DISPYCOS_SECRET), or --insecure to override"
+                    % ", ".join(h or "all interfaces" for h in exposed)
+                )
+        if not self["secret"] and self["insecure"]:
+            print("WARNING: the dispycos scheduler runs WITHOUT A SECRET on a non-loopback address",
+                  file=sys.stderr)
+
+
 def makeService(options, reactor=None):
-    raise usage.UsageError(
-        "the shared scheduler program is not available in this release yet; "
-        "run computations with a private dispycos.Scheduler(nodes=[...]) or dispycos.LocalCluster"
+    """The shared scheduler's service, from parsed L{Options}."""
+    if reactor is None:
+        from twisted.internet import reactor
+    from .shared import SchedulerService
+
+    return SchedulerService(
+        reactor,
+        hosts=options["ip_addr"],
+        tcp_port=options["tcp_port"],
+        secret=options["secret"],
+        nodes=options["node"],
+        zombie_period=options["zombie_period"],
     )

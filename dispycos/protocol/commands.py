@@ -221,3 +221,83 @@ class Close(amp.Command):
 
     arguments = [(b"terminate", amp.Boolean())]
     response = []
+
+
+# -- client ⇄ shared scheduler ----------------------------------------------------
+
+
+class Submit(amp.Command):
+    """Client → scheduler: queue a computation; answers with its id at once."""
+
+    arguments = [
+        (b"components", BigBytes()),
+        (b"files", BigBytes()),
+        (b"options", JSON()),
+    ]
+    response = [(b"computation", amp.Unicode())]
+    errors = _common_errors
+
+
+class ComputationEvent(amp.Command):
+    """
+    Scheduler → client: the computation became C{active} (with its C{key}),
+    has a C{ready} server, C{failed} to schedule, or was C{closed}.
+    """
+
+    arguments = [
+        (b"computation", amp.Unicode()),
+        (b"event", amp.Unicode()),
+        (b"key", amp.String()),
+        (b"reason", amp.Unicode()),
+    ]
+    requiresAnswer = False
+
+
+class StatusBatch(amp.Command):
+    """Scheduler → client: pickled status messages for the computation's status_task."""
+
+    arguments = [(b"batch", BigBytes())]
+    requiresAnswer = False
+
+
+class Place(amp.Command):
+    """Client → scheduler: choose a server for a task (answers once one is free)."""
+
+    arguments = [
+        (b"computation", amp.Unicode()),
+        (b"cpu", amp.Boolean()),
+        (b"where", amp.Unicode()),
+        (b"server", amp.Boolean()),
+    ]
+    response = [(b"location", amp.Unicode()), (b"node", amp.Unicode())]
+    errors = _common_errors
+
+
+class TaskDone(amp.Command):
+    """Client → scheduler: one-way batch of C{(cpu, server location)} of ended tasks."""
+
+    arguments = [(b"batch", BigBytes())]
+    requiresAnswer = False
+
+
+class Query(amp.Command):
+    """Client → scheduler: C{nodes} or C{servers} of the computation."""
+
+    arguments = [(b"computation", amp.Unicode()), (b"what", amp.Unicode())]
+    response = [(b"result", JSON())]
+    errors = _common_errors
+
+
+class CloseComputation(amp.Command):
+    """Client → scheduler: close the computation; answers once its nodes are released."""
+
+    arguments = [(b"computation", amp.Unicode()), (b"terminate", amp.Boolean())]
+    response = []
+    errors = _common_errors
+
+
+class ClientPulse(amp.Command):
+    """Client → scheduler heartbeat (both sides count the silence)."""
+
+    arguments = [(b"computation", amp.Unicode())]
+    response = []

@@ -1,0 +1,201 @@
+# -*- test-case-name: tests.test_shared -*-
+"""
+The client's side of a shared scheduler: L{RemoteScheduler} offers a
+L{Computation} what a private L{Scheduler} does, over one authenticated AMP
+connection (with heartbeats both ways).
+"""
+
+import pickle
+
+from twisted.internet import defer, task
+from twisted.internet.endpoints import TCP4ClientEndpoint, connectProtocol
+from twisted.logger import Logger
+
+from . import config
+from .errors import ComputationClosed, ConnectionLostError, DispycosError, ScheduleError
+from .protocol import auth, commands
+from .protocol.arguments import unpack_items
+from .protocol.base import DispycosAMP
+from .status import DispycosStatus, Location, Status
+
+
+class _SchedulerProtocol(DispycosAMP):
+    def __init__(self, owner):
+        super().__init__(owner.reactor, location=str(owner.runtime.location))
+        self.owner = owner
+
+    def connectionLost(self, reason):
+        super().connectionLost(reason)
+        self.owner._lost(self)
+
+    @commands.ComputationEvent.responder
+    def _event(self, computation, event, key, reason):
+        self.owner._event(computation, event, key, reason)
+        return {}
+
+    @commands.StatusBatch.responder
+    def _statuses(self, batch):
+        for _, blob in unpack_items(batch):
+            self.owner._status(pickle.loads(blob))
+        return {}
+
+
+class Placed:
+    """Where a shared scheduler placed a task."""
+
+    def __init__(self, location, node_addr):
+        self.location = location
+        self.node_addr = node_addr
+
+
+class RemoteScheduler:
+    """A shared scheduler at C{location}, for one computation."""
+
+    log = Logger()
+
+    def __init__(self, location, secret, reactor=None):
+        if reactor is None:
+            from twisted.internet import reactor
+        from .runtime import current_runtime
+
+        self.reactor = reactor
+        self.location = location
+        self.key = auth.key_from_secret(secret)
+        self.runtime = current_runtime()
+        self.proto = None
+        self.comp = None
+        self._pulser = None
+        self._last_answer = None
+        self._report = "scheduler %s not reached yet" % (location,)
+
+    def node_report(self):
+        return " (%s)" % self._report
+
+    # -- connection -------------------------------------------------------------
+
+    @defer.inlineCallbacks
+    def submit(self, comp):
+        self.comp = comp
+        proto = _SchedulerProtocol(self)
+        endpoint = TCP4ClientEndpoint(self.reactor, self.location.addr, self.location.port, timeout=10)
+        try:
+            yield connectProtocol(endpoint, proto)
+        except Exception as e:
+            self._report = "scheduler %s: %s" % (self.location, e)
+            raise ScheduleError("cannot reach the scheduler at %s: %s" % (self.location, e))
+        try:
+            yield proto.handshake(self.key, "client")
+        except Exception as e:
+            self._report = "scheduler %s refused: %s" % (self.location, e)
+            raise ScheduleError("the scheduler at %s refused this client: %s" % (self.location, e))
+        self.proto = proto
+        options = {"pulse_interval": comp.pulse_interval, "client": str(self.runtime.location)}
+        r = yield proto.callRemote(commands.Submit, components=comp._components_blob,
+                                   files=pickle.dumps(comp._files), options=options)
+        comp.id = r["computation"]
+        self._report = "queued at scheduler %s" % (self.location,)
+        self._start_pulses()
+
+    def _start_pulses(self):
+        self._last_answer = self.reactor.seconds()
+        self._pulser = task.LoopingCall(self._pulse)
+        self._pulser.clock = self.reactor
+        self._pulser.start(self.comp.pulse_interval, now=False)
+
+    def _pulse(self):
+        proto = self.proto
+        if proto is None:
+            return
+        silent = self.reactor.seconds() - self._last_answer
+        if silent > config.MissedPulses * self.comp.pulse_interval:
+            self.log.warn("scheduler {loc} silent for {s:.1f}s: giving up", loc=self.location, s=silent)
+            proto.transport.abortConnection()
+            return
+        d = proto.callRemote(commands.ClientPulse, computation=self.comp.id or "")
+        d.addCallbacks(lambda _: setattr(self, "_last_answer", self.reactor.seconds()), lambda f: None)
+
+    def _lost(self, proto):
+        if proto is not self.proto:
+            return
+        self.proto = None
+        if self._pulser is not None and self._pulser.running:
+            self._pulser.stop()
+        comp = self.comp
+        if comp is not None:
+            comp._scheduler_lost(ConnectionLostError("connection to the scheduler at %s lost" % (self.location,)))
+
+    def _call(self, command, **kw):
+        if self.proto is None:
+            return defer.fail(ComputationClosed("not connected to the scheduler at %s" % (self.location,)))
+        return self.proto.callRemote(command, **kw)
+
+    # -- what the scheduler tells us ------------------------------------------------
+
+    def _event(self, computation, event, key, reason):
+        comp = self.comp
+        if comp is None or comp.id != computation:
+            return
+        if event == "active":
+            comp.key = key
+            self.runtime.keys[comp.id] = key
+            self._report = "active at scheduler %s" % (self.location,)
+            comp._activated()
+        elif event == "ready":
+            comp._server_ready()
+        elif event == "failed":
+            comp._schedule_failed(ScheduleError(reason))
+        elif event == "closed":
+            comp._closed_by_scheduler(reason)
+
+    def _status(self, msg):
+        comp = self.comp
+        if comp is None:
+            return
+        if isinstance(msg, DispycosStatus) and msg.status in (
+            Status.ServerAbandoned, Status.ServerDisconnected, Status.ServerClosed
+        ):
+            self.runtime._abandon_at(msg.info, "server %s %s" % (msg.info, msg.status.name))
+            if msg.status != Status.ServerClosed:
+                self.runtime.drop(msg.info)
+        comp._status_raw(msg)
+
+    # -- what the computation asks --------------------------------------------------------
+
+    def place(self, comp, cpu, where=None):
+        server = isinstance(where, Location)
+        d = self._call(commands.Place, computation=comp.id, cpu=cpu, where="" if where is None else str(where),
+                       server=server)
+
+        def placed(r):
+            loc = Location.parse(r["location"], 0)
+            self.runtime.computation_of[loc] = comp.id
+            return Placed(loc, r["node"])
+
+        return d.addCallback(placed)
+
+    def task_done(self, placed, cpu):
+        if self.proto is not None:
+            self.proto.queue(commands.TaskDone, int(bool(cpu)), str(placed.location).encode())
+
+    def servers_of(self, comp):
+        d = self._call(commands.Query, computation=comp.id, what="servers")
+        return d.addCallback(lambda r: [Location.parse(x, 0) for x in r["result"]])
+
+    def nodes_of(self, comp):
+        return self._call(commands.Query, computation=comp.id, what="nodes").addCallback(lambda r: r["result"])
+
+    @defer.inlineCallbacks
+    def release(self, comp, terminate=False):
+        try:
+            if comp.id is not None and self.proto is not None:
+                yield self._call(commands.CloseComputation, computation=comp.id, terminate=terminate)
+        except DispycosError as e:
+            self.log.warn("closing at the scheduler failed: {e}", e=e)
+        finally:
+            if comp.id is not None:
+                self.runtime.keys.pop(comp.id, None)
+            proto, self.proto = self.proto, None
+            if self._pulser is not None and self._pulser.running:
+                self._pulser.stop()
+            if proto is not None and proto.connected:
+                proto.transport.loseConnection()

@@ -1,0 +1,225 @@
+# -*- test-case-name: tests.test_shared -*-
+"""
+The shared scheduler program (C{dispycos}, C{twistd dispycos}): a
+L{Scheduler} that clients of other processes reach over TCP. Their
+computations queue and run one at a time, in submission order.
+"""
+
+import pickle
+
+from twisted.application import service
+from twisted.internet import defer, task
+from twisted.internet.protocol import Factory
+from twisted.logger import Logger
+
+from . import config
+from .errors import ComputationClosed, DispycosError, ScheduleError
+from .protocol import auth, commands
+from .protocol.arguments import unpack_items
+from .protocol.base import DispycosAMP
+from .scheduler import Scheduler
+from .status import DispycosStatus, Location
+
+
+class RemoteComputation:
+    """The scheduler's stand-in for a computation whose client is elsewhere."""
+
+    log = Logger()
+
+    def __init__(self, channel, components, files, options):
+        self.channel = channel
+        self._components_blob = components
+        self._files = pickle.loads(files) if files else []
+        self.pulse_interval = min(max(float(options.get("pulse_interval", 10)), config.MinPulseInterval),
+                                  config.MaxPulseInterval)
+        self.client = options.get("client", "")
+        self.id = None
+        self.key = None
+        self._pending_schedule = True
+        self.closed = False
+        self.last_seen = channel.reactor.seconds()
+
+    def _send(self, event, key=b"", reason=""):
+        if self.channel.connected:
+            self.channel.callRemote(commands.ComputationEvent, computation=self.id, event=event, key=key, reason=reason)
+
+    def _status(self, status, info=None):
+        self._status_raw(DispycosStatus(status, info))
+
+    def _status_raw(self, msg):
+        if self.channel.connected and not self.closed:
+            self.channel.queue(commands.StatusBatch, 0, pickle.dumps(msg))
+
+    def _activated(self):
+        # Not before the client has the answer to Submit (with our id).
+        self.channel.reactor.callLater(0, self._send, "active", self.key)
+
+    def _server_ready(self):
+        if self._pending_schedule:
+            self._pending_schedule = False
+            self.channel.reactor.callLater(0, self._send, "ready")
+
+    def _schedule_failed(self, exc):
+        if self._pending_schedule:
+            self._pending_schedule = False
+            self._send("failed", reason=str(exc))
+            self.channel.service.scheduler.release(self)
+
+    @defer.inlineCallbacks
+    def close(self, await_async=False, terminate=False, reason="closed"):
+        if self.closed:
+            return
+        self.closed = True
+        yield self.channel.service.scheduler.release(self, terminate=True)
+        self._send("closed", reason=reason)
+
+
+class ClientChannel(DispycosAMP):
+    """One client's connection to the shared scheduler."""
+
+    def __init__(self, svc):
+        super().__init__(svc.reactor, keyring=svc.keyring, location="")
+        self.service = svc
+        self.computations = {}
+
+    def connectionLost(self, reason):
+        super().connectionLost(reason)
+        for comp in list(self.computations.values()):
+            self.log.info("client of computation {c} is gone; closing it", c=comp.id)
+            comp.close(reason="client gone")
+        self.computations.clear()
+
+    def _comp(self, computation):
+        comp = self.computations.get(computation)
+        if comp is None or comp.closed:
+            raise ComputationClosed("no computation %s for this client" % (computation,))
+        return comp
+
+    @commands.Submit.responder
+    def _submit(self, components, files, options):
+        comp = RemoteComputation(self, components, files, options)
+        self.service.scheduler.submit(comp)
+        self.computations[comp.id] = comp
+        return {"computation": comp.id}
+
+    @commands.Place.responder
+    def _place(self, computation, cpu, where, server):
+        comp = self._comp(computation)
+        target = None
+        if where:
+            target = Location.parse(where, 0) if server else where
+        d = self.service.scheduler.place(comp, cpu, target)
+        return d.addCallback(lambda entry: {"location": str(entry.location), "node": entry.node_addr})
+
+    @commands.TaskDone.responder
+    def _task_done(self, batch):
+        scheduler = self.service.scheduler
+        for cpu, loc in unpack_items(batch):
+            entry = scheduler.entry_at(Location.parse(loc.decode(), 0))
+            if entry is not None:
+                scheduler.task_done(entry, bool(cpu))
+        return {}
+
+    @commands.Query.responder
+    def _query(self, computation, what):
+        comp = self._comp(computation)
+        scheduler = self.service.scheduler
+        if what == "servers":
+            d = scheduler.servers_of(comp).addCallback(lambda locs: [str(l) for l in locs])
+        elif what == "nodes":
+            d = scheduler.nodes_of(comp)
+        else:
+            raise DispycosError("unknown query %r" % (what,))
+        return d.addCallback(lambda result: {"result": result})
+
+    @commands.CloseComputation.responder
+    def _close(self, computation, terminate):
+        comp = self.computations.pop(computation, None)
+        if comp is None:
+            return {}
+        return comp.close(terminate=terminate).addCallback(lambda _: {})
+
+    @commands.ClientPulse.responder
+    def _pulse(self, computation):
+        comp = self.computations.get(computation)
+        if comp is not None:
+            comp.last_seen = self.reactor.seconds()
+        return {}
+
+
+class SchedulerService(service.Service):
+    """
+    The shared scheduler: listens for clients on C{tcp_port}, drives nodes
+    with a L{Scheduler}.
+    """
+
+    log = Logger()
+    name = "dispycos"
+
+    def __init__(self, reactor, hosts=("127.0.0.1",), tcp_port=config.SchedulerPort, secret="", nodes=(),
+                 zombie_period=None, **scheduler_options):
+        self.reactor = reactor
+        self.hosts = list(hosts)
+        self.tcp_port = tcp_port
+        self.secret = secret
+        self.key = auth.key_from_secret(secret)
+        self.nodes = list(nodes)
+        self.zombie_period = zombie_period
+        self.scheduler_options = scheduler_options
+        self.scheduler = None
+        self.listening = []
+        self.port = None
+        self._reaper = None
+
+    def keyring(self, role, computation):
+        return self.key if role == "client" else None
+
+    def startService(self):
+        super().startService()
+        self.scheduler = Scheduler(nodes=self.nodes, secret=self.secret, reactor=self.reactor, private=False,
+                                   **self.scheduler_options)
+        factory = Factory.forProtocol(lambda: ClientChannel(self))
+        port = self.tcp_port
+        for host in self.hosts:
+            p = self.reactor.listenTCP(port, factory, interface=host)
+            self.listening.append(p)
+            port = p.getHost().port
+        self.port = port
+        self._reaper = task.LoopingCall(self._reap_zombies)
+        self._reaper.clock = self.reactor
+        self._reaper.start(config.MinPulseInterval, now=False)
+        self.log.info("dispycos scheduler listening at {h}:{p}", h=self.hosts[0] or "0.0.0.0", p=port)
+
+    def _reap_zombies(self):
+        comp = self.scheduler.active
+        if not isinstance(comp, RemoteComputation):
+            return
+        limit = self.zombie_period or config.MissedPulses * comp.pulse_interval
+        silent = self.reactor.seconds() - comp.last_seen
+        if silent > limit:
+            self.log.warn("client of computation {c} silent for {s:.0f}s: closing it", c=comp.id, s=silent)
+            comp.channel.computations.pop(comp.id, None)
+            comp.close(reason="client silent (zombie)")
+            if comp.channel.connected:
+                comp.channel.transport.abortConnection()
+
+    def status(self):
+        """A short text for the C{status} command."""
+        s = self.scheduler
+        active = s.active.id if s.active is not None else None
+        return "active computation: %s; queued: %d; nodes: %d; servers: %d" % (
+            active, len(s.queue), sum(1 for l in s.links.values() if l.state == "connected"), len(s.servers))
+
+    @defer.inlineCallbacks
+    def stopService(self):
+        if self._reaper is not None and self._reaper.running:
+            self._reaper.stop()
+        for p in self.listening:
+            yield p.stopListening()
+        self.listening = []
+        if self.scheduler is not None:
+            comp = self.scheduler.active
+            if isinstance(comp, RemoteComputation):
+                yield comp.close(reason="scheduler stopping")
+            yield self.scheduler.close()
+        yield service.Service.stopService(self)

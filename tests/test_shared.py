@@ -1,0 +1,136 @@
+"""
+The shared scheduler program with real processes: clients in this process and
+in others, computations queued first come first served.
+"""
+
+import os
+import signal
+import subprocess
+import sys
+import time
+
+import pytest
+import pytest_twisted
+from twisted.internet import defer
+
+import dispycos
+from dispycos import Computation, Status
+
+from .conftest import env_for_children
+from .test_core import sleep, wait_for
+
+
+class SchedulerProcess:
+    """A `dispycos` shared scheduler process, stopped by PID."""
+
+    def __init__(self, nodes, secret, args=()):
+        import socket
+
+        s = socket.socket()
+        s.bind(("127.0.0.1", 0))
+        self.port = s.getsockname()[1]
+        s.close()
+        env = env_for_children()
+        env["DISPYCOS_SECRET"] = secret
+        cmd = [sys.executable, "-c", "from dispycos.scripts import scheduler_main; scheduler_main()",
+               "-i", "127.0.0.1", "-t", str(self.port), "--daemon"]
+        for n in nodes:
+            cmd += ["--node", n]
+        self.proc = subprocess.Popen(cmd + list(args), stdout=subprocess.PIPE, stderr=subprocess.STDOUT, env=env)
+        self.location = "127.0.0.1:%d" % self.port
+        import socket as _s
+
+        deadline = time.monotonic() + 30
+        while True:
+            try:
+                _s.create_connection(("127.0.0.1", self.port), timeout=1).close()
+                break
+            except OSError:
+                if self.proc.poll() is not None or time.monotonic() > deadline:
+                    self.stop()
+                    raise RuntimeError("scheduler did not start")
+                time.sleep(0.05)
+
+    def stop(self):
+        if self.proc.poll() is None:
+            self.proc.send_signal(signal.SIGTERM)
+            try:
+                self.proc.wait(15)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+                self.proc.wait()
+
+
+@pytest.fixture
+def shared(fresh_node):
+    node = fresh_node(cpus=2)
+    sched = SchedulerProcess([node.location], node.secret)
+    yield node, sched
+    sched.stop()
+
+
+def step(n, task=None):
+    yield task.sleep(0.05)
+    return n + 1
+
+
+@pytest_twisted.ensureDeferred
+async def test_shared_scheduler_runs_a_computation(shared):
+    node, sched = shared
+    statuses = []
+    comp = Computation([step], secret=node.secret, status_task=statuses.append)
+    await comp.schedule(sched.location, timeout=30)
+    try:
+        assert len(await comp.servers()) == 2
+        assert await comp.nodes() == ["127.0.0.1"]
+        assert await comp.run_results(step, range(20)) == list(range(1, 21))
+    finally:
+        await comp.close()
+    codes = [s.status for s in statuses if isinstance(s, dispycos.DispycosStatus)]
+    assert codes[0] == Status.NodeDiscovered and codes[-1] == Status.ComputationClosed
+    assert codes.count(Status.ServerInitialized) == 2
+    assert codes.count(Status.TaskFinished) == 20
+
+
+@pytest_twisted.ensureDeferred
+async def test_second_client_waits_for_the_first(shared):
+    node, sched = shared
+    first = Computation([step], secret=node.secret)
+    second = Computation([step], secret=node.secret)
+    await first.schedule(sched.location, timeout=30)
+    d2 = second.schedule(sched.location, timeout=60)
+    await sleep(1.0)
+    assert not d2.called  # queued behind the first
+    assert await first.run_result(step, 1) == 2
+    await first.close()
+    await d2
+    try:
+        assert await second.run_result(step, 2) == 3
+    finally:
+        await second.close()
+
+
+@pytest_twisted.ensureDeferred
+async def test_wrong_secret_refused(shared):
+    node, sched = shared
+    comp = Computation([step], secret="wrong")
+    with pytest.raises(dispycos.ScheduleError) as info:
+        await comp.schedule(sched.location, timeout=30)
+    assert "refused" in str(info.value)
+
+
+@pytest_twisted.ensureDeferred
+async def test_vanished_scheduler_errbacks(shared):
+    node, sched = shared
+    comp = Computation([step], secret=node.secret)
+    await comp.schedule(sched.location, timeout=30)
+    try:
+        running = [await comp.run(step, 1)]
+        sched.proc.kill()
+        sched.proc.wait()
+        with pytest.raises(dispycos.DispycosError):
+            for _ in range(100):
+                rt = await comp.run(step, 1)
+                await rt.result(timeout=10)
+    finally:
+        await comp.close()

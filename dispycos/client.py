@@ -154,15 +154,13 @@ class Computation:
             return defer.fail(ScheduleError("computation is closed"))
         from .scheduler import Scheduler
 
-        if location is None:
+        if location is None and Scheduler._instance is not None:
             scheduler = Scheduler._instance
-            if scheduler is None:
-                return defer.fail(ScheduleError(
-                    "no scheduler: create dispycos.Scheduler(nodes=[...]) in this process, "
-                    "use dispycos.LocalCluster, or give the location of a shared scheduler"))
         else:
             from .schedclient import RemoteScheduler
 
+            if location is None:
+                return self._find_and_schedule(timeout)
             try:
                 where = Location.parse(location, config.SchedulerPort)
             except (TypeError, ValueError):
@@ -184,6 +182,22 @@ class Computation:
         self._exit_trigger = self.reactor.addSystemEventTrigger("before", "shutdown", self._close_at_exit)
         defer.maybeDeferred(scheduler.submit, self).addErrback(refused)
         return d
+
+    @defer.inlineCallbacks
+    def _find_and_schedule(self, timeout):
+        from twisted.internet import reactor
+
+        from .discovery import find_scheduler
+        from .protocol.auth import key_from_secret
+        from .runtime import current_runtime
+
+        location = yield find_scheduler(reactor, key_from_secret(self.secret), current_runtime().host or "")
+        if location is None:
+            raise ScheduleError(
+                "no scheduler: none answered on the local network; create dispycos.Scheduler(nodes=[...]) "
+                "in this process, use dispycos.LocalCluster, or give the location of a shared scheduler")
+        result = yield self.schedule(location, timeout)
+        return result
 
     def _node_report(self):
         return self._scheduler.node_report() if self._scheduler else ""

@@ -18,6 +18,7 @@ from twisted.internet.protocol import Factory
 from twisted.logger import Logger
 
 from . import config
+from .discovery import Discovery
 from .errors import DispycosError, FileTransferError
 from .protocol import auth, commands
 from .protocol.base import DispycosAMP
@@ -146,7 +147,8 @@ class NodeService(service.Service):
 
     def __init__(self, reactor, cpus, hosts, ports, secret="", node_name=None, dest_path=None,
                  ext_hosts=(), debug=False, spawner=None, ready_file=None,
-                 min_pulse_interval=config.MinPulseInterval, max_pulse_interval=config.MaxPulseInterval):
+                 min_pulse_interval=config.MinPulseInterval, max_pulse_interval=config.MaxPulseInterval,
+                 udp_port=config.NodePort, peers=(), scheduler_port=config.SchedulerPort):
         self.reactor = reactor
         self.cpus = cpus
         self.hosts = list(hosts)
@@ -160,6 +162,10 @@ class NodeService(service.Service):
         self.ready_file = ready_file
         self.min_pulse_interval = min_pulse_interval
         self.max_pulse_interval = max_pulse_interval
+        self.udp_port = udp_port
+        self.peers = list(peers)
+        self.scheduler_port = scheduler_port
+        self.discovery = None
         self.slots = []
         self.listening = []
         self.active = None
@@ -191,6 +197,8 @@ class NodeService(service.Service):
             slot.spawn()
         d = defer.DeferredList([s.when_ready() for s in self.slots], consumeErrors=True)
         d.addCallback(self._announce_ready)
+        self.discovery = Discovery(self.reactor, self.hosts, self.udp_port, self.key, self._discovered)
+        self.discovery.start()
         self._watchdog = task.LoopingCall(self._check_scheduler)
         self._watchdog.clock = self.reactor
         self._watchdog.start(self.min_pulse_interval, now=False)
@@ -221,12 +229,38 @@ class NodeService(service.Service):
         if self.ready_file:
             with open(self.ready_file, "w") as f:
                 f.write("%s:%d\n" % (addr, self.port))
+        self.announce()
+
+    # -- discovery ----------------------------------------------------------------
+
+    def _announcement(self):
+        host = self.ext_hosts[0] if self.ext_hosts else (self.hosts[0] if len(self.hosts) == 1 else "")
+        return {"kind": "announce", "role": "node", "name": self.name, "host": host, "port": self.port,
+                "busy": self.active is not None}
+
+    def announce(self):
+        """Tell schedulers (broadcast, and every --peer) that this node is here."""
+        if self.discovery is None or self.stopping or self.port is None:
+            return
+        msg = self._announcement()
+        self.discovery.broadcast(msg, self.scheduler_port)
+        for peer in self.peers:
+            loc = Location.parse(peer, self.scheduler_port)
+            self.discovery.send(msg, (loc.addr, loc.port))
+
+    def _discovered(self, msg, addr):
+        if msg.get("kind") == "probe" and msg.get("role") == "scheduler" and self.port is not None:
+            reply_port = msg.get("reply_port")
+            if isinstance(reply_port, int) and 0 < reply_port < 65536:
+                self.discovery.send(self._announcement(), (addr[0], reply_port))
 
     @defer.inlineCallbacks
     def stopService(self):
         self.stopping = True
         if self._watchdog.running:
             self._watchdog.stop()
+        if self.discovery is not None:
+            self.discovery.stop()
         for p in self.listening:
             yield p.stopListening()
         self.listening = []
@@ -353,6 +387,7 @@ class NodeService(service.Service):
                 except OSError:
                     pass
         self.log.info("computation {c} closed", c=computation)
+        self.announce()
 
     def scheduler_lost(self, proto):
         active = self.active

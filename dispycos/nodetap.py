@@ -29,17 +29,24 @@ class Options(UnderscoreOptions):
         ["secret", "s", None, "Shared secret schedulers must prove (default: $DISPYCOS_SECRET or none)."],
         ["max_file_size", None, "0", "Largest file accepted (bytes; suffix k, m, g, t)."],
         ["ready_file", None, None, "Write host:port here once every server is ready."],
+        ["udp_port", "u", config.NodePort, "UDP port for discovery.", int],
+        ["scheduler_port", None, config.SchedulerPort, "UDP port schedulers listen on (for announcements).", int],
         ["min_pulse_interval", None, config.MinPulseInterval, "Shortest pulse interval a client may ask for (s).", float],
         ["max_pulse_interval", None, config.MaxPulseInterval, "Longest pulse interval (s).", float],
     ]
 
-    _repeatable = ("ip_addr", "ext_ip_addr", "tcp_ports")
+    _repeatable = ("ip_addr", "ext_ip_addr", "tcp_ports", "peer")
 
     def __init__(self):
         super().__init__()
         self["ip_addr"] = []
         self["ext_ip_addr"] = []
         self["tcp_ports"] = []
+        self["peer"] = []
+
+    def opt_peer(self, value):
+        """A scheduler (host:port of its UDP port) to announce this node to (repeatable)."""
+        self["peer"].append(value)
 
     def opt_ip_addr(self, value):
         """Address to listen on (repeatable)."""
@@ -109,4 +116,7 @@ def makeService(options, reactor=None):
         ready_file=options["ready_file"],
         min_pulse_interval=options["min_pulse_interval"],
         max_pulse_interval=options["max_pulse_interval"],
+        udp_port=options["udp_port"],
+        peers=options["peer"],
+        scheduler_port=options["scheduler_port"],
     )

@@ -228,7 +228,8 @@ class Scheduler:
     log = Logger()
     _instance = None
 
-    def __init__(self, nodes=(), secret="", ip_addr=None, reactor=None, private=True, **options):
+    def __init__(self, nodes=(), secret="", ip_addr=None, reactor=None, private=True, udp_port=config.SchedulerPort,
+                 node_port=config.NodePort, discover=True, **options):
         if reactor is None:
             from twisted.internet import reactor
         self.reactor = reactor
@@ -248,8 +249,17 @@ class Scheduler:
         self.servers = []
         self.waiting = deque()
         self.closed = False
+        self.node_port = node_port
+        self.advertise = None  # (host, port) a shared scheduler tells clients looking for one
+        self.discovery = None
+        if discover:
+            from .discovery import Discovery
+
+            self.discovery = Discovery(reactor, [ip_addr if ip_addr is not None else "127.0.0.1"], udp_port, self.key, self._discovered)
+            self.discovery.start()
         for entry in nodes:
             self.add_node(entry)
+        self.probe()
         if private:
             Scheduler._instance = self
         for st in Status:
@@ -264,12 +274,37 @@ class Scheduler:
 
     # -- nodes --------------------------------------------------------------------
 
-    def add_node(self, entry):
+    def add_node(self, entry, listed=True):
         """Connect to a node (C{"host[:port]"} or L{Location})."""
         loc = Location.parse(entry, config.NodePort)
-        if loc not in self.links:
-            link = self.links[loc] = NodeLink(self, loc)
+        link = self.links.get(loc)
+        if link is None:
+            link = self.links[loc] = NodeLink(self, loc, listed)
             link.connect()
+        elif link.state in ("lost", "unreachable", "refused") and (link._retry is None or not link._retry.active()):
+            link.connect()
+
+    # -- discovery ------------------------------------------------------------------
+
+    def probe(self):
+        """Ask nodes on the local network to announce themselves."""
+        if self.discovery is not None and self.discovery.ports:
+            msg = {"kind": "probe", "role": "scheduler", "reply_port": self.discovery.reply_port}
+            self.discovery.broadcast(msg, self.node_port)
+
+    def _discovered(self, msg, addr):
+        kind, role = msg.get("kind"), msg.get("role")
+        if kind == "announce" and role == "node" and not self.closed:
+            port = msg.get("port")
+            if isinstance(port, int) and 0 < port < 65536:
+                host = msg.get("host") or addr[0]
+                self.add_node(Location(host, port), listed=False)
+        elif kind == "find" and role == "client" and self.advertise is not None:
+            reply_port = msg.get("reply_port")
+            if isinstance(reply_port, int) and 0 < reply_port < 65536:
+                host, port = self.advertise
+                self.discovery.send({"kind": "scheduler", "role": "scheduler", "host": host, "port": port},
+                                    (addr[0], reply_port))
 
     def _node_connected(self, link):
         comp = self.active
@@ -424,6 +459,7 @@ class Scheduler:
         comp = self.active = self.queue.popleft()
         self.runtime.keys[comp.id] = comp.key
         comp._activated()
+        self.probe()
         for link in self.links.values():
             if link.state == "connected":
                 self._reserve(link, comp)
@@ -547,5 +583,7 @@ class Scheduler:
             yield self.active.close(terminate=True)
         for link in self.links.values():
             link.stop()
+        if self.discovery is not None:
+            self.discovery.stop()
         if Scheduler._instance is self:
             Scheduler._instance = None

@@ -157,7 +157,7 @@ class SchedulerService(service.Service):
     name = "dispycos"
 
     def __init__(self, reactor, hosts=("127.0.0.1",), tcp_port=config.SchedulerPort, secret="", nodes=(),
-                 zombie_period=None, **scheduler_options):
+                 zombie_period=None, udp_port=config.SchedulerPort, ext_hosts=(), **scheduler_options):
         self.reactor = reactor
         self.hosts = list(hosts)
         self.tcp_port = tcp_port
@@ -165,6 +165,8 @@ class SchedulerService(service.Service):
         self.key = auth.key_from_secret(secret)
         self.nodes = list(nodes)
         self.zombie_period = zombie_period
+        self.udp_port = udp_port
+        self.ext_hosts = list(ext_hosts)
         self.scheduler_options = scheduler_options
         self.scheduler = None
         self.listening = []
@@ -177,7 +179,7 @@ class SchedulerService(service.Service):
     def startService(self):
         super().startService()
         self.scheduler = Scheduler(nodes=self.nodes, secret=self.secret, reactor=self.reactor, private=False,
-                                   **self.scheduler_options)
+                                   ip_addr=self.hosts[0] or "", udp_port=self.udp_port, **self.scheduler_options)
         factory = Factory.forProtocol(lambda: ClientChannel(self))
         port = self.tcp_port
         for host in self.hosts:
@@ -185,6 +187,7 @@ class SchedulerService(service.Service):
             self.listening.append(p)
             port = p.getHost().port
         self.port = port
+        self.scheduler.advertise = (self.ext_hosts[0] if self.ext_hosts else self.hosts[0], port)
         self._reaper = task.LoopingCall(self._reap_zombies)
         self._reaper.clock = self.reactor
         self._reaper.start(config.MinPulseInterval, now=False)

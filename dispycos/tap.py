@@ -90,4 +90,6 @@ def makeService(options, reactor=None):
         secret=options["secret"],
         nodes=options["node"],
         zombie_period=options["zombie_period"],
+        udp_port=options["udp_port"],
+        ext_hosts=options["ext_ip_addr"],
     )

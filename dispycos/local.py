@@ -24,7 +24,8 @@ _READY = re.compile(rb"ready at (\S+):(\d+) with (\d+) servers")
 class _NodeProcess(ProcessProtocol):
     log = Logger()
 
-    def __init__(self, echo):
+    def __init__(self, echo, debug=False):
+        self.debug = debug
         self.ready = defer.Deferred()
         self.ended = defer.Deferred()
         self.echo = echo
@@ -42,9 +43,10 @@ class _NodeProcess(ProcessProtocol):
                 self.ready.callback((m.group(1).decode(), int(m.group(2)), int(m.group(3))))
 
     def errReceived(self, data):
+        # The node's log: kept for error reports, shown only when debugging.
         self.output.append(data)
         del self.output[:-50]
-        if self.echo:
+        if self.debug:
             sys.stderr.buffer.write(data)
             sys.stderr.flush()
 
@@ -61,7 +63,8 @@ class LocalCluster:
     connected to it. Use C{async with LocalCluster(cpus=2):} or
     C{yield cluster.start()} ... C{yield cluster.stop()}.
 
-    @param echo: copy the node's output (including tasks' prints) to ours.
+    @param echo: copy the node's standard output (tasks' prints) to ours.
+    @param debug: run the node with debug logging and copy its log to our stderr.
     """
 
     def __init__(self, cpus=2, reactor=None, echo=False, debug=False, **scheduler_options):
@@ -92,7 +95,7 @@ class LocalCluster:
         env = dict(os.environ)
         env["DISPYCOS_SECRET"] = self.secret
         env["PYTHONPATH"] = os.pathsep.join(p for p in sys.path if p)
-        self._proc = _NodeProcess(self.echo)
+        self._proc = _NodeProcess(self.echo, self.debug)
         transport = self.reactor.spawnProcess(self._proc, sys.executable, argv, env=env)
         self.pid = transport.pid
         try:

@@ -13,10 +13,19 @@ from twisted.logger import FilteringLogObserver, LogLevel, LogLevelFilterPredica
 from twisted.python import usage
 
 
-def _start_logging(debug):
-    level = LogLevel.debug if debug else LogLevel.info
+def log_predicate(debug):
+    """Info (or debug) level, without AMP's per-connection chatter unless debugging."""
+    predicate = LogLevelFilterPredicate(LogLevel.debug if debug else LogLevel.info)
+    if not debug:
+        for namespace in ("twisted.protocols.amp", "twisted.internet.protocol", "dispycos.discovery._Socket"):
+            predicate.setLogLevelForNamespace(namespace, LogLevel.warn)
+    return predicate
+
+
+def start_logging(debug, stream=None):
+    """Log to C{stream} (stderr) at the level L{log_predicate} gives."""
     globalLogBeginner.beginLoggingTo(
-        [FilteringLogObserver(textFileLogObserver(sys.stderr), [LogLevelFilterPredicate(level)])],
+        [FilteringLogObserver(textFileLogObserver(stream or sys.stderr), [log_predicate(debug)])],
         redirectStandardIO=False,
     )
 
@@ -35,7 +44,7 @@ def _run_service(options_class, make_service, argv, prog):
     except usage.UsageError as e:
         print("%s: %s" % (prog, e), file=sys.stderr)
         sys.exit(2)
-    _start_logging(options.get("debug"))
+    start_logging(options.get("debug"))
 
     def main(reactor):
         svc.privilegedStartService()

@@ -166,14 +166,11 @@ def main(argv=None):
     signal.signal(signal.SIGINT, signal.SIG_IGN)
 
     from twisted.internet import reactor, stdio
-    from twisted.logger import FilteringLogObserver, LogLevel, LogLevelFilterPredicate, globalLogBeginner, textFileLogObserver
     from twisted.python.threadpool import ThreadPool
 
-    level = LogLevel.debug if args.debug else LogLevel.info
-    globalLogBeginner.beginLoggingTo(
-        [FilteringLogObserver(textFileLogObserver(sys.stderr), [LogLevelFilterPredicate(level)])],
-        redirectStandardIO=False,
-    )
+    from .scripts import start_logging
+
+    start_logging(args.debug)
     from .runtime import Runtime, set_runtime
 
     pool = ThreadPool(minthreads=1, maxthreads=64, name="dispycos-tasks")

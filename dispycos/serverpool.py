@@ -85,6 +85,7 @@ class ServerSlot(ProcessProtocol):
         self._ended_waiters = []
         self._spawner = spawner
         self._out = b""
+        self._stdout = b""
 
     # -- life cycle ---------------------------------------------------------------
 
@@ -134,19 +135,29 @@ class ServerSlot(ProcessProtocol):
         if fd == _FD_FROM_CHILD:
             self.control.dataReceived(data)
         elif fd == 1:
-            # Tasks' prints appear on the node's stdout, as in the original.
-            try:
-                sys.stdout.buffer.write(data)
-                sys.stdout.flush()
-            except Exception:
-                pass
+            # Tasks' prints appear on the node's stdout, as in the original,
+            # whole lines at a time so servers' lines do not interleave.
+            self._stdout += data
+            if b"\n" in self._stdout:
+                complete, _, self._stdout = self._stdout.rpartition(b"\n")
+                self._write_stdout(complete + b"\n")
         else:
             self._out += data
             *lines, self._out = self._out.split(b"\n")
             for line in lines:
                 self.log.info("server {i}: {line}", i=self.index, line=line.decode("utf-8", "replace"))
 
+    def _write_stdout(self, data):
+        try:
+            sys.stdout.buffer.write(data)
+            sys.stdout.flush()
+        except Exception:
+            pass
+
     def processEnded(self, reason):
+        if self._stdout:
+            self._write_stdout(self._stdout + b"\n")
+            self._stdout = b""
         if not self.is_ready and self.original_port == 0:
             self.wanted_port = 0  # its port may have been taken meanwhile
         self.running = False

@@ -8,11 +8,35 @@ import sys
 from twisted.python import usage
 
 
+class _Recorder:
+    """Wraps an option's handler to note that the option was given."""
+
+    def __init__(self, options, name, handler):
+        self.options = options
+        self.name = name.replace("-", "_")
+        self.handler = handler
+
+    def __call__(self, name, value=None):
+        self.options.given.add(self.name)
+        if isinstance(self.handler, usage.CoerceParameter):
+            return self.handler.dispatch(name, value)
+        return self.handler(name, value)
+
+
 class UnderscoreOptions(usage.Options):
     """
     C{usage.Options} whose repeatable C{opt_*} methods also answer to the
     underscore spelling of the manual (C{--tcp_ports} as well as C{--tcp-ports}).
+
+    @ivar given: the names (underscore spelling) of the options given on the
+        command line, so values from elsewhere (a configuration file) can
+        yield to them.
     """
+
+    def __init__(self):
+        super().__init__()
+        self.given = set()
+        self._dispatch = {name: _Recorder(self, name, handler) for name, handler in self._dispatch.items()}
 
     def parseOptions(self, options=None):
         if options is None:

@@ -186,6 +186,15 @@ class Runtime:
         self.location = Location(addr, port)
         return self.location
 
+    def rebind(self, host):
+        """Listen on C{host} instead (only before any connection exists)."""
+        if self._listening is not None:
+            self._listening.stopListening()
+            self._listening = None
+        self.host = host
+        self.port = 0
+        return self.listen()
+
     def stop_listening(self):
         if self._listening is not None:
             d = defer.maybeDeferred(self._listening.stopListening)

@@ -206,6 +206,33 @@ class NodeLink:
             self.proto.transport.loseConnection()
 
 
+def _local_address_for(nodes):
+    """
+    The address of this host on the way to the first non-loopback node in
+    C{nodes} (no packet is sent), or loopback.
+    """
+    import socket
+
+    for entry in nodes:
+        try:
+            loc = Location.parse(entry, config.NodePort)
+            addr = socket.gethostbyname(loc.addr)
+        except (OSError, ValueError):
+            continue
+        if addr.startswith("127."):
+            continue
+        try:
+            s = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+            try:
+                s.connect((addr, loc.port))
+                return s.getsockname()[0]
+            finally:
+                s.close()
+        except OSError:
+            continue
+    return "127.0.0.1"
+
+
 class _Placement:
     def __init__(self, computation, cpu, where, deferred):
         self.computation = computation
@@ -237,11 +264,15 @@ class Scheduler:
         self.key = auth.key_from_secret(secret)
         from .runtime import Runtime, current_runtime, set_runtime
 
+        if ip_addr is None:
+            ip_addr = _local_address_for(nodes)
         runtime = current_runtime(create=False)
         if runtime is None:
-            runtime = Runtime(reactor, host=ip_addr or "127.0.0.1")
+            runtime = Runtime(reactor, host=ip_addr if private else "127.0.0.1")
             runtime.listen()
             set_runtime(runtime)
+        elif private and ip_addr not in (runtime.host, "") and not runtime.links:
+            runtime.rebind(ip_addr)
         self.runtime = runtime
         self.links = {}
         self.queue = deque()

@@ -419,7 +419,6 @@ class Task(_TaskAPI):
         self.kwargs = dict(kwargs)
         self.name = getattr(fn, "__name__", "task")
         self.tid = runtime.register(self)
-        self.location = runtime.location
         self.start_time = time.time()
         self.mailbox = deque()
         self._receivers = deque()
@@ -437,6 +436,11 @@ class Task(_TaskAPI):
     @property
     def reactor(self):
         return self._rt.reactor
+
+    @property
+    def location(self):
+        """Where this task runs (this process's listening location)."""
+        return self._rt.location
 
     def _start(self):
         fn = self.fn

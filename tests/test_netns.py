@@ -1,0 +1,206 @@
+"""
+Multi-host test in network namespaces made by the test itself: nodes on two
+"hosts", client and private scheduler on a third find them by UDP broadcast
+(10.77.x.255 inside the namespaces), spread tasks over both; cutting one node's
+link mid-task gives the abandoned statuses and errbacks while the other node
+keeps working. Skipped where namespaces cannot be made (not root, no iproute2).
+
+Nothing here leaves the namespaces: the hosts have no default route and the
+root namespace gets no link, address or route.
+"""
+
+import json
+import os
+import secrets
+import shutil
+import signal
+import subprocess
+import sys
+import tempfile
+import time
+
+import pytest
+
+from .conftest import env_for_children
+
+PREFIX = "dsp%d" % (os.getpid() % 100000)
+NET = "10.77.%d" % (os.getpid() % 200 + 20)
+
+
+def sh(*args, check=True):
+    return subprocess.run(list(args), capture_output=True, text=True, timeout=30, check=check)
+
+
+def host(i):
+    return "%s-h%d" % (PREFIX, i)
+
+
+@pytest.fixture(scope="module")
+def namespaces():
+    if os.geteuid() != 0 or shutil.which("ip") is None:
+        pytest.skip("network namespaces need root and iproute2")
+    sw = PREFIX + "-sw"
+    try:
+        sh("ip", "netns", "add", sw)
+    except (subprocess.CalledProcessError, OSError) as e:
+        pytest.skip("cannot create network namespaces here: %s" % (getattr(e, "stderr", "") or e))
+    try:
+        sh("ip", "-n", sw, "link", "set", "lo", "up")
+        sh("ip", "-n", sw, "link", "add", "br0", "type", "bridge")
+        sh("ip", "-n", sw, "link", "set", "br0", "up")
+        for i in (1, 2, 3):
+            n = host(i)
+            sh("ip", "netns", "add", n)
+            sh("ip", "-n", n, "link", "set", "lo", "up")
+            sh("ip", "link", "add", "veth0", "netns", n, "type", "veth", "peer", "name", "p%d" % i, "netns", sw)
+            sh("ip", "-n", sw, "link", "set", "p%d" % i, "master", "br0")
+            sh("ip", "-n", sw, "link", "set", "p%d" % i, "up")
+            sh("ip", "-n", n, "addr", "add", "%s.%d/24" % (NET, i), "brd", "+", "dev", "veth0")
+            sh("ip", "-n", n, "link", "set", "veth0", "up")
+        yield
+    finally:
+        for i in (1, 2, 3):
+            sh("ip", "netns", "del", host(i), check=False)
+        sh("ip", "netns", "del", sw, check=False)
+
+
+class NsNode:
+    def __init__(self, i, secret):
+        self.dest = tempfile.mkdtemp(prefix="dispycos-netns-")
+        ready = os.path.join(self.dest, "ready")
+        self.log = open(os.path.join(self.dest, "log"), "wb")
+        cmd = ["ip", "netns", "exec", host(i), sys.executable, "-m", "dispycos.scripts", "-c", "1",
+               "-i", "%s.%d" % (NET, i), "-s", secret, "--tcp_ports", "0", "--dest_path", self.dest,
+               "--ready_file", ready, "--daemon"]
+        self.proc = subprocess.Popen(cmd, stdout=self.log, stderr=subprocess.STDOUT, env=env_for_children(),
+                                     start_new_session=True)
+        deadline = time.monotonic() + 30
+        while not os.path.exists(ready):
+            if self.proc.poll() is not None or time.monotonic() > deadline:
+                self.stop()
+                raise RuntimeError("node %d did not start" % i)
+            time.sleep(0.05)
+
+    def stop(self):
+        if self.proc.poll() is None:
+            self.proc.send_signal(signal.SIGTERM)
+            try:
+                self.proc.wait(10)
+            except subprocess.TimeoutExpired:
+                pass
+        try:
+            os.killpg(self.proc.pid, signal.SIGKILL)
+        except (ProcessLookupError, PermissionError):
+            pass
+        self.proc.wait()
+        self.log.close()
+        shutil.rmtree(self.dest, ignore_errors=True)
+
+
+CLIENT = r'''
+import json, sys, time
+from twisted.internet import task, defer
+import dispycos
+from dispycos import Status
+
+def compute(n, task=None):
+    yield task.sleep(0.2)
+    return n, task.location.addr
+
+def sleeper(seconds, task=None):
+    yield task.sleep(seconds)
+    return seconds
+
+def say(*args):
+    print(json.dumps(args), flush=True)
+
+async def pause(reactor, s):
+    await task.deferLater(reactor, s, lambda: None)
+
+async def main(reactor):
+    secret, my_addr = sys.argv[1], sys.argv[2]
+    statuses = []
+    dispycos.Scheduler(secret=secret, ip_addr=my_addr)   # no nodes listed: UDP broadcast finds them
+    comp = dispycos.Computation([compute, sleeper], pulse_interval=1, status_task=statuses.append)
+    await comp.schedule(timeout=60)
+    for _ in range(300):
+        nodes = await comp.nodes()
+        if len(nodes) == 2:
+            break
+        await pause(reactor, 0.1)
+    say("NODES", nodes)
+    results = await comp.run_results(compute, range(12))
+    say("SPREAD", sorted({addr for _, addr in results}), [n for n, _ in results])
+    long = {}
+    for addr in nodes:
+        long[addr] = await comp.run_async_at(addr, sleeper, 600)
+    say("CUT", sorted(long))
+    victim = sys.stdin.readline().strip()
+    started = time.monotonic()
+    try:
+        await long[victim].result(timeout=60)
+        say("NOT_ABANDONED")
+    except dispycos.TaskAbandoned:
+        say("ABANDONED", victim, time.monotonic() - started)
+    survivor = [a for a in nodes if a != victim][0]
+    say("SURVIVOR", await comp.run_result_at(survivor, compute, 7))
+    codes = [s.status.name for s in statuses if isinstance(s, dispycos.DispycosStatus)]
+    say("STATUS", codes.count("NodeAbandoned"), codes.count("ServerAbandoned"))
+    await comp.close(terminate=True)
+    say("DONE")
+
+task.react(lambda reactor: defer.ensureDeferred(main(reactor)))
+'''
+
+
+def read_json_line(proc, deadline):
+    import select
+
+    while time.monotonic() < deadline:
+        ready, _, _ = select.select([proc.stdout], [], [], 0.5)
+        if ready:
+            line = proc.stdout.readline()
+            if not line:
+                raise AssertionError("client exited: %s" % proc.stderr.read()[-3000:])
+            try:
+                return json.loads(line)
+            except ValueError:
+                continue
+    raise AssertionError("no answer from the client in time")
+
+
+def test_multi_host_discovery_spread_and_cut_link(namespaces, tmp_path):
+    secret = secrets.token_hex(8)
+    nodes = [NsNode(1, secret), NsNode(2, secret)]
+    script = tmp_path / "client.py"
+    script.write_text(CLIENT)
+    client = subprocess.Popen(["ip", "netns", "exec", host(3), sys.executable, str(script), secret, NET + ".3"],
+                              stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                              env=env_for_children(), start_new_session=True)
+    try:
+        deadline = time.monotonic() + 120
+        tag, found = read_json_line(client, deadline)
+        assert tag == "NODES" and sorted(found) == [NET + ".1", NET + ".2"]
+        tag, spread, order = read_json_line(client, deadline)
+        assert spread == [NET + ".1", NET + ".2"] and order == list(range(12))
+        tag, _ = read_json_line(client, deadline)
+        assert tag == "CUT"
+        sh("ip", "-n", host(2), "link", "set", "veth0", "down")  # pull the cable of host 2
+        client.stdin.write(NET + ".2\n")
+        client.stdin.flush()
+        tag, victim, elapsed = read_json_line(client, deadline)
+        assert tag == "ABANDONED" and victim == NET + ".2"
+        assert elapsed < 30  # 5 missed pulses of 1 s, generously bounded
+        tag, (n, addr) = read_json_line(client, deadline)
+        assert tag == "SURVIVOR" and n == 7 and addr == NET + ".1"
+        tag, node_abandoned, server_abandoned = read_json_line(client, deadline)
+        assert (node_abandoned, server_abandoned) == (1, 1)
+        assert read_json_line(client, deadline) == ["DONE"]
+        client.wait(30)
+        assert client.returncode == 0
+    finally:
+        if client.poll() is None:
+            os.killpg(client.pid, signal.SIGKILL)
+            client.wait()
+        for n in nodes:
+            n.stop()

@@ -6,6 +6,7 @@ compute host; tasks there exchange messages with the client and each other.
 """
 
 from ._version import __version__
+from .allocate import DispycosNodeAllocate
 from .client import Client, Computation
 from .errors import (
     AuthenticationError,
@@ -35,15 +36,15 @@ from .status import (
 )
 from .tasks import RemoteTask, Task, TaskRef, TimeoutError
 
-# Status codes at module level for "from dispycos import *", except the two
-# names that are the exception classes.
-_status_names = [s.name for s in Status if s.name not in ("TaskTerminated", "TaskAbandoned")]
+# Status codes at module level for "from dispycos import *", except the names
+# that are exception classes (their codes stay reachable as Status.X).
+_status_names = [name for name in Status.__members__ if name not in ("TaskTerminated", "TaskAbandoned", "ComputationClosed")]
 globals().update({name: Status[name] for name in _status_names})
 MinPulseInterval = 1
 MaxPulseInterval = 100
 
 __all__ = [
-    "__version__", "Client", "Computation", "Scheduler", "LocalCluster", "default_cluster", "Task", "TaskRef", "RemoteTask",
+    "__version__", "DispycosNodeAllocate", "Client", "Computation", "Scheduler", "LocalCluster", "default_cluster", "Task", "TaskRef", "RemoteTask",
     "Location", "Status", "DispycosStatus", "DispycosNodeInfo", "DispycosNodeAvailInfo", "DispycosTaskInfo",
     "TaskInfo", "DispycosError", "ScheduleError", "RemoteTaskError", "TaskTerminated", "TaskAbandoned",
     "TaskError", "NoServerError", "ComputationClosed", "PayloadTooLarge", "PicklingError", "SetupError",

@@ -14,6 +14,7 @@ from twisted.internet import defer
 from twisted.logger import Logger
 
 from . import config, serialize
+from .allocate import DispycosNodeAllocate, allocate_cpus
 from .errors import ComputationClosed, DispycosError, PicklingError, ScheduleError
 from .status import DispycosStatus, Location, Status, TaskInfo
 from .tasks import ABANDONED, OK, RemoteTask, Task, outcome_result
@@ -51,7 +52,13 @@ class Computation:
         if status_task is not None and not (isinstance(status_task, Task) or callable(status_task)):
             raise TypeError("status_task must be a Task or a callable, not %r" % (status_task,))
         self.pulse_interval = pulse_interval
-        self.node_allocations = list(node_allocations or ()) + list(nodes or ())
+        self.node_allocations = []
+        for alloc in list(node_allocations or ()) + list(nodes or ()):
+            if isinstance(alloc, str):
+                alloc = DispycosNodeAllocate(alloc)
+            if not isinstance(alloc, DispycosNodeAllocate):
+                raise TypeError("node_allocations items must be DispycosNodeAllocate or host strings, not %r" % (alloc,))
+            self.node_allocations.append(alloc)
         self.status_task = status_task
         self.node_setup = node_setup
         self.server_setup = server_setup
@@ -123,6 +130,10 @@ class Computation:
         except OSError as e:
             raise ValueError("component %r is not readable: %s" % (path, e))
         self._files.append((name, data))
+
+    def _allocate(self, info):
+        """How many servers of the node described by C{info} to use."""
+        return allocate_cpus(self.node_allocations, info)
 
     # -- status -------------------------------------------------------------------
 

@@ -44,6 +44,8 @@ def parse_size(text):
     @raise ValueError: for anything else.
     """
     if isinstance(text, int):
+        if text < 0:
+            raise ValueError("size must not be negative")
         return text
     text = str(text).strip().lower()
     if not text:

@@ -17,12 +17,13 @@ from twisted.internet.protocol import Factory
 from twisted.logger import Logger
 
 from . import serialize
-from .errors import ComputationClosed, ConnectionLostError, DispycosError, UnknownTaskError
+from . import config
+from .errors import PayloadTooLarge, ComputationClosed, ConnectionLostError, DispycosError, UnknownTaskError
 from .protocol import commands
 from .protocol.arguments import unpack_items
 from .protocol.base import DispycosAMP
 from .status import Location
-from .tasks import ABANDONED, set_reactor_thread, decode_outcome, encode_outcome, outcome_result, with_timeout
+from .tasks import ABANDONED, set_reactor_thread, decode_outcome, encode_outcome, error_outcome, outcome_result, with_timeout
 
 #: How many finished tasks' outcomes a process keeps for C{WaitTask}.
 KEEP_FINISHED = 10000
@@ -221,7 +222,12 @@ class Runtime:
             self.finished.popitem(last=False)
         creator = getattr(task, "_creator", None)
         if creator is not None and creator.connected:
-            creator.queue(commands.TaskEnded, task.tid, encode_outcome(task.outcome))
+            blob = encode_outcome(task.outcome)
+            if len(blob) + 12 > config.MaxInlineBytes:
+                blob = encode_outcome(error_outcome(PayloadTooLarge(
+                    "the result of task %s/%s is %d bytes, over the inline cap of %d"
+                    % (getattr(task, "name", "task"), task.tid, len(blob), config.MaxInlineBytes))))
+            creator.queue(commands.TaskEnded, task.tid, blob)
 
     # -- connections ------------------------------------------------------------
 

@@ -16,7 +16,7 @@ from .errors import ComputationClosed, ConnectionLostError, DispycosError, Sched
 from .protocol import auth, commands
 from .protocol.arguments import unpack_items
 from .protocol.base import DispycosAMP
-from .status import DispycosStatus, Location, Status
+from .status import DispycosNodeAvailInfo, DispycosNodeInfo, DispycosStatus, Location, Status
 
 
 class _SchedulerProtocol(DispycosAMP):
@@ -32,6 +32,15 @@ class _SchedulerProtocol(DispycosAMP):
     def _event(self, computation, event, key, reason):
         self.owner._event(computation, event, key, reason)
         return {}
+
+    @commands.AllocateNode.responder
+    def _allocate(self, computation, node):
+        comp = self.owner.comp
+        if comp is None or comp.id != computation:
+            return {"cpus": 0}
+        info = DispycosNodeInfo(node["name"], node["addr"], node["cpus"], node["platform"],
+                                DispycosNodeAvailInfo(None, memory=node.get("memory"), disk=node.get("disk")))
+        return {"cpus": int(comp._allocate(info))}
 
     @commands.StatusBatch.responder
     def _statuses(self, batch):
@@ -89,7 +98,8 @@ class RemoteScheduler:
             self._report = "scheduler %s refused: %s" % (self.location, e)
             raise ScheduleError("the scheduler at %s refused this client: %s" % (self.location, e))
         self.proto = proto
-        options = {"pulse_interval": comp.pulse_interval, "client": str(self.runtime.location)}
+        options = {"pulse_interval": comp.pulse_interval, "client": str(self.runtime.location),
+                   "allocations": bool(comp.node_allocations)}
         r = yield proto.callRemote(commands.Submit, components=comp._components_blob,
                                    files=pickle.dumps(comp._files), options=options)
         comp.id = r["computation"]

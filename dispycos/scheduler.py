@@ -380,14 +380,27 @@ class Scheduler:
 
     @defer.inlineCallbacks
     def _reserve(self, link, comp):
-        if link.computation is comp or link.proto is None or comp is not self.active:
+        if (link.computation is comp or link.proto is None or comp is not self.active
+                or getattr(link, "ignored_by", None) is comp):
             return
         link.computation = comp
         link._start_pulses(now=True)  # at the computation's pulse interval
+        try:
+            cpus = yield defer.maybeDeferred(comp._allocate, link.info)
+        except Exception as e:
+            self.log.warn("allocation for node {loc} failed: {e}", loc=link.location, e=e)
+            cpus = 0
+        if comp is not self.active or link.computation is not comp:
+            return
+        if cpus <= 0:
+            self.log.info("node {loc} not used by computation {c} (allocation)", loc=link.location, c=comp.id)
+            link.computation = None
+            link.ignored_by = comp
+            return
         comp._status(Status.NodeDiscovered, link.info)
         try:
             r = yield link.call(
-                commands.Reserve, computation=comp.id, key=comp.key, cpus=0,
+                commands.Reserve, computation=comp.id, key=comp.key, cpus=cpus,
                 components=comp._components_blob, files=pickle.dumps(comp._files),
                 client=str(self.runtime.location),
             )
@@ -400,7 +413,11 @@ class Scheduler:
             return
         if comp is not self.active or link.computation is not comp:
             return
-        comp._status(Status.NodeInitialized, link.info)
+        import copy
+
+        info = copy.copy(link.info)
+        info.cpus = len(r["servers"])
+        comp._status(Status.NodeInitialized, info)
         self._add_servers(link, comp, [(s["index"], Location.parse(s["location"], 0)) for s in r["servers"]])
 
     def _add_servers(self, link, comp, servers):
@@ -478,7 +495,9 @@ class Scheduler:
         comp.id = uuid.uuid4().hex
         comp.key = os.urandom(32)
         self.queue.append(comp)
-        self._next()
+        # On the next turn: a remote client must have our answer (the
+        # computation's id) before it hears anything else about it.
+        self.reactor.callLater(0, self._next)
 
     def withdraw(self, comp):
         if comp in self.queue:

@@ -33,6 +33,7 @@ class RemoteComputation:
         self.pulse_interval = min(max(float(options.get("pulse_interval", 10)), config.MinPulseInterval),
                                   config.MaxPulseInterval)
         self.client = options.get("client", "")
+        self.has_allocations = bool(options.get("allocations"))
         self.id = None
         self.key = None
         self._pending_schedule = True
@@ -50,9 +51,17 @@ class RemoteComputation:
         if self.channel.connected and not self.closed:
             self.channel.queue(commands.StatusBatch, 0, pickle.dumps(msg))
 
+    def _allocate(self, info):
+        if not self.has_allocations:
+            return info.cpus
+        avail = info.avail_info
+        node = {"addr": info.addr, "name": info.name, "platform": info.platform, "cpus": info.cpus,
+                "memory": avail.memory if avail else None, "disk": avail.disk if avail else None}
+        d = self.channel.callRemote(commands.AllocateNode, computation=self.id, node=node)
+        return d.addCallback(lambda r: min(r["cpus"], info.cpus))
+
     def _activated(self):
-        # Not before the client has the answer to Submit (with our id).
-        self.channel.reactor.callLater(0, self._send, "active", self.key)
+        self._send("active", key=self.key)
 
     def _server_ready(self):
         if self._pending_schedule:

@@ -127,6 +127,6 @@ class DispycosStatus:
 
 
 # Status constants reachable as attributes of DispycosStatus, as in the original.
-for _member in Status:
-    setattr(DispycosStatus, _member.name, _member)
-del _member
+for _name, _member in Status.__members__.items():
+    setattr(DispycosStatus, _name, _member)
+del _name, _member

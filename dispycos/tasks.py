@@ -482,12 +482,14 @@ class Task(_TaskAPI):
         while self._receivers:
             d = self._receivers.popleft()
             d.cancel()
-        self._rt.task_done(self)
-        waiters, self._waiters = self._waiters, []
-        for d in waiters:
-            d.callback(None)
-        if self._on_done is not None:
-            self._on_done(self)
+        try:
+            self._rt.task_done(self)
+        finally:
+            waiters, self._waiters = self._waiters, []
+            for d in waiters:
+                d.callback(None)
+            if self._on_done is not None:
+                self._on_done(self)
 
     # -- inside the task ----------------------------------------------
 

@@ -25,13 +25,13 @@ def env_for_children():
 class NodeProcess:
     """A dispycosnode started for a test; C{stop()} ends it by its PID."""
 
-    def __init__(self, cpus=2, secret=None, args=(), command=None):
+    def __init__(self, cpus=2, secret=None, args=(), command=None, host="127.0.0.1"):
         self.secret = secrets.token_hex(8) if secret is None else secret
         self.dest = tempfile.mkdtemp(prefix="dispycos-test-node-")
         self.ready_file = os.path.join(self.dest, "ready")
         self.log_path = os.path.join(self.dest, "node.log")
         cmd = command or [sys.executable, "-m", "dispycos.scripts"]
-        cmd = list(cmd) + ["-c", str(cpus), "-i", "127.0.0.1", "--tcp_ports", "0",
+        cmd = list(cmd) + ["-c", str(cpus), "-i", host, "--tcp_ports", "0",
                            "--dest_path", self.dest, "--ready_file", self.ready_file, "--daemon"] + list(args)
         env = env_for_children()
         env["DISPYCOS_SECRET"] = self.secret

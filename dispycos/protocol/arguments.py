@@ -49,15 +49,17 @@ class BigBytes(amp.Argument):
                 return
             raise KeyError(name)
         pieces = [first]
+        size = len(first)
         i = 2
         while True:
             piece = strings.get(b"%s.%d" % (name, i))
             if piece is None:
                 break
             pieces.append(piece)
+            size += len(piece)
             i += 1
-            if len(pieces) * _PIECE > self.cap + _PIECE:
-                raise PayloadTooLarge("incoming payload exceeds the inline cap")
+            if size > self.cap:
+                raise PayloadTooLarge("incoming payload exceeds the inline cap of %d bytes" % self.cap)
         objects[key] = b"".join(pieces) if len(pieces) > 1 else first
 
 

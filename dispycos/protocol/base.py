@@ -14,7 +14,7 @@ from twisted.logger import Logger
 from twisted.protocols import amp
 
 from .. import config
-from ..errors import AuthenticationError, ConnectionLostError
+from ..errors import AuthenticationError, ConnectionLostError, PayloadTooLarge
 from . import auth, commands
 from .arguments import pack_items
 
@@ -78,6 +78,7 @@ class DispycosAMP(amp.AMP):
             self._deadline.cancel()
         if self._flush_call is not None and self._flush_call.active():
             self._flush_call.cancel()
+        self._flush_call = None
         try:
             super().connectionLost(reason)
         finally:
@@ -186,7 +187,10 @@ class DispycosAMP(amp.AMP):
         if not self.connected:
             return defer.fail(ConnectionLostError("connection to %s is closed" % (self.peer_location or "peer")))
         self.flush()
-        d = super().callRemote(command, **kw)
+        try:
+            d = super().callRemote(command, **kw)
+        except PayloadTooLarge as e:
+            return defer.fail(e)
         if d is None:  # requiresAnswer=False
             return None
 
@@ -201,10 +205,15 @@ class DispycosAMP(amp.AMP):
 
     def queue(self, command, number, blob):
         """
+        @raise PayloadTooLarge: when C{blob} alone exceeds the inline cap.
+
         Queue C{(number, blob)} for the one-way batch C{command}; batches go out
         on the next reactor turn (or at once when large), in order with every
         other command on this connection.
         """
+        if len(blob) + 12 > config.MaxInlineBytes:
+            raise PayloadTooLarge("a message of %d bytes exceeds the inline cap of %d bytes"
+                                  % (len(blob), config.MaxInlineBytes))
         self._batches.setdefault(command, []).append((number, blob))
         self._batch_size += len(blob) + 12
         if self._batch_size >= BATCH_BYTES:
@@ -224,13 +233,18 @@ class DispycosAMP(amp.AMP):
         if not self.connected:
             return
         for command, items in batches.items():
-            # Split so one box stays well inside the inline cap.
+            # Split so one box stays well inside the inline cap; an item that
+            # alone exceeds it is dropped (its sender was told when queueing).
             chunk, size = [], 0
             for item in items:
-                chunk.append(item)
-                size += len(item[1]) + 12
-                if size >= 4 * 1024 * 1024:
+                n = len(item[1]) + 12
+                if n > config.MaxInlineBytes:
+                    self.log.warn("dropped a {n}-byte item over the inline cap", n=n)
+                    continue
+                if chunk and size + n > 4 * 1024 * 1024:
                     amp.AMP.callRemote(self, command, batch=pack_items(chunk))
                     chunk, size = [], 0
+                chunk.append(item)
+                size += n
             if chunk:
                 amp.AMP.callRemote(self, command, batch=pack_items(chunk))

@@ -301,3 +301,10 @@ class ClientPulse(amp.Command):
 
     arguments = [(b"computation", amp.Unicode())]
     response = []
+
+
+class AllocateNode(amp.Command):
+    """Scheduler → client: how many servers of this node the computation uses."""
+
+    arguments = [(b"computation", amp.Unicode()), (b"node", JSON())]
+    response = [(b"cpus", amp.Integer())]

@@ -16,6 +16,7 @@ setup(
     python_requires=">=3.11",
     packages=find_packages(include=["dispycos", "dispycos.*"]) + ["twisted.plugins"],
     package_data={"dispycos": ["web/static/*", "data/*"]},
+    include_package_data=False,
     zip_safe=False,
     install_requires=["twisted>=24.7", "pyopenssl", "service-identity", "psutil", "cloudpickle>=3"],
     extras_require={"test": ["pytest", "pytest-twisted", "hypothesis"]},

@@ -7,11 +7,13 @@ compute host; tasks there exchange messages with the client and each other.
 
 from ._version import __version__
 from .allocate import DispycosNodeAllocate
+from .channels import Channel, ChannelRef
 from .client import Client, Computation
 from .errors import (
     AuthenticationError,
     ComputationClosed,
     DispycosError,
+    FileTransferError,
     NoServerError,
     PayloadTooLarge,
     PicklingError,
@@ -44,9 +46,9 @@ MinPulseInterval = 1
 MaxPulseInterval = 100
 
 __all__ = [
-    "__version__", "DispycosNodeAllocate", "Client", "Computation", "Scheduler", "LocalCluster", "default_cluster", "Task", "TaskRef", "RemoteTask",
+    "__version__", "Channel", "ChannelRef", "DispycosNodeAllocate", "Client", "Computation", "Scheduler", "LocalCluster", "default_cluster", "Task", "TaskRef", "RemoteTask",
     "Location", "Status", "DispycosStatus", "DispycosNodeInfo", "DispycosNodeAvailInfo", "DispycosTaskInfo",
     "TaskInfo", "DispycosError", "ScheduleError", "RemoteTaskError", "TaskTerminated", "TaskAbandoned",
-    "TaskError", "NoServerError", "ComputationClosed", "PayloadTooLarge", "PicklingError", "SetupError",
+    "TaskError", "FileTransferError", "NoServerError", "ComputationClosed", "PayloadTooLarge", "PicklingError", "SetupError",
     "AuthenticationError", "UnknownTaskError", "TimeoutError", "MinPulseInterval", "MaxPulseInterval",
 ] + _status_names

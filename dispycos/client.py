@@ -7,6 +7,7 @@ tasks. Every method returns a Deferred.
 import inspect
 import os
 import sys
+import tempfile
 import time
 import types
 
@@ -15,7 +16,7 @@ from twisted.logger import Logger
 
 from . import config, serialize
 from .allocate import DispycosNodeAllocate, allocate_cpus
-from .errors import ComputationClosed, DispycosError, PicklingError, ScheduleError
+from .errors import ComputationClosed, DispycosError, NoServerError, PicklingError, ScheduleError
 from .status import DispycosStatus, Location, Status, TaskInfo
 from .tasks import ABANDONED, OK, RemoteTask, Task, outcome_result
 
@@ -131,6 +132,11 @@ class Computation:
             raise ValueError("component %r is not readable: %s" % (path, e))
         self._files.append((name, data))
 
+    def _setup_names(self):
+        """Component names of C{node_setup} and C{server_setup} (or None)."""
+        return (_component_name(self.node_setup) if self.node_setup else None,
+                _component_name(self.server_setup) if self.server_setup else None)
+
     def _allocate(self, info):
         """How many servers of the node described by C{info} to use."""
         return allocate_cpus(self.node_allocations, info)
@@ -180,6 +186,9 @@ class Computation:
         self._scheduler = scheduler
         self.reactor = scheduler.reactor
         self.runtime = scheduler.runtime
+        # What servers must know of the computation travels with its code.
+        settings = {"peers_communicate": bool(self.peers_communicate), "client": str(self.runtime.location)}
+        self._components_blob = serialize.dumps(dict(self._code, __dispycos__=settings), "components")
         d = self._pending_schedule = defer.Deferred()
 
         def refused(f):
@@ -215,6 +224,14 @@ class Computation:
 
     def _activated(self):
         self._active = True
+        if self.dest_path is None:
+            self.dest_path = tempfile.mkdtemp(prefix="dispycos-client-")
+        os.makedirs(self.dest_path, exist_ok=True)
+        self.runtime.file_roots[("client", self.id)] = self.dest_path
+        if self.disable_nodes or self.disable_servers:
+            # Held nodes/servers wait for enable_node/enable_server: active is enough.
+            self._server_ready()
+            return
         self._ready_timer = self.reactor.callLater(60, lambda: self._schedule_failed(
             ScheduleError("no server ready 60 s after activation%s" % self._node_report())))
 
@@ -296,7 +313,8 @@ class Computation:
             where = str(where)
         entry = yield self._scheduler.place(self, cpu, where)
         try:
-            r = yield self.runtime.call(entry.location, commands.RunTask, function=name, code=code, args=argblob)
+            r = yield self.runtime.call_with_payload(entry.location, commands.RunTask, "args", argblob,
+                                                     function=name, code=code)
         except Exception:
             self._scheduler.task_done(entry, cpu)
             raise
@@ -386,6 +404,92 @@ class Computation:
     rtask = run
     io_rtask_at = run_async_at
     io_rtask = run_async
+
+    # -- control of nodes and servers ------------------------------------------------
+
+    def _control(self, action, target, args=None, terminate=False, restart=False):
+        if not self._active or self._closed:
+            return defer.fail(ComputationClosed("computation is not scheduled"))
+        blob = None
+        if args:
+            for a in args:
+                serialize.register_by_value(type(a))
+            try:
+                blob = serialize.dumps(tuple(args), "arguments of %s" % action)
+            except PicklingError as e:
+                return defer.fail(e)
+        if isinstance(target, Location):
+            target = str(target)
+        return self._scheduler.control(self, action, str(target), blob, terminate, restart)
+
+    def enable_node(self, ip, *setup_args):
+        """Set up a held node (C{disable_nodes}) with C{node_setup(*setup_args)}, or resume it."""
+        return self._control("enable_node", ip, setup_args)
+
+    def enable_server(self, location, *setup_args):
+        """Set up a held server (C{disable_servers}) with C{server_setup(*setup_args)}, or resume it."""
+        return self._control("enable_server", location, setup_args)
+
+    def suspend_node(self, ip):
+        """Place no new tasks on node C{ip} (running ones go on)."""
+        return self._control("suspend_node", ip)
+
+    def resume_node(self, ip):
+        """Place tasks on node C{ip} again."""
+        return self._control("resume_node", ip)
+
+    def suspend_server(self, location):
+        """Place no new tasks on server C{location}."""
+        return self._control("suspend_server", location)
+
+    def resume_server(self, location):
+        """Place tasks on server C{location} again."""
+        return self._control("resume_server", location)
+
+    def close_server(self, location, terminate=False, restart=False):
+        """
+        Close server C{location} once its tasks end (terminate them when
+        C{terminate}); with C{restart} a fresh server process takes its place.
+        """
+        return self._control("close_server", location, terminate=terminate, restart=restart)
+
+    def restart_server(self, location, terminate=False):
+        """C{close_server(location, terminate, restart=True)}."""
+        return self.close_server(location, terminate, restart=True)
+
+    def close_node(self, ip, terminate=False):
+        """Release node C{ip} from this computation (its servers close)."""
+        return self._control("close_node", ip, terminate=terminate)
+
+    # -- files -------------------------------------------------------------------------
+
+    @defer.inlineCallbacks
+    def send_file(self, where, path, dir=None, overwrite=False):
+        """
+        Send the file at C{path} to a node (C{where}: its IP address; the file
+        lands in the node directory, C{..} of every server) or to a server
+        (C{where}: its L{Location}; the file lands in its directory), in
+        sub-directory C{dir}. Fires with the absolute path where it landed.
+        """
+        from .streams import send_file
+
+        if not self._active or self._closed:
+            raise ComputationClosed("computation is not scheduled")
+        if not os.path.isfile(path):
+            raise ValueError("%r is not a file" % (path,))
+        servers = yield self.servers()
+        if isinstance(where, Location):
+            if where not in servers:
+                raise NoServerError("no server %s in this computation" % (where,))
+            target, dest = where, "server"
+        else:
+            at = [s for s in servers if s.addr == str(where)]
+            if not at:
+                raise NoServerError("no node %s in this computation" % (where,))
+            target, dest = at[0], "node"
+        proto = yield self.runtime.connection(target)
+        landed = yield send_file(proto, path, dest, subdir=dir or "", overwrite=overwrite, computation=self.id)
+        return landed
 
     # -- queries -----------------------------------------------------------------------
 

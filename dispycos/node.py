@@ -124,7 +124,10 @@ class NodeProtocol(DispycosAMP):
         return {"avail": avail_info(node.dest_path)}
 
     @commands.Reserve.responder
-    def _reserve(self, computation, key, cpus, components, files, client):
+    def _reserve(self, computation, key, cpus, components, files, client, node_setup=None, server_setup=None,
+                 setup_args=None, disable_servers=False):
+        self.setup = {"node_setup": node_setup, "server_setup": server_setup, "setup_args": setup_args,
+                      "disable_servers": bool(disable_servers)}
         return self.node.reserve(self, computation, key, cpus, components, files, client)
 
     @commands.Release.responder

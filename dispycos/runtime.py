@@ -9,6 +9,8 @@ small one-way messages are batched per connection.
 """
 
 import itertools
+import os
+import tempfile
 from collections import OrderedDict
 
 from twisted.internet import defer
@@ -23,10 +25,13 @@ from .protocol import commands
 from .protocol.arguments import unpack_items
 from .protocol.base import DispycosAMP
 from .status import Location
+from .streams import StreamReceiver, read_blob, send_blob
 from .tasks import ABANDONED, set_reactor_thread, decode_outcome, encode_outcome, error_outcome, outcome_result, with_timeout
 
 #: How many finished tasks' outcomes a process keeps for C{WaitTask}.
 KEEP_FINISHED = 10000
+#: Payloads larger than this travel as streams (blobs), not inline.
+INLINE_LIMIT = config.MaxInlineBytes - 4096
 
 _current = None
 
@@ -62,19 +67,75 @@ class PeerAMP(DispycosAMP):
         )
         self.runtime = runtime
         self.peer_loc = None
+        self.streams = StreamReceiver(runtime.stream_root, runtime.max_file_size)
+        self.blobs = {}
 
     def authenticated_as_listener(self):
         self.runtime._accepted(self)
 
     def connectionLost(self, reason):
         super().connectionLost(reason)
+        self.streams.abort_all()
+        for path in self.blobs.values():
+            try:
+                os.unlink(path)
+            except OSError:
+                pass
+        self.blobs.clear()
         self.runtime._lost(self)
 
+    def payload(self, inline, blob):
+        """The bytes of an argument sent inline or (when large) as a blob before."""
+        if blob is None:
+            return inline
+        path = self.blobs.pop(blob, None)
+        if path is None:
+            raise DispycosError("no blob %d on this connection" % (blob,))
+        return read_blob(path)
+
+    # -- streams -------------------------------------------------------------------
+
+    @commands.StreamOpen.responder
+    def _stream_open(self, purpose, name, dir, dest, size, sha256, overwrite, computation):
+        return {"stream": self.streams.start(purpose, name, dir, dest, size, sha256, overwrite,
+                                             computation or self.computation)}
+
+    @commands.StreamChunk.responder
+    def _stream_chunk(self, stream, offset, data):
+        self.streams.chunk(stream, offset, data)
+        return {}
+
+    @commands.StreamClose.responder
+    def _stream_close(self, stream):
+        path = self.streams.finish(stream)
+        if os.path.basename(path).startswith(".dispycos-blob-"):
+            self.blobs[stream] = path
+        return {"path": path}
+
+    @commands.ChannelOp.responder
+    def _channel_op(self, name, op, task):
+        from .channels import channel_op
+
+        return channel_op(self.runtime, name, op, task)
+
+    @commands.ChannelSend.responder
+    def _channel_send(self, name, message, acked, n, timeout):
+        from .channels import channel_send
+
+        return channel_send(self.runtime, name, message, acked, n, timeout)
+
+    @commands.StreamAbort.responder
+    def _stream_abort(self, stream, reason):
+        self.streams.abort(stream)
+        return {}
+
+    # -- tasks -------------------------------------------------------------------------
+
     @commands.RunTask.responder
-    def _run_task(self, function, code, args):
+    def _run_task(self, function, code, args, args_blob=None):
         if self.runtime.executor is None:
             raise DispycosError("this process does not run tasks")
-        return self.runtime.executor(self, function, code, args)
+        return self.runtime.executor(self, function, code, self.payload(args, args_blob))
 
     @commands.Messages.responder
     def _messages(self, batch):
@@ -93,7 +154,8 @@ class PeerAMP(DispycosAMP):
         return {}
 
     @commands.Deliver.responder
-    def _deliver(self, task, message):
+    def _deliver(self, task, message, message_blob=None):
+        message = self.payload(message, message_blob)
         t = self.runtime.tasks.get(task)
         if t is None:
             raise UnknownTaskError("no task %d at %s" % (task, self.runtime.location))
@@ -107,6 +169,16 @@ class PeerAMP(DispycosAMP):
             self.runtime._remote_outcome(self.peer_loc, tid, blob)
         return {}
 
+    @commands.TaskEndedBlob.responder
+    def _task_ended_blob(self, task, blob):
+        try:
+            data = self.payload(None, blob)
+        except Exception as e:
+            self.log.warn("outcome of task {t} lost: {e}", t=task, e=e)
+            return {}
+        self.runtime._remote_outcome(self.peer_loc, task, data)
+        return {}
+
     @commands.WaitTask.responder
     def _wait_task(self, task):
         rt = self.runtime
@@ -114,10 +186,16 @@ class PeerAMP(DispycosAMP):
         if t is not None:
             d = defer.Deferred()
             t._waiters.append(d)
-            return d.addCallback(lambda _: {"outcome": encode_outcome(t.outcome)})
+            return d.addCallback(lambda _: self._outcome_answer(t.outcome))
         if task in rt.finished:
-            return {"outcome": encode_outcome(rt.finished[task])}
+            return self._outcome_answer(rt.finished[task])
         raise UnknownTaskError("no task %d at %s" % (task, rt.location))
+
+    def _outcome_answer(self, outcome):
+        blob = encode_outcome(outcome)
+        if len(blob) <= INLINE_LIMIT:
+            return {"outcome": blob}
+        return send_blob(self, blob).addCallback(lambda r: {"outcome": None, "outcome_blob": r[0]})
 
     @commands.Terminate.responder
     def _terminate(self, task):
@@ -139,6 +217,7 @@ class _Link:
         self.connecting = False
         self.pending = []
         self.waiters = []
+        self.serial = []
 
 
 class Runtime:
@@ -175,6 +254,25 @@ class Runtime:
         self.lost_hooks = []
         self.threadpool = threadpool if threadpool is not None else reactor.getThreadPool()
         self._listening = None
+        #: Where incoming files land: dest ("client", "server", "node", "blob") → directory,
+        #: or a callable (dest, computation) → directory.
+        self.file_roots = {}
+        self.max_file_size = 0
+        self.channels = {}
+        #: Where this process may connect (None: anywhere); servers without
+        #: peers_communicate may reach only their client.
+        self.may_connect = None
+
+    def stream_root(self, dest, computation):
+        """The directory for incoming stream C{dest} of C{computation}."""
+        from .errors import FileTransferError
+
+        root = self.file_roots.get((dest, computation)) or self.file_roots.get(dest)
+        if root is None and dest == "blob":
+            root = tempfile.gettempdir()
+        if root is None:
+            raise FileTransferError("this process takes no files for %r" % (dest,))
+        return root
 
     # -- listening ---------------------------------------------------------
 
@@ -223,11 +321,23 @@ class Runtime:
         creator = getattr(task, "_creator", None)
         if creator is not None and creator.connected:
             blob = encode_outcome(task.outcome)
-            if len(blob) + 12 > config.MaxInlineBytes:
-                blob = encode_outcome(error_outcome(PayloadTooLarge(
-                    "the result of task %s/%s is %d bytes, over the inline cap of %d"
-                    % (getattr(task, "name", "task"), task.tid, len(blob), config.MaxInlineBytes))))
-            creator.queue(commands.TaskEnded, task.tid, blob)
+            if len(blob) > INLINE_LIMIT:
+                self._send_large_outcome(creator, task.tid, blob)
+            else:
+                creator.queue(commands.TaskEnded, task.tid, blob)
+
+    @defer.inlineCallbacks
+    def _send_large_outcome(self, proto, tid, blob):
+        try:
+            sid, _ = yield send_blob(proto, blob)
+        except Exception as e:
+            self.log.warn("outcome of task {t} could not be sent: {e}", t=tid, e=e)
+            small = encode_outcome(error_outcome(PayloadTooLarge("the result of task %d could not be sent: %s" % (tid, e))))
+            if proto.connected:
+                proto.queue(commands.TaskEnded, tid, small)
+            return
+        if proto.connected:
+            proto.callRemote(commands.TaskEndedBlob, task=tid, blob=sid)
 
     # -- connections ------------------------------------------------------------
 
@@ -312,6 +422,10 @@ class Runtime:
         self._abandon_at(link.location, str(exc))
 
     def _link(self, location):
+        if self.may_connect is not None and location not in self.links and not self.may_connect(location):
+            raise DispycosError(
+                "%s is another server: tasks on different servers may message each other only with "
+                "Computation(peers_communicate=True)" % (location,))
         link = self.links.get(location)
         if link is None:
             link = self.links[location] = _Link(location)
@@ -322,7 +436,10 @@ class Runtime:
 
     def connection(self, location):
         """Deferred firing with an authenticated connection to C{location}."""
-        link = self._link(location)
+        try:
+            link = self._link(location)
+        except DispycosError as e:
+            return defer.fail(e)
         if link.proto is not None and link.proto.connected:
             return defer.succeed(link.proto)
         d = defer.Deferred()
@@ -332,6 +449,22 @@ class Runtime:
     def call(self, location, command, **kw):
         """C{callRemote} on the connection to C{location}."""
         return self.connection(location).addCallback(lambda p: p.callRemote(command, **kw))
+
+    @defer.inlineCallbacks
+    def call_with_payload(self, location, command, name, data, **kw):
+        """
+        C{callRemote} with the bytes argument C{name} sent inline, or first
+        streamed as a blob (argument C{name + "_blob"}) when it is large.
+        """
+        proto = yield self.connection(location)
+        if len(data) > INLINE_LIMIT:
+            sid, _ = yield send_blob(proto, data)
+            kw[name] = b""
+            kw[name + "_blob"] = sid
+        else:
+            kw[name] = data
+        result = yield proto.callRemote(command, **kw)
+        return result
 
     # -- what task references do --------------------------------------------------
 
@@ -343,10 +476,44 @@ class Runtime:
             return
         blob = serialize.dumps(msg, "message")
         link = self._link(ref.location)
-        if link.proto is not None and link.proto.connected:
+        if len(blob) > INLINE_LIMIT or link.serial:
+            # A large message streams first; later ones wait their turn (order).
+            self._serialize(link, ref.tid, blob, None)
+        elif link.proto is not None and link.proto.connected:
             link.proto.queue(commands.Messages, ref.tid, blob)
         else:
             link.pending.append((commands.Messages, ref.tid, blob))
+
+    def _serialize(self, link, tid, blob, acked):
+        """
+        Send behind a large message in flight on C{link}: one at a time, in
+        order. C{acked} (a Deferred) makes it a C{deliver}.
+        """
+        link.serial.append((tid, blob, acked))
+        if len(link.serial) == 1:
+            self._drain_serial(link)
+
+    @defer.inlineCallbacks
+    def _drain_serial(self, link):
+        while link.serial:
+            tid, blob, acked = link.serial[0]
+            try:
+                proto = yield self.connection(link.location)
+                if len(blob) > INLINE_LIMIT:
+                    sid, _ = yield send_blob(proto, blob)
+                    r = yield proto.callRemote(commands.Deliver, task=tid, message=b"", message_blob=sid)
+                elif acked is not None:
+                    r = yield proto.callRemote(commands.Deliver, task=tid, message=blob)
+                else:
+                    proto.queue(commands.Messages, tid, blob)
+                if acked is not None:
+                    acked.callback(r)
+            except Exception as e:
+                if acked is not None:
+                    acked.errback(e)
+                else:
+                    self.log.warn("message to {loc} lost: {e}", loc=link.location, e=e)
+            link.serial.pop(0)
 
     def deliver(self, ref, msg, timeout=None):
         if ref.location == self.location:
@@ -358,7 +525,15 @@ class Runtime:
             blob = serialize.dumps(msg, "message")
         except Exception as e:
             return defer.fail(e)
-        d = self.call(ref.location, commands.Deliver, task=ref.tid, message=blob)
+        try:
+            link = self._link(ref.location)
+        except DispycosError as e:
+            return defer.fail(e)
+        if len(blob) > INLINE_LIMIT or link.serial:
+            d = defer.Deferred()
+            self._serialize(link, ref.tid, blob, d)
+        else:
+            d = self.call(ref.location, commands.Deliver, task=ref.tid, message=blob)
         d.addCallback(lambda _: 1)
         return with_timeout(d, timeout, self.reactor, "deliver to %s" % (ref,))
 
@@ -372,8 +547,12 @@ class Runtime:
             if ref.tid in self.finished:
                 return defer.succeed(None).addCallback(lambda _: outcome_result(self.finished[ref.tid], ref))
             return defer.fail(UnknownTaskError("no task %s" % (ref,)))
-        d = self.call(ref.location, commands.WaitTask, task=ref.tid)
-        d.addCallback(lambda r: outcome_result(decode_outcome(r["outcome"]), ref))
+        def got(r, proto):
+            data = proto.payload(r.get("outcome"), r.get("outcome_blob"))
+            return outcome_result(decode_outcome(data), ref)
+
+        d = self.connection(ref.location)
+        d.addCallback(lambda p: p.callRemote(commands.WaitTask, task=ref.tid).addCallback(got, p))
         return with_timeout(d, timeout, self.reactor, "result of %s" % (ref,))
 
     def terminate(self, ref):

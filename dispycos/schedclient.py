@@ -98,8 +98,11 @@ class RemoteScheduler:
             self._report = "scheduler %s refused: %s" % (self.location, e)
             raise ScheduleError("the scheduler at %s refused this client: %s" % (self.location, e))
         self.proto = proto
+        node_setup, server_setup = comp._setup_names()
         options = {"pulse_interval": comp.pulse_interval, "client": str(self.runtime.location),
-                   "allocations": bool(comp.node_allocations)}
+                   "allocations": bool(comp.node_allocations), "node_setup": node_setup,
+                   "server_setup": server_setup, "disable_nodes": bool(comp.disable_nodes),
+                   "disable_servers": bool(comp.disable_servers)}
         r = yield proto.callRemote(commands.Submit, components=comp._components_blob,
                                    files=pickle.dumps(comp._files), options=options)
         comp.id = r["computation"]
@@ -186,6 +189,10 @@ class RemoteScheduler:
     def task_done(self, placed, cpu):
         if self.proto is not None:
             self.proto.queue(commands.TaskDone, int(bool(cpu)), str(placed.location).encode())
+
+    def control(self, comp, action, target, args=None, terminate=False, restart=False):
+        return self._call(commands.Control, computation=comp.id, action=action, target=target, args=args,
+                          terminate=terminate, restart=restart).addCallback(lambda _: None)
 
     def servers_of(self, comp):
         d = self._call(commands.Query, computation=comp.id, what="servers")

@@ -17,10 +17,10 @@ from twisted.internet.endpoints import TCP4ClientEndpoint, connectProtocol
 from twisted.logger import Logger
 
 from . import config
-from .errors import AuthenticationError, ComputationClosed, DispycosError, NoServerError, ScheduleError
+from .errors import AuthenticationError, ComputationClosed, DispycosError, NoServerError, ScheduleError, SetupError
 from .protocol import auth, commands
 from .protocol.base import DispycosAMP
-from .status import DispycosNodeAvailInfo, DispycosNodeInfo, Location, Status
+from .status import DispycosNodeAvailInfo, DispycosNodeInfo, DispycosStatus, Location, Status
 
 
 class _NodeClient(DispycosAMP):
@@ -52,6 +52,7 @@ class ServerEntry:
         self.tasks_submitted = 0
         self.tasks_done = 0
         self.ready = True
+        self.suspended = False
 
     @property
     def node_addr(self):
@@ -82,6 +83,9 @@ class NodeLink:
         self._pulser = None
         self.last_pulse = None
         self.abandoned = False
+        self.held = None
+        self.ignored_by = None
+        self.suspended = False
 
     @property
     def addr(self):
@@ -291,6 +295,7 @@ class Scheduler:
         for entry in nodes:
             self.add_node(entry)
         self.probe()
+        runtime.lost_hooks.append(self._connection_lost)
         if private:
             Scheduler._instance = self
         for st in Status:
@@ -381,7 +386,7 @@ class Scheduler:
     @defer.inlineCallbacks
     def _reserve(self, link, comp):
         if (link.computation is comp or link.proto is None or comp is not self.active
-                or getattr(link, "ignored_by", None) is comp):
+                or link.ignored_by is comp):
             return
         link.computation = comp
         link._start_pulses(now=True)  # at the computation's pulse interval
@@ -398,12 +403,30 @@ class Scheduler:
             link.ignored_by = comp
             return
         comp._status(Status.NodeDiscovered, link.info)
+        if comp.disable_nodes:
+            link.held = (comp, cpus)  # until enable_node(ip, *args)
+            return
+        yield self._setup_node(link, comp, cpus, None)
+
+    @defer.inlineCallbacks
+    def _setup_node(self, link, comp, cpus, setup_args):
+        link.held = None
+        node_setup, server_setup = comp._setup_names()
         try:
             r = yield link.call(
                 commands.Reserve, computation=comp.id, key=comp.key, cpus=cpus,
                 components=comp._components_blob, files=pickle.dumps(comp._files),
-                client=str(self.runtime.location),
+                client=str(self.runtime.location), node_setup=node_setup, server_setup=server_setup,
+                setup_args=setup_args, disable_servers=bool(comp.disable_servers),
             )
+        except SetupError as e:
+            if link.computation is comp:
+                link.computation = None
+            link.ignored_by = comp
+            self.log.warn("node {loc}: {e}", loc=link.location, e=e)
+            comp._status_raw(DispycosStatus(Status.NodeClosed, link.info, exception=e))
+            self._fail_if_no_servers()
+            return
         except Exception as e:
             if link.computation is comp:
                 link.computation = None
@@ -418,20 +441,38 @@ class Scheduler:
         info = copy.copy(link.info)
         info.cpus = len(r["servers"])
         comp._status(Status.NodeInitialized, info)
-        self._add_servers(link, comp, [(s["index"], Location.parse(s["location"], 0)) for s in r["servers"]])
+        self._add_servers(link, comp, [(s["index"], Location.parse(s["location"], 0), s.get("ready", True), s.get("error"))
+                                       for s in r["servers"]])
 
     def _add_servers(self, link, comp, servers):
+        """
+        Book C{(index, location, ready, error)} servers of C{link}'s node; a
+        held server (disable_servers) waits for enable_server, a failed
+        server_setup is reported closed.
+        """
         # Book every server first: user code may run as soon as the
         # computation hears of one.
-        for index, location in servers:
+        entries = []
+        for index, location, ready, error in servers:
             entry = ServerEntry(link, index, location)
+            entry.ready = bool(ready)
+            entries.append((entry, error))
+            if error:
+                continue
+            old = link.servers.get(index)
+            if old is not None and old in self.servers:
+                self.servers.remove(old)
             link.servers[index] = entry
             self.servers.append(entry)
             self.runtime.computation_of[location] = comp.id
-        for index, location in servers:
-            comp._status(Status.ServerDiscovered, location)
-            comp._status(Status.ServerInitialized, location)
-        comp._server_ready()
+        for entry, error in entries:
+            comp._status(Status.ServerDiscovered, entry.location)
+            if error:
+                comp._status_raw(DispycosStatus(Status.ServerClosed, entry.location, exception=SetupError(error)))
+            elif entry.ready:
+                comp._status(Status.ServerInitialized, entry.location)
+        if any(e.ready for e, error in entries if not error):
+            comp._server_ready()
         self._dispatch()
 
     def _forget_server(self, entry, status):
@@ -454,7 +495,29 @@ class Scheduler:
             if entry is not None:
                 self._remove_server(entry, Status.ServerDisconnected, "server %s died" % (entry.location,))
         elif event == "initialized":
-            self._add_servers(link, comp, [(index, Location.parse(location, 0))])
+            self._add_servers(link, comp, [(index, Location.parse(location, 0), True, None)])
+        elif event == "closed":
+            # Closed in order: its tasks' outcomes reach their clients before
+            # its connections close (which abandons whatever is left).
+            entry = link.servers.pop(index, None)
+            if entry is not None:
+                self._forget_server(entry, Status.ServerClosed)
+        elif event == "node_closed":
+            entries = list(link.servers.values())
+            link.servers.clear()
+            link.computation = None
+            link.ignored_by = comp
+            for entry in entries:
+                self._forget_server(entry, Status.ServerClosed)
+            comp._status(Status.NodeClosed, link.info)
+            self._fail_if_no_servers()
+
+    def _connection_lost(self, location):
+        # Our connection to a server broke: place nothing there until its node
+        # reports it (re)initialized.
+        entry = self.entry_at(location)
+        if entry is not None:
+            entry.ready = False
 
     def _fail_if_no_servers(self):
         if self.servers or any(l.state == "connected" for l in self.links.values()):
@@ -541,6 +604,88 @@ class Scheduler:
         self.active = None
         self._next()
 
+    # -- control ------------------------------------------------------------------
+
+    def _links_at(self, comp, where):
+        where = str(where)
+        return [l for l in self.links.values()
+                if where in (l.location.addr, str(l.location), l.info.name if l.info else None)
+                and (l.computation is comp or (l.held and l.held[0] is comp))]
+
+    def _entry(self, comp, location):
+        location = Location.parse(location, 0)
+        for link in self.links.values():
+            if link.computation is comp:
+                for entry in link.servers.values():
+                    if entry.location == location:
+                        return entry
+        raise NoServerError("no server %s in this computation" % (location,))
+
+    @defer.inlineCallbacks
+    def control(self, comp, action, target, args=None, terminate=False, restart=False):
+        """
+        C{enable_node}, C{enable_server}, C{suspend_node}, C{resume_node},
+        C{suspend_server}, C{resume_server}, C{close_server}, C{close_node}
+        of a computation; fires with None once applied.
+        """
+        if comp is not self.active:
+            raise ComputationClosed("computation is not active")
+        if action in ("enable_node", "suspend_node", "resume_node", "close_node"):
+            links = self._links_at(comp, target)
+            if not links:
+                raise NoServerError("no node %s in this computation" % (target,))
+            for link in links:
+                if action == "enable_node":
+                    if link.held is not None:
+                        _, cpus = link.held
+                        yield self._setup_node(link, comp, cpus, args)
+                    elif link.suspended:
+                        self._suspend_node(link, comp, False)
+                elif action in ("suspend_node", "resume_node"):
+                    self._suspend_node(link, comp, action == "suspend_node")
+                else:
+                    yield link.call(commands.Release, computation=comp.id, terminate=terminate)
+                    self._server_event(link, comp.id, 0, "node_closed", "")
+            self._dispatch()
+            return
+        entry = self._entry(comp, target)
+        link = entry.node
+        if action == "enable_server":
+            if entry.ready:
+                if entry.suspended:
+                    self._suspend_server(entry, comp, False)
+                return
+            yield link.call(commands.EnableServer, computation=comp.id, index=entry.index, args=args)
+            entry.ready = True
+            comp._status(Status.ServerInitialized, entry.location)
+            comp._server_ready()
+        elif action in ("suspend_server", "resume_server"):
+            self._suspend_server(entry, comp, action == "suspend_server")
+        elif action == "close_server":
+            yield link.call(commands.CloseServer, computation=comp.id, index=entry.index, terminate=terminate,
+                            restart=restart)
+        else:
+            raise DispycosError("unknown action %r" % (action,))
+        self._dispatch()
+
+    def _suspend_node(self, link, comp, suspend):
+        if link.suspended == suspend:
+            return
+        link.suspended = suspend
+        comp._status(Status.NodeSuspended if suspend else Status.NodeResumed, link.info)
+
+    def _suspend_server(self, entry, comp, suspend):
+        if entry.suspended == suspend:
+            return
+        entry.suspended = suspend
+        comp._status(Status.ServerSuspended if suspend else Status.ServerResumed, entry.location)
+        link = entry.node
+        others = [e for e in link.servers.values() if e.ready]
+        if suspend and others and all(e.suspended for e in others):
+            self._suspend_node(link, comp, True)
+        elif not suspend and link.suspended:
+            self._suspend_node(link, comp, False)
+
     # -- placement ----------------------------------------------------------------
 
     def place(self, comp, cpu, where=None):
@@ -579,7 +724,8 @@ class Scheduler:
     def _pick(self, p):
         best, best_key = None, None
         for entry in self.servers:
-            if not entry.ready or (p.cpu and entry.cpu_busy) or not self._matches(entry, p.where):
+            if (not entry.ready or entry.suspended or entry.node.suspended or (p.cpu and entry.cpu_busy)
+                    or not self._matches(entry, p.where)):
                 continue
             node = entry.node
             busy = sum(1 for e in node.servers.values() if e.cpu_busy)
@@ -635,5 +781,7 @@ class Scheduler:
             link.stop()
         if self.discovery is not None:
             self.discovery.stop()
+        if self._connection_lost in self.runtime.lost_hooks:
+            self.runtime.lost_hooks.remove(self._connection_lost)
         if Scheduler._instance is self:
             Scheduler._instance = None

@@ -41,6 +41,17 @@ def die_with_parent(parent_pid):
         os._exit(1)
 
 
+def _globals_of(components):
+    """The distinct globals dicts of the component functions."""
+    seen, out = set(), []
+    for obj in components.values():
+        g = getattr(obj, "__globals__", None)
+        if g is not None and id(g) not in seen:
+            seen.add(id(g))
+            out.append(g)
+    return out
+
+
 def _in_globals(components, name, value):
     """Set C{name} in the globals of every component function."""
     seen = set()
@@ -68,8 +79,12 @@ class ServerControl(amp.AMP):
         os._exit(0 if self.server.closing else 1)
 
     @commands.Init.responder
-    def _init(self, computation, key, components, node_dir, server_dir, location):
-        return self.server.init(computation, key, components, node_dir, server_dir)
+    def _init(self, computation, key, components, node_dir, server_dir, location, node_globals):
+        return self.server.init(computation, key, components, node_dir, server_dir, location, node_globals)
+
+    @commands.RunSetup.responder
+    def _run_setup(self, function, args, node_level, cwd):
+        return self.server.run_setup(function, args, node_level, cwd)
 
     @commands.Close.responder
     def _close(self, terminate):
@@ -85,23 +100,103 @@ class Server:
         self.index = index
         self.components = {}
         self.closing = False
+        self.control = None
+        self.server_dir = None
         runtime.executor = self.execute
 
-    def init(self, computation, key, components, node_dir, server_dir):
+    def init(self, computation, key, components, node_dir, server_dir, location="", node_globals=None):
         try:
             os.makedirs(server_dir, exist_ok=True)
             os.chdir(server_dir)
+            self.server_dir = server_dir
             for path in (node_dir, server_dir):
                 if path not in sys.path:
                     sys.path.insert(0, path)
             self.components = serialize.loads(components)
+            settings = self.components.pop("__dispycos__", {})
+            extra = serialize.loads(node_globals) if node_globals else {}
         except Exception as e:
             raise SetupError("server %d could not load the computation: %s: %s" % (self.index, type(e).__name__, e))
+        if location:
+            self.runtime.location = Location.parse(location, self.runtime.location.port)
+        self.node_dir = node_dir
+        self.runtime.file_roots.update({"server": server_dir, "node": node_dir, "blob": server_dir})
+        client = settings.get("client")
+        if not settings.get("peers_communicate") and client:
+            client = Location.parse(client, 0)
+            self.runtime.may_connect = lambda loc: loc == client
+        else:
+            self.runtime.may_connect = None
+        for name, value in extra.items():
+            _in_globals(self.components, name, value)
         _in_globals(self.components, "dispycos_server_location", self.runtime.location)
+        _in_globals(self.components, "dispycos_close_server", self.close_server)
+        _in_globals(self.components, "dispycos_close_node", self.close_node)
         self.runtime.keys[computation] = key
         self.runtime.default_computation = computation
         log.info("server {i} at {loc} initialized for computation {c}", i=self.index, loc=self.runtime.location, c=computation)
         return {}
+
+    # -- setup functions ------------------------------------------------------------
+
+    @defer.inlineCallbacks
+    def run_setup(self, function, args, node_level, cwd):
+        """Run C{node_setup}/C{server_setup}; it must finish with 0."""
+        from .tasks import OK, Task, outcome_result
+
+        fn = self.components.get(function)
+        if fn is None:
+            raise SetupError("setup function %r is not a component" % (function,))
+        a = serialize.loads(args) if args else ()
+        spaces = _globals_of(self.components)
+        before = [dict(g) for g in spaces]
+        here = os.getcwd()
+        os.chdir(cwd or here)
+        try:
+            task = Task._create(self.runtime, fn, tuple(a), {})
+            task._start()
+            try:
+                result = yield task.result()
+            except Exception as e:
+                raise SetupError("%s failed at %s: %s" % (function, self.runtime.location, e))
+        finally:
+            os.chdir(here)
+        if result != 0:
+            raise SetupError("%s at %s finished with %r, not 0" % (function, self.runtime.location, result))
+        if not node_level:
+            return {"globals": None}
+        made = {}
+        for g, old in zip(spaces, before):
+            for name, value in g.items():
+                if name.startswith("__") or name.startswith("dispycos_"):
+                    continue
+                if name not in old or old[name] is not value:
+                    try:
+                        serialize.dumps(value)
+                    except Exception as e:
+                        log.warn("global {n} made by {f} cannot reach other servers: {e}", n=name, f=function, e=e)
+                        continue
+                    made[name] = value
+        return {"globals": serialize.dumps(made, "globals of %s" % function)}
+
+    # -- closing from inside a task ----------------------------------------------------
+
+    def close_server(self, terminate=False, restart=False):
+        """C{dispycos_close_server()}: ask the node to close (and maybe restart) this server."""
+        self._close_request(False, terminate, restart)
+
+    def close_node(self, terminate=False):
+        """C{dispycos_close_node()}: ask the node to release the whole node from the computation."""
+        self._close_request(True, terminate, False)
+
+    def _close_request(self, node, terminate, restart):
+        from .tasks import in_worker_thread
+
+        call = lambda: self.control.callRemote(commands.CloseRequest, node=node, terminate=terminate, restart=restart)
+        if in_worker_thread():
+            self.reactor.callFromThread(call)
+        else:
+            call()
 
     def execute(self, proto, function, code, args):
         from .tasks import Task
@@ -123,16 +218,22 @@ class Server:
 
     @defer.inlineCallbacks
     def close(self, terminate):
-        """End every task (reported as terminated), flush, and leave."""
+        """
+        End every task (with C{terminate}: terminate them, reported as
+        terminated; else wait for them), flush, and leave.
+        """
         self.closing = True
-        self.runtime.keys.clear()
         tasks = list(self.runtime.tasks.values())
-        ends = [t.terminate() for t in tasks]
+        if terminate:
+            ends = [t.terminate() for t in tasks]
+        else:
+            ends = [t.result() for t in tasks]
         if ends:
-            timeout = self.reactor.callLater(3, lambda: [d.cancel() for d in ends if not d.called])
+            timeout = self.reactor.callLater(3, lambda: [d.cancel() for d in ends if not d.called]) if terminate else None
             yield defer.DeferredList(ends, consumeErrors=True)
-            if timeout.active():
+            if timeout is not None and timeout.active():
                 timeout.cancel()
+        self.runtime.keys.clear()
         # Let the outcomes go out, then close every connection cleanly.
         lost = []
         for link in list(self.runtime.links.values()):
@@ -160,6 +261,7 @@ def main(argv=None):
     parser.add_argument("--announce", default=None)
     parser.add_argument("--parent", type=int, default=0)
     parser.add_argument("--debug", action="store_true")
+    parser.add_argument("--max_file_size", type=int, default=0)
     args = parser.parse_args(argv)
     die_with_parent(args.parent)
     sys.setswitchinterval(0.001)
@@ -178,9 +280,11 @@ def main(argv=None):
     reactor.addSystemEventTrigger("during", "shutdown", pool.stop)
     runtime = Runtime(reactor, host=args.host, port=args.port, announce=args.announce, threadpool=pool)
     runtime.listen()
+    runtime.max_file_size = args.max_file_size
     set_runtime(runtime)
     server = Server(reactor, runtime, args.index)
-    stdio.StandardIO(ServerControl(server), stdin=_FD_IN, stdout=_FD_OUT)
+    server.control = ServerControl(server)
+    stdio.StandardIO(server.control, stdin=_FD_IN, stdout=_FD_OUT)
     reactor.run(installSignalHandlers=False)
 
 

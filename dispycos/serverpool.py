@@ -102,6 +102,8 @@ class ServerSlot(ProcessProtocol):
         ]
         if self.node.debug:
             argv.append("--debug")
+        if getattr(self.node, "max_file_size", 0):
+            argv += ["--max_file_size", str(self.node.max_file_size)]
         env = dict(os.environ)
         env["PYTHONPATH"] = os.pathsep.join(p for p in sys.path if p)
         spawn = self._spawner or reactor.spawnProcess

@@ -34,6 +34,10 @@ class RemoteComputation:
                                   config.MaxPulseInterval)
         self.client = options.get("client", "")
         self.has_allocations = bool(options.get("allocations"))
+        self.node_setup = options.get("node_setup")
+        self.server_setup = options.get("server_setup")
+        self.disable_nodes = bool(options.get("disable_nodes"))
+        self.disable_servers = bool(options.get("disable_servers"))
         self.id = None
         self.key = None
         self._pending_schedule = True
@@ -51,6 +55,9 @@ class RemoteComputation:
         if self.channel.connected and not self.closed:
             self.channel.queue(commands.StatusBatch, 0, pickle.dumps(msg))
 
+    def _setup_names(self):
+        return self.node_setup, self.server_setup
+
     def _allocate(self, info):
         if not self.has_allocations:
             return info.cpus
@@ -62,6 +69,8 @@ class RemoteComputation:
 
     def _activated(self):
         self._send("active", key=self.key)
+        if self.disable_nodes or self.disable_servers:
+            self._server_ready()
 
     def _server_ready(self):
         if self._pending_schedule:
@@ -140,6 +149,12 @@ class ClientChannel(DispycosAMP):
         else:
             raise DispycosError("unknown query %r" % (what,))
         return d.addCallback(lambda result: {"result": result})
+
+    @commands.Control.responder
+    def _control(self, computation, action, target, args, terminate, restart):
+        comp = self._comp(computation)
+        d = self.service.scheduler.control(comp, action, target, args, terminate, restart)
+        return d.addCallback(lambda _: {})
 
     @commands.CloseComputation.responder
     def _close(self, computation, terminate):

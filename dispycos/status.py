@@ -120,10 +120,14 @@ DispycosTaskInfo = TaskInfo
 
 @dataclass
 class DispycosStatus:
-    """A status message: C{status} (a L{Status}) and its C{info}."""
+    """
+    A status message: C{status} (a L{Status}) and its C{info}; a setup
+    failure also carries the C{exception} (a L{SetupError}).
+    """
 
     status: Status
     info: Any = None
+    exception: Any = None
 
 
 # Status constants reachable as attributes of DispycosStatus, as in the original.

@@ -519,6 +519,62 @@ class Task(_TaskAPI):
 
         return deferLater(self.reactor, seconds, lambda: None)
 
+    def run_program(self, args, cwd=None, env=None):
+        """
+        Start an external program (a list: the program and its arguments; a
+        component file is in C{..}) with pipes to its stdin and stdout; returns
+        a L{dispycos.programs.Program}.
+        """
+        from .programs import start_program
+
+        if in_worker_thread():
+            return threads.blockingCallFromThread(self.reactor, start_program, self.reactor, args, cwd, env)
+        return start_program(self.reactor, args, cwd, env)
+
+    @blocking_in_thread
+    def channel(self, name):
+        """
+        Deferred firing with the client's channel C{name} (a reference), or
+        errbacking if the client has none.
+        """
+        from .channels import ChannelRef
+
+        if name in self._rt.channels:
+            return defer.succeed(self._rt.channels[name])
+        creator = getattr(self, "_creator", None)
+        if creator is None or creator.peer_loc is None:
+            from .errors import UnknownTaskError
+
+            return defer.fail(UnknownTaskError("no channel %r here" % (name,)))
+        ref = ChannelRef(creator.peer_loc, name)
+        return ref._op("lookup").addCallback(lambda _: ref)
+
+    @blocking_in_thread
+    def send_file(self, path, to=None, dir=None, overwrite=False):
+        """
+        Send the file at C{path} to the client (default) or to the process of
+        task C{to}; fires with the absolute path where it landed there (files
+        for the client land in its C{Computation(dest_path=...)}).
+        """
+        return defer.ensureDeferred(self._send_file(path, to, dir, overwrite))
+
+    async def _send_file(self, path, to, dir, overwrite):
+        from .streams import send_file
+
+        creator = getattr(self, "_creator", None)
+        client = creator.peer_loc if creator is not None else None
+        where = to.location if isinstance(to, _TaskAPI) else to
+        if where is None or where == client:
+            if creator is None or not creator.connected:
+                from .errors import ConnectionLostError
+
+                raise ConnectionLostError("the client of task %s is not connected" % (self,))
+            proto, dest = creator, "client"
+        else:
+            proto, dest = await self._rt.connection(where), "server"
+        comp = self._rt.default_computation
+        return await send_file(proto, path, dest, subdir=dir or "", overwrite=overwrite, computation=comp)
+
     def _put(self, msg):
         if self.outcome is not None:
             return False

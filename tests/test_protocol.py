@@ -572,6 +572,10 @@ class FakeRuntime:
         self.accepted = []
         self.outcomes = []
         self.executor = None
+        self.max_file_size = 0
+
+    def stream_root(self, dest, computation):
+        raise AssertionError("no streams in these tests")
 
     def keyring(self, role, computation):
         return keyring(role, computation)

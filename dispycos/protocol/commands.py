@@ -100,8 +100,33 @@ class Reserve(amp.Command):
         (b"components", BigBytes()),
         (b"files", BigBytes()),
         (b"client", amp.Unicode()),
+        (b"node_setup", amp.Unicode(optional=True)),
+        (b"server_setup", amp.Unicode(optional=True)),
+        (b"setup_args", BigBytes(optional=True)),
+        (b"disable_servers", amp.Boolean(optional=True)),
     ]
     response = [(b"servers", JSON()), (b"node_dir", amp.Unicode())]
+    errors = _common_errors
+
+
+class EnableServer(amp.Command):
+    """Scheduler → node: run C{server_setup(*args)} on a held server, then use it."""
+
+    arguments = [(b"computation", amp.Unicode()), (b"index", amp.Integer()), (b"args", BigBytes(optional=True))]
+    response = []
+    errors = _common_errors
+
+
+class CloseServer(amp.Command):
+    """Scheduler → node: close one server (ending or awaiting its tasks), maybe restart it."""
+
+    arguments = [
+        (b"computation", amp.Unicode()),
+        (b"index", amp.Integer()),
+        (b"terminate", amp.Boolean()),
+        (b"restart", amp.Boolean()),
+    ]
+    response = []
     errors = _common_errors
 
 
@@ -148,6 +173,7 @@ class RunTask(amp.Command):
         (b"function", amp.Unicode()),
         (b"code", BigBytes(optional=True)),
         (b"args", BigBytes()),
+        (b"args_blob", amp.Integer(optional=True)),
     ]
     response = [(b"task", amp.Integer()), (b"name", amp.Unicode())]
     errors = _common_errors
@@ -163,7 +189,7 @@ class Messages(amp.Command):
 class Deliver(amp.Command):
     """Put one message in a task's mailbox and acknowledge it."""
 
-    arguments = [(b"task", amp.Integer()), (b"message", BigBytes())]
+    arguments = [(b"task", amp.Integer()), (b"message", BigBytes()), (b"message_blob", amp.Integer(optional=True))]
     response = []
     errors = _common_errors
 
@@ -175,11 +201,18 @@ class TaskEnded(amp.Command):
     requiresAnswer = False
 
 
+class TaskEndedBlob(amp.Command):
+    """A task's outcome too large to send inline: it was streamed as blob C{blob}."""
+
+    arguments = [(b"task", amp.Integer()), (b"blob", amp.Integer())]
+    requiresAnswer = False
+
+
 class WaitTask(amp.Command):
     """Answer with a task's pickled outcome once it has ended."""
 
     arguments = [(b"task", amp.Integer())]
-    response = [(b"outcome", BigBytes())]
+    response = [(b"outcome", BigBytes(optional=True)), (b"outcome_blob", amp.Integer(optional=True))]
     errors = _common_errors
 
 
@@ -202,7 +235,10 @@ class Ready(amp.Command):
 
 
 class Init(amp.Command):
-    """Node → server: load a computation's components; become its server."""
+    """
+    Node → server: load a computation's components (and the globals its
+    C{node_setup} made); become its server.
+    """
 
     arguments = [
         (b"computation", amp.Unicode()),
@@ -211,9 +247,37 @@ class Init(amp.Command):
         (b"node_dir", amp.Unicode()),
         (b"server_dir", amp.Unicode()),
         (b"location", amp.Unicode()),
+        (b"node_globals", BigBytes(optional=True)),
     ]
     response = []
     errors = _common_errors
+
+
+class RunSetup(amp.Command):
+    """
+    Node → server: run the component C{function} (C{node_setup} or
+    C{server_setup}) with the pickled C{args}; it must finish with 0. For a
+    node setup the globals it made come back pickled.
+    """
+
+    arguments = [
+        (b"function", amp.Unicode()),
+        (b"args", BigBytes(optional=True)),
+        (b"node_level", amp.Boolean()),
+        (b"cwd", amp.Unicode()),
+    ]
+    response = [(b"globals", BigBytes(optional=True))]
+    errors = _common_errors
+
+
+class CloseRequest(amp.Command):
+    """
+    Server → node: a task called C{dispycos_close_server} (C{node=False}) or
+    C{dispycos_close_node} (C{node=True}).
+    """
+
+    arguments = [(b"node", amp.Boolean()), (b"terminate", amp.Boolean()), (b"restart", amp.Boolean())]
+    requiresAnswer = False
 
 
 class Close(amp.Command):
@@ -308,3 +372,103 @@ class AllocateNode(amp.Command):
 
     arguments = [(b"computation", amp.Unicode()), (b"node", JSON())]
     response = [(b"cpus", amp.Integer())]
+
+
+class Control(amp.Command):
+    """
+    Client → shared scheduler: C{enable_node}, C{enable_server}, C{suspend_node},
+    C{resume_node}, C{suspend_server}, C{resume_server}, C{close_server} or
+    C{close_node} on C{target} (a node address or a server location).
+    """
+
+    arguments = [
+        (b"computation", amp.Unicode()),
+        (b"action", amp.Unicode()),
+        (b"target", amp.Unicode()),
+        (b"args", BigBytes(optional=True)),
+        (b"terminate", amp.Boolean()),
+        (b"restart", amp.Boolean()),
+    ]
+    response = []
+    errors = _common_errors
+
+
+# -- streams (files, and payloads over the inline cap), any peer link ------------------
+
+# Subclasses before DispycosError: AMP reports the first class that matches.
+_stream_errors = {errors.FileTransferError: b"FILE"}
+_stream_errors.update(_common_errors)
+
+
+class StreamOpen(amp.Command):
+    """
+    Open a stream of C{size} bytes with digest C{sha256}: C{purpose} is
+    C{"file"} (C{name} lands under C{dest}: C{"client"}, C{"server"} or
+    C{"node"}, in sub-directory C{dir}) or C{"blob"} (a payload over the inline
+    cap, referred to by the stream id afterwards).
+    """
+
+    arguments = [
+        (b"purpose", amp.Unicode()),
+        (b"name", amp.Unicode()),
+        (b"dir", amp.Unicode()),
+        (b"dest", amp.Unicode()),
+        (b"size", amp.Integer()),
+        (b"sha256", amp.String()),
+        (b"overwrite", amp.Boolean()),
+        (b"computation", amp.Unicode()),
+    ]
+    response = [(b"stream", amp.Integer())]
+    errors = _stream_errors
+
+
+class StreamChunk(amp.Command):
+    """The next bytes of a stream, at C{offset}; acknowledged (flow control)."""
+
+    arguments = [(b"stream", amp.Integer()), (b"offset", amp.Integer()), (b"data", amp.String())]
+    response = []
+    errors = _stream_errors
+
+
+class StreamClose(amp.Command):
+    """Finish a stream: size and digest are checked; answers with where it landed."""
+
+    arguments = [(b"stream", amp.Integer())]
+    response = [(b"path", amp.Unicode())]
+    errors = _stream_errors
+
+
+class StreamAbort(amp.Command):
+    """Give a stream up: the partial file is removed."""
+
+    arguments = [(b"stream", amp.Integer()), (b"reason", amp.Unicode())]
+    requiresAnswer = False
+
+
+# -- channels (owned by the process that created them) -------------------------------
+
+
+class ChannelOp(amp.Command):
+    """
+    C{subscribe}/C{unsubscribe} the task C{task} (pickled reference), or
+    C{lookup} whether the channel exists.
+    """
+
+    arguments = [(b"name", amp.Unicode()), (b"op", amp.Unicode()), (b"task", BigBytes(optional=True))]
+    response = [(b"count", amp.Integer())]
+    errors = _common_errors
+
+
+class ChannelSend(amp.Command):
+    """Broadcast a pickled message to a channel's subscribers; with C{n} > 0 or
+    C{acked}, wait for that many subscribers and answer with how many got it."""
+
+    arguments = [
+        (b"name", amp.Unicode()),
+        (b"message", BigBytes()),
+        (b"acked", amp.Boolean()),
+        (b"n", amp.Integer()),
+        (b"timeout", amp.Float(optional=True)),
+    ]
+    response = [(b"count", amp.Integer())]
+    errors = _common_errors

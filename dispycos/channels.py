@@ -1,0 +1,178 @@
+# -*- test-case-name: tests.test_channels -*-
+"""
+Channels: named broadcast points. A L{Channel} lives in the process that
+created it; it pickles into a reference that any process of the computation
+can use to subscribe tasks, send and deliver.
+"""
+
+from twisted.internet import defer
+
+from . import serialize
+from .errors import UnknownTaskError
+from .protocol import commands
+from .status import Location
+from .tasks import TimeoutError, blocking_in_thread, oneway_in_thread, with_timeout
+
+
+def _rebuild_channel(addr, port, name):
+    from .runtime import current_runtime
+
+    runtime = current_runtime(create=False)
+    location = Location(addr, port)
+    if runtime is not None and runtime.location == location and name in runtime.channels:
+        return runtime.channels[name]
+    return ChannelRef(location, name)
+
+
+class _ChannelAPI:
+    location = None
+    name = ""
+
+    def __reduce__(self):
+        return (_rebuild_channel, (self.location.addr, self.location.port, self.name))
+
+    def __repr__(self):
+        return "<channel %s@%s>" % (self.name, self.location)
+
+
+class Channel(_ChannelAPI):
+    """
+    A channel named C{name} in this process. Tasks anywhere in the
+    computation subscribe to it; C{send} broadcasts to every subscriber;
+    C{deliver(msg, n=k)} waits for at least C{k} subscribers and fires with
+    how many got the message.
+    """
+
+    def __init__(self, name):
+        from .runtime import current_runtime
+
+        self._rt = current_runtime()
+        self.name = name
+        self.subscribers = []
+        self._waiting = []
+        if name in self._rt.channels:
+            raise ValueError("a channel named %r exists in this process" % (name,))
+        self._rt.channels[name] = self
+
+    @property
+    def location(self):
+        return self._rt.location
+
+    def close(self):
+        """Forget the channel (its subscribers stay untouched)."""
+        self._rt.channels.pop(self.name, None)
+
+    @blocking_in_thread
+    def subscribe(self, task):
+        """Deferred firing once C{task} gets the channel's messages."""
+        if task not in self.subscribers:
+            self.subscribers.append(task)
+        self._wake()
+        return defer.succeed(len(self.subscribers))
+
+    @blocking_in_thread
+    def unsubscribe(self, task):
+        """Deferred firing once C{task} no longer gets the channel's messages."""
+        if task in self.subscribers:
+            self.subscribers.remove(task)
+        return defer.succeed(len(self.subscribers))
+
+    def _wake(self):
+        waiting, self._waiting = self._waiting, []
+        for n, d in waiting:
+            if d.called:
+                continue
+            if len(self.subscribers) >= n:
+                d.callback(None)
+            else:
+                self._waiting.append((n, d))
+
+    @oneway_in_thread
+    def send(self, msg):
+        """Send C{msg} to every subscriber (no acknowledgement)."""
+        for task in list(self.subscribers):
+            try:
+                task.send(msg)
+            except Exception:
+                pass
+
+    @blocking_in_thread
+    def deliver(self, msg, timeout=None, n=0):
+        """
+        Deferred firing with the number of subscribers that got C{msg}, once
+        at least C{n} are subscribed; errbacks L{TimeoutError} after
+        C{timeout} seconds.
+        """
+        return defer.ensureDeferred(self._deliver(msg, timeout, n))
+
+    async def _deliver(self, msg, timeout, n):
+        if len(self.subscribers) < n:
+            d = defer.Deferred()
+            self._waiting.append((n, d))
+            await with_timeout(d, timeout, self._rt.reactor, "channel %s waiting for %d subscribers" % (self.name, n))
+        results = await defer.DeferredList([defer.maybeDeferred(t.deliver, msg, timeout) for t in list(self.subscribers)],
+                                           consumeErrors=True)
+        return sum(1 for ok, _ in results if ok)
+
+
+class ChannelRef(_ChannelAPI):
+    """A channel owned by another process of the computation."""
+
+    def __init__(self, location, name):
+        self.location = location
+        self.name = name
+
+    def _runtime(self):
+        from .runtime import current_runtime
+
+        return current_runtime()
+
+    def _op(self, op, task=None):
+        blob = serialize.dumps(task, "task") if task is not None else None
+        return self._runtime().call(self.location, commands.ChannelOp, name=self.name, op=op, task=blob).addCallback(
+            lambda r: r["count"])
+
+    @blocking_in_thread
+    def subscribe(self, task):
+        return self._op("subscribe", task)
+
+    @blocking_in_thread
+    def unsubscribe(self, task):
+        return self._op("unsubscribe", task)
+
+    @oneway_in_thread
+    def send(self, msg):
+        d = self._runtime().call(self.location, commands.ChannelSend, name=self.name,
+                                 message=serialize.dumps(msg, "message"), acked=False, n=0, timeout=None)
+        d.addErrback(lambda f: None)
+
+    @blocking_in_thread
+    def deliver(self, msg, timeout=None, n=0):
+        d = self._runtime().call(self.location, commands.ChannelSend, name=self.name,
+                                 message=serialize.dumps(msg, "message"), acked=True, n=n,
+                                 timeout=None if timeout is None else float(timeout))
+        return d.addCallback(lambda r: r["count"])
+
+
+def channel_op(runtime, name, op, task_blob):
+    """The owner's side of L{commands.ChannelOp}."""
+    channel = runtime.channels.get(name)
+    if channel is None:
+        raise UnknownTaskError("no channel %r at %s" % (name, runtime.location))
+    if op == "lookup":
+        return defer.succeed({"count": len(channel.subscribers)})
+    task = serialize.loads(task_blob)
+    d = channel.subscribe(task) if op == "subscribe" else channel.unsubscribe(task)
+    return d.addCallback(lambda n: {"count": n})
+
+
+def channel_send(runtime, name, message, acked, n, timeout):
+    """The owner's side of L{commands.ChannelSend}."""
+    channel = runtime.channels.get(name)
+    if channel is None:
+        raise UnknownTaskError("no channel %r at %s" % (name, runtime.location))
+    msg = serialize.loads(message)
+    if not acked and not n:
+        channel.send(msg)
+        return {"count": len(channel.subscribers)}
+    return channel.deliver(msg, timeout, n).addCallback(lambda c: {"count": c})

@@ -1,0 +1,232 @@
+# -*- test-case-name: tests.test_streams -*-
+"""
+Chunked, flow-controlled streams over AMP: files, and payloads larger than
+the inline cap.
+
+The sender keeps a window of acknowledged chunks in flight; the receiver
+writes to a partial file beside the destination, checks size and SHA-256 at
+close and renames it into place atomically. Nothing is ever held whole in
+memory, and an interrupted stream leaves no file behind.
+"""
+
+import hashlib
+import itertools
+import os
+
+from twisted.internet import defer
+from twisted.logger import Logger
+
+from .errors import FileTransferError
+from .protocol import commands
+
+#: Bytes per chunk (below AMP's 64 KiB value limit).
+CHUNK = 60000
+#: Chunks in flight, unacknowledged.
+WINDOW = 16
+
+_ids = itertools.count(1)
+
+
+def safe_target(root, name, subdir=""):
+    """
+    The path for C{name} in C{root}/C{subdir}, refusing anything that would
+    land outside C{root} (C{..}, absolute paths, links out of it).
+
+    @raise FileTransferError: for such names.
+    """
+    if not name or name != os.path.basename(name) or name in (".", "..") or "\x00" in name:
+        raise FileTransferError("refused file name %r" % (name,))
+    if subdir and (os.path.isabs(subdir) or "\x00" in subdir):
+        raise FileTransferError("refused directory %r: it must be relative" % (subdir,))
+    real_root = os.path.realpath(root)
+    directory = os.path.realpath(os.path.join(real_root, subdir or ""))
+    if directory != real_root and not directory.startswith(real_root + os.sep):
+        raise FileTransferError("refused directory %r: outside the destination" % (subdir,))
+    target = os.path.join(directory, name)
+    if os.path.islink(target) or (os.path.exists(target) and not os.path.realpath(target).startswith(real_root + os.sep)):
+        raise FileTransferError("refused %r: a link" % (name,))
+    return target
+
+
+class _Incoming:
+    def __init__(self, sid, target, size, digest, overwrite):
+        self.id = sid
+        self.target = target
+        self.size = size
+        self.digest = digest
+        self.overwrite = overwrite
+        self.received = 0
+        self.sha = hashlib.sha256()
+        directory = os.path.dirname(target)
+        os.makedirs(directory, exist_ok=True)
+        self.partial = os.path.join(directory, ".dispycos-partial-%d-%d" % (os.getpid(), sid))
+        self.file = open(self.partial, "wb")
+
+    def discard(self):
+        try:
+            self.file.close()
+        except OSError:
+            pass
+        try:
+            os.unlink(self.partial)
+        except OSError:
+            pass
+
+
+class StreamReceiver:
+    """
+    The receiving side of streams on one connection.
+
+    @param roots: C{roots(dest, computation)} → the directory for C{dest}
+        (C{"client"}, C{"server"}, C{"node"}, C{"blob"}), or raise
+        L{FileTransferError}.
+    @param max_size: largest stream accepted (0: unlimited).
+    """
+
+    log = Logger()
+
+    def __init__(self, roots, max_size=0):
+        self.roots = roots
+        self.max_size = max_size
+        self.open = {}
+
+    def start(self, purpose, name, subdir, dest, size, sha256, overwrite, computation):
+        if size < 0 or len(sha256) != 32:
+            raise FileTransferError("bad stream header")
+        if self.max_size and size > self.max_size:
+            raise FileTransferError("%s is %d bytes, over the limit of %d bytes" % (name, size, self.max_size))
+        sid = next(_ids)
+        if purpose == "blob":
+            root = self.roots("blob", computation)
+            target = os.path.join(root, ".dispycos-blob-%d-%d" % (os.getpid(), sid))
+            overwrite = True
+        elif purpose == "file":
+            target = safe_target(self.roots(dest, computation), name, subdir)
+            if os.path.exists(target) and not overwrite:
+                raise FileTransferError("%s exists (give overwrite=True to replace it)" % (target,))
+        else:
+            raise FileTransferError("unknown stream purpose %r" % (purpose,))
+        try:
+            self.open[sid] = _Incoming(sid, target, size, sha256, overwrite)
+        except OSError as e:
+            raise FileTransferError("cannot write %s: %s" % (target, e))
+        return sid
+
+    def chunk(self, sid, offset, data):
+        s = self.open.get(sid)
+        if s is None:
+            raise FileTransferError("no stream %d" % (sid,))
+        if offset != s.received or s.received + len(data) > s.size:
+            self.abort(sid)
+            raise FileTransferError("stream %d: chunk at %d out of place or past its size" % (sid, offset))
+        try:
+            s.file.write(data)
+        except OSError as e:
+            self.abort(sid)
+            raise FileTransferError("stream %d: %s" % (sid, e))
+        s.sha.update(data)
+        s.received += len(data)
+
+    def finish(self, sid):
+        s = self.open.pop(sid, None)
+        if s is None:
+            raise FileTransferError("no stream %d" % (sid,))
+        s.file.close()
+        if s.received != s.size or s.sha.digest() != s.digest:
+            s.discard()
+            raise FileTransferError("stream %d: %d of %d bytes, or digest mismatch" % (sid, s.received, s.size))
+        if os.path.exists(s.target) and not s.overwrite:
+            s.discard()
+            raise FileTransferError("%s exists" % (s.target,))
+        os.replace(s.partial, s.target)
+        return s.target
+
+    def abort(self, sid):
+        s = self.open.pop(sid, None)
+        if s is not None:
+            s.discard()
+
+    def abort_all(self):
+        for sid in list(self.open):
+            self.abort(sid)
+
+
+def _file_digest(path):
+    sha = hashlib.sha256()
+    size = 0
+    with open(path, "rb") as f:
+        while True:
+            block = f.read(1 << 20)
+            if not block:
+                break
+            sha.update(block)
+            size += len(block)
+    return size, sha.digest()
+
+
+@defer.inlineCallbacks
+def _send_chunks(proto, sid, read, size):
+    """Send C{size} bytes from C{read(offset, n)} with a window of acknowledged chunks."""
+    pending = []
+    offset = 0
+    try:
+        while offset < size:
+            data = read(offset, min(CHUNK, size - offset))
+            pending.append(proto.callRemote(commands.StreamChunk, stream=sid, offset=offset, data=data))
+            offset += len(data)
+            if len(pending) >= WINDOW:
+                yield pending.pop(0)
+        for d in pending:
+            yield d
+    except Exception:
+        for d in pending:
+            d.addErrback(lambda f: None)
+        if proto.connected:
+            proto.callRemote(commands.StreamAbort, stream=sid, reason="sender failed")
+        raise
+
+
+@defer.inlineCallbacks
+def send_file(proto, path, dest, subdir="", overwrite=False, computation="", name=None):
+    """
+    Stream the file at C{path} over C{proto} to C{dest}; fires with the
+    absolute path where it landed on the receiving host.
+    """
+    size, digest = _file_digest(path)
+    r = yield proto.callRemote(commands.StreamOpen, purpose="file", name=name or os.path.basename(path),
+                               dir=subdir or "", dest=dest, size=size, sha256=digest, overwrite=overwrite,
+                               computation=computation)
+    sid = r["stream"]
+    with open(path, "rb") as f:
+        def read(offset, n):
+            f.seek(offset)
+            return f.read(n)
+
+        yield _send_chunks(proto, sid, read, size)
+    r = yield proto.callRemote(commands.StreamClose, stream=sid)
+    return r["path"]
+
+
+@defer.inlineCallbacks
+def send_blob(proto, data, computation=""):
+    """Stream C{data} (bytes) as a blob; fires with its stream id at the receiver."""
+    view = memoryview(data)
+    r = yield proto.callRemote(commands.StreamOpen, purpose="blob", name="blob", dir="", dest="blob",
+                               size=len(data), sha256=hashlib.sha256(view).digest(), overwrite=True,
+                               computation=computation)
+    sid = r["stream"]
+    yield _send_chunks(proto, sid, lambda offset, n: bytes(view[offset:offset + n]), len(data))
+    r = yield proto.callRemote(commands.StreamClose, stream=sid)
+    return sid, r["path"]
+
+
+def read_blob(path):
+    """The bytes of a received blob (the file is removed)."""
+    try:
+        with open(path, "rb") as f:
+            return f.read()
+    finally:
+        try:
+            os.unlink(path)
+        except OSError:
+            pass

@@ -1,0 +1,228 @@
+"""
+Data movement with real processes: files both ways (chunked, checked,
+atomic), payloads over the inline cap as streams, refusals that leave nothing
+on disk, interrupted transfers, and high-rate ordered messages.
+"""
+
+import hashlib
+import os
+import signal
+import subprocess
+import sys
+import time
+
+import psutil
+import pytest
+import pytest_twisted
+
+import dispycos
+from dispycos import Computation, Scheduler
+
+from .conftest import env_for_children
+from .test_core import sleep, wait_for
+
+
+def sha(path):
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        for block in iter(lambda: f.read(1 << 20), b""):
+            h.update(block)
+    return h.hexdigest()
+
+
+def write_random(path, size):
+    with open(path, "wb") as f:
+        left = size
+        while left:
+            n = min(left, 1 << 20)
+            f.write(os.urandom(n))
+            left -= n
+    return sha(path)
+
+
+class Session:
+    def __init__(self, node, components, **kw):
+        self.scheduler = Scheduler(nodes=[node.location], secret=node.secret, discover=False)
+        self.comp = Computation(components, **kw)
+
+    async def __aenter__(self):
+        await self.comp.schedule(timeout=30)
+        return self.comp
+
+    async def __aexit__(self, *exc):
+        await self.comp.close(terminate=True)
+        await self.scheduler.close()
+
+
+def file_task(name, back_size, task=None):
+    """Check the file the client sent, make one and send it back."""
+    import hashlib
+
+    h = hashlib.sha256()
+    with open(name, "rb") as f:
+        for block in iter(lambda: f.read(1 << 20), b""):
+            h.update(block)
+    out = "back-" + name
+    with open(out, "wb") as f:
+        f.write(os.urandom(back_size))
+    h2 = hashlib.sha256(open(out, "rb").read()).hexdigest()
+    path = yield task.send_file(out)
+    os.unlink(out)
+    return h.hexdigest(), os.path.abspath(name), path, h2
+
+
+def length(blob):
+    return len(blob)
+
+
+def echo(blob):
+    return blob
+
+
+def collect(n, task=None):
+    got = []
+    for _ in range(n):
+        got.append((yield task.receive(timeout=60)))
+    return got
+
+
+def read_in_node_dir(name, task=None):
+    yield task.sleep(0)
+    with open(os.path.join("..", name), "rb") as f:
+        return len(f.read())
+
+
+@pytest_twisted.ensureDeferred
+async def test_big_file_to_server_and_file_back(node, tmp_path):
+    src = tmp_path / "big.bin"
+    digest = write_random(str(src), 64 * 1024 * 1024)
+    async with Session(node, [file_task]) as comp:
+        server = (await comp.servers())[0]
+        landed = await comp.send_file(server, str(src))
+        assert os.path.basename(landed) == "big.bin" and "server-" in landed
+        remote_sha, remote_path, back_path, back_sha = await comp.run_result_at(server, file_task, "big.bin",
+                                                                                5 * 1024 * 1024)
+        assert remote_sha == digest and remote_path == landed
+        assert back_path.startswith(comp.dest_path) and os.path.getsize(back_path) == 5 * 1024 * 1024
+        assert sha(back_path) == back_sha
+        # to the node directory (".." of every server), in a sub-directory
+        small = tmp_path / "small.txt"
+        small.write_bytes(b"x" * 1000)
+        node_path = await comp.send_file("127.0.0.1", str(small), dir="sub")
+        assert node_path.endswith(os.path.join("sub", "small.txt"))
+        assert await comp.run_result(read_in_node_dir, os.path.join("sub", "small.txt")) == 1000
+        # no overwrite unless asked
+        with pytest.raises(dispycos.DispycosError):
+            await comp.send_file(server, str(src))
+        await comp.send_file(server, str(small), overwrite=True)
+        assert not [f for f in os.listdir(os.path.dirname(landed)) if f.startswith(".dispycos-partial")]
+
+
+@pytest_twisted.ensureDeferred
+async def test_path_escapes_are_refused_and_nothing_written(node, tmp_path):
+    small = tmp_path / "f.txt"
+    small.write_bytes(b"data")
+    async with Session(node, [length]) as comp:
+        server = (await comp.servers())[0]
+        for bad in ("..", "../..", "/tmp", "a/../../.."):
+            with pytest.raises(dispycos.FileTransferError):
+                await comp.send_file(server, str(small), dir=bad)
+        # a link pointing out of the destination
+        landed = await comp.send_file(server, str(small))
+        root = os.path.dirname(landed)
+        os.symlink("/tmp", os.path.join(root, "escape"))
+        with pytest.raises(dispycos.FileTransferError):
+            await comp.send_file(server, str(small), dir="escape")
+        assert not os.path.exists(os.path.join("/tmp", "f.txt")) or os.path.getsize("/tmp/f.txt") != 4
+        assert sorted(os.listdir(root)) == ["escape", "f.txt"]
+
+
+@pytest_twisted.ensureDeferred
+async def test_100_mib_argument_round_trip_keeps_node_memory_flat(node):
+    node_proc = psutil.Process(node.proc.pid)
+    async with Session(node, [length, echo]) as comp:
+        before = node_proc.memory_info().rss
+        blob = os.urandom(100 * 1024 * 1024)
+        assert await comp.run_result(length, blob) == len(blob)
+        back = await comp.run_result(echo, blob)
+        assert back == blob
+        del back
+        growth = node_proc.memory_info().rss - before
+        assert growth < 20 * 1024 * 1024, growth  # the node never holds the payload
+
+
+@pytest_twisted.ensureDeferred
+async def test_twenty_thousand_messages_in_order(node):
+    async with Session(node, [collect]) as comp:
+        rtask = await comp.run(collect, 20000)
+        for i in range(20000):
+            rtask.send(i)
+            if i % 2000 == 0:
+                await sleep(0)
+        assert await rtask.result(timeout=120) == list(range(20000))
+
+
+@pytest_twisted.ensureDeferred
+async def test_large_message_keeps_order_with_small_ones(node):
+    async with Session(node, [collect]) as comp:
+        rtask = await comp.run(collect, 4)
+        big = os.urandom(dispycos.config.MaxInlineBytes + 100)
+        rtask.send(1)
+        rtask.send(big)
+        rtask.send(2)
+        assert await rtask.deliver(3) == 1
+        got = await rtask.result(timeout=60)
+        assert got[0] == 1 and got[1] == big and got[2:] == [2, 3]
+
+
+SENDER = r'''
+import sys
+from twisted.internet import task, defer
+import dispycos
+
+def idle(task=None):
+    yield task.sleep(600)
+
+async def main(reactor):
+    dispycos.Scheduler(nodes=[sys.argv[1]], secret=sys.argv[2], discover=False)
+    comp = dispycos.Computation([idle])
+    await comp.schedule(timeout=30)
+    server = (await comp.servers())[0]
+    print("SENDING", flush=True)
+    await comp.send_file(server, sys.argv[3])
+    print("SENT", flush=True)
+
+task.react(lambda reactor: defer.ensureDeferred(main(reactor)))
+'''
+
+
+def test_transfer_cut_by_killing_the_client_leaves_no_partial_file(node, tmp_path):
+    src = tmp_path / "huge.bin"
+    write_random(str(src), 400 * 1024 * 1024)
+    script = tmp_path / "sender.py"
+    script.write_text(SENDER)
+    proc = subprocess.Popen([sys.executable, str(script), node.location, node.secret, str(src)],
+                            stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, env=env_for_children(), text=True)
+    try:
+        assert proc.stdout.readline().strip() == "SENDING"
+        deadline = time.monotonic() + 30
+        partial = []
+        while time.monotonic() < deadline and not partial:
+            for root, _, files in os.walk(node.node_dir):
+                partial += [os.path.join(root, f) for f in files if f.startswith(".dispycos-partial")]
+            time.sleep(0.01)
+        assert partial, "the transfer never started"
+        proc.send_signal(signal.SIGKILL)
+        proc.wait(10)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
+    deadline = time.monotonic() + 30
+    while time.monotonic() < deadline:
+        left = [f for _, _, files in os.walk(node.node_dir) for f in files
+                if f.startswith(".dispycos-partial") or f == "huge.bin"]
+        if not left:
+            break
+        time.sleep(0.1)
+    assert not left

@@ -67,6 +67,7 @@ class Computation:
         self.disable_servers = disable_servers
         self.peers_communicate = peers_communicate
         self.secret = secret
+        self.certfile, self.keyfile, self.cafile = certfile, keyfile, cafile
         self.dest_path = dest_path
         self._code = {}
         self._files = []
@@ -182,7 +183,17 @@ class Computation:
                 where = Location.parse(location, config.SchedulerPort)
             except (TypeError, ValueError):
                 return defer.fail(ScheduleError("invalid scheduler location %r" % (location,)))
-            scheduler = RemoteScheduler(where, self.secret)
+            from .tls import TLS
+
+            tls = TLS(self.certfile, self.keyfile, self.cafile)
+            if tls.enabled:
+                from .runtime import current_runtime
+
+                runtime = current_runtime()
+                if runtime.tls is None and not runtime.links:
+                    runtime.tls = tls  # servers of a TLS cluster speak TLS too
+                    runtime.rebind(runtime.host)
+            scheduler = RemoteScheduler(where, self.secret, tls=tls if tls.enabled else None)
         self._scheduler = scheduler
         self.reactor = scheduler.reactor
         self.runtime = scheduler.runtime

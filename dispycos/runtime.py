@@ -14,7 +14,7 @@ import tempfile
 from collections import OrderedDict
 
 from twisted.internet import defer
-from twisted.internet.endpoints import TCP4ClientEndpoint, connectProtocol
+from twisted.internet.endpoints import connectProtocol
 from twisted.internet.protocol import Factory
 from twisted.logger import Logger
 
@@ -26,6 +26,8 @@ from .protocol.arguments import unpack_items
 from .protocol.base import DispycosAMP
 from .status import Location
 from .streams import StreamReceiver, read_blob, send_blob
+from .tls import client_endpoint
+from .tls import listen as tls_listen
 from .tasks import ABANDONED, set_reactor_thread, decode_outcome, encode_outcome, error_outcome, outcome_result, with_timeout
 
 #: How many finished tasks' outcomes a process keeps for C{WaitTask}.
@@ -259,6 +261,8 @@ class Runtime:
         self.file_roots = {}
         self.max_file_size = 0
         self.channels = {}
+        #: L{dispycos.tls.TLS} for every link of this process, or None.
+        self.tls = None
         #: Where this process may connect (None: anywhere); servers without
         #: peers_communicate may reach only their client.
         self.may_connect = None
@@ -279,7 +283,7 @@ class Runtime:
     def listen(self):
         """Start listening (synchronously); sets C{location}."""
         factory = Factory.forProtocol(lambda: PeerAMP(self, listening=True))
-        self._listening = self.reactor.listenTCP(self.port, factory, interface=self.host)
+        self._listening = tls_listen(self.reactor, self.port, factory, self.host, self.tls)
         port = self._listening.getHost().port
         addr = self.announce or (self.host if self.host not in ("", "0.0.0.0") else "127.0.0.1")
         self.location = Location(addr, port)
@@ -371,9 +375,10 @@ class Runtime:
         link = self.links.get(loc)
         if link is not None and link.proto is proto:
             del self.links[loc]
-            self._abandon_at(loc, "connection to %s lost" % (loc,))
+            # Bookkeeping first, then the errbacks that wake user code.
             for hook in list(self.lost_hooks):
                 hook(loc)
+            self._abandon_at(loc, "connection to %s lost" % (loc,))
 
     def drop(self, location):
         """Abort the connection to C{location} (its tasks are abandoned)."""
@@ -393,7 +398,7 @@ class Runtime:
             return self._link_failed(link, ComputationClosed("no computation to reach %s" % (link.location,)))
         link.connecting = True
         proto = PeerAMP(self, listening=False)
-        endpoint = TCP4ClientEndpoint(self.reactor, link.location.addr, link.location.port, timeout=10)
+        endpoint = client_endpoint(self.reactor, link.location.addr, link.location.port, self.tls)
         d = connectProtocol(endpoint, proto)
         d.addCallback(lambda p: p.handshake(key, "peer", comp))
 

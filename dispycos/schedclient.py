@@ -8,7 +8,7 @@ connection (with heartbeats both ways).
 import pickle
 
 from twisted.internet import defer, task
-from twisted.internet.endpoints import TCP4ClientEndpoint, connectProtocol
+from twisted.internet.endpoints import connectProtocol
 from twisted.logger import Logger
 
 from . import config
@@ -16,6 +16,7 @@ from .errors import ComputationClosed, ConnectionLostError, DispycosError, Sched
 from .protocol import auth, commands
 from .protocol.arguments import unpack_items
 from .protocol.base import DispycosAMP
+from .tls import client_endpoint
 from .status import DispycosNodeAvailInfo, DispycosNodeInfo, DispycosStatus, Location, Status
 
 
@@ -62,7 +63,7 @@ class RemoteScheduler:
 
     log = Logger()
 
-    def __init__(self, location, secret, reactor=None):
+    def __init__(self, location, secret, reactor=None, tls=None):
         if reactor is None:
             from twisted.internet import reactor
         from .runtime import current_runtime
@@ -70,6 +71,7 @@ class RemoteScheduler:
         self.reactor = reactor
         self.location = location
         self.key = auth.key_from_secret(secret)
+        self.tls = tls
         self.runtime = current_runtime()
         self.proto = None
         self.comp = None
@@ -86,7 +88,7 @@ class RemoteScheduler:
     def submit(self, comp):
         self.comp = comp
         proto = _SchedulerProtocol(self)
-        endpoint = TCP4ClientEndpoint(self.reactor, self.location.addr, self.location.port, timeout=10)
+        endpoint = client_endpoint(self.reactor, self.location.addr, self.location.port, self.tls)
         try:
             yield connectProtocol(endpoint, proto)
         except Exception as e:

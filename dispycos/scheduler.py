@@ -13,13 +13,14 @@ import uuid
 from collections import deque
 
 from twisted.internet import defer, error
-from twisted.internet.endpoints import TCP4ClientEndpoint, connectProtocol
+from twisted.internet.endpoints import connectProtocol
 from twisted.logger import Logger
 
 from . import config
 from .errors import AuthenticationError, ComputationClosed, DispycosError, NoServerError, ScheduleError, SetupError
 from .protocol import auth, commands
 from .protocol.base import DispycosAMP
+from .tls import TLS, client_endpoint
 from .status import DispycosNodeAvailInfo, DispycosNodeInfo, DispycosStatus, Location, Status
 
 
@@ -98,7 +99,7 @@ class NodeLink:
         self.state = "connecting"
         reactor = self.scheduler.reactor
         proto = _NodeClient(self)
-        endpoint = TCP4ClientEndpoint(reactor, self.location.addr, self.location.port, timeout=5)
+        endpoint = client_endpoint(reactor, self.location.addr, self.location.port, self.scheduler.tls, timeout=5)
         d = connectProtocol(endpoint, proto)
         d.addCallback(lambda p: p.handshake(self.scheduler.key, "scheduler"))
         d.addCallback(lambda _: proto.callRemote(commands.NodeInfo))
@@ -260,12 +261,13 @@ class Scheduler:
     _instance = None
 
     def __init__(self, nodes=(), secret="", ip_addr=None, reactor=None, private=True, udp_port=config.SchedulerPort,
-                 node_port=config.NodePort, discover=True, **options):
+                 node_port=config.NodePort, discover=True, certfile=None, keyfile=None, cafile=None, **options):
         if reactor is None:
             from twisted.internet import reactor
         self.reactor = reactor
         self.options = options
         self.key = auth.key_from_secret(secret)
+        self.tls = TLS(certfile, keyfile, cafile)
         from .runtime import Runtime, current_runtime, set_runtime
 
         if ip_addr is None:
@@ -273,10 +275,15 @@ class Scheduler:
         runtime = current_runtime(create=False)
         if runtime is None:
             runtime = Runtime(reactor, host=ip_addr if private else "127.0.0.1")
+            if private and self.tls.enabled:
+                runtime.tls = self.tls
             runtime.listen()
             set_runtime(runtime)
-        elif private and ip_addr not in (runtime.host, "") and not runtime.links:
-            runtime.rebind(ip_addr)
+        elif private and (ip_addr not in (runtime.host, "") or (self.tls.enabled and runtime.tls is None)) \
+                and not runtime.links:
+            if self.tls.enabled:
+                runtime.tls = self.tls
+            runtime.rebind(ip_addr if ip_addr else runtime.host)
         self.runtime = runtime
         self.links = {}
         self.queue = deque()

@@ -262,6 +262,9 @@ def main(argv=None):
     parser.add_argument("--parent", type=int, default=0)
     parser.add_argument("--debug", action="store_true")
     parser.add_argument("--max_file_size", type=int, default=0)
+    parser.add_argument("--certfile", default=None)
+    parser.add_argument("--keyfile", default=None)
+    parser.add_argument("--cafile", default=None)
     args = parser.parse_args(argv)
     die_with_parent(args.parent)
     sys.setswitchinterval(0.001)
@@ -279,6 +282,10 @@ def main(argv=None):
     pool.start()
     reactor.addSystemEventTrigger("during", "shutdown", pool.stop)
     runtime = Runtime(reactor, host=args.host, port=args.port, announce=args.announce, threadpool=pool)
+    if args.certfile or args.cafile:
+        from .tls import TLS
+
+        runtime.tls = TLS(args.certfile, args.keyfile, args.cafile)
     runtime.listen()
     runtime.max_file_size = args.max_file_size
     set_runtime(runtime)

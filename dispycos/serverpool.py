@@ -104,6 +104,9 @@ class ServerSlot(ProcessProtocol):
             argv.append("--debug")
         if getattr(self.node, "max_file_size", 0):
             argv += ["--max_file_size", str(self.node.max_file_size)]
+        for option, path in zip(("--certfile", "--keyfile", "--cafile"), getattr(self.node, "tls_files", ())):
+            if path:
+                argv += [option, os.path.abspath(path)]
         env = dict(os.environ)
         env["PYTHONPATH"] = os.pathsep.join(p for p in sys.path if p)
         spawn = self._spawner or reactor.spawnProcess

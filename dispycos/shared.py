@@ -18,6 +18,7 @@ from .protocol import auth, commands
 from .protocol.arguments import unpack_items
 from .protocol.base import DispycosAMP
 from .scheduler import Scheduler
+from .tls import listen as tls_listen
 from .status import DispycosStatus, Location
 
 
@@ -207,7 +208,7 @@ class SchedulerService(service.Service):
         factory = Factory.forProtocol(lambda: ClientChannel(self))
         port = self.tcp_port
         for host in self.hosts:
-            p = self.reactor.listenTCP(port, factory, interface=host)
+            p = tls_listen(self.reactor, port, factory, host, self.scheduler.tls)
             self.listening.append(p)
             port = p.getHost().port
         self.port = port

@@ -337,7 +337,12 @@ async def test_server_killed_abandons_task_and_is_replaced(fresh_node):
             print(node.output()[-5000:])
             raise
         await wait_for(lambda: len([e for e in comp._scheduler.servers if e.ready]) == 2)
-        p, _ = await (await comp.run_at(rtask.location, where_am_i)).result(timeout=10)
+        try:
+            p, _ = await (await comp.run_at(rtask.location, where_am_i)).result(timeout=10)
+        except Exception:
+            print("SERVERS", [(e.location, e.ready) for e in comp._scheduler.servers])
+            print(node.output()[-4000:])
+            raise
         assert p != pid_at[rtask.location]
 
 

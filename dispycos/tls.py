@@ -1,0 +1,170 @@
+# -*- test-case-name: tests.test_tls -*-
+"""
+TLS for every TCP link (nodes, servers, schedulers, clients), from the
+original's C{--certfile}/C{--keyfile} plus C{--cafile}: peers are verified
+against that CA, by the cluster-wide service name in their certificates
+(C{dispycos} by default), so certificates need not name every host.
+
+A listener with a C{cafile} requires client certificates (mutual TLS).
+Misconfigurations fail at once with one clear line (L{TLSConfigError}).
+"""
+
+from twisted.internet import ssl
+from twisted.internet.endpoints import TCP4ClientEndpoint, wrapClientTLS
+
+from .errors import DispycosError
+
+#: The name peers' certificates must carry (subjectAltName DNS).
+SERVICE_NAME = "dispycos"
+
+
+class TLSConfigError(DispycosError):
+    """A TLS file is missing, unreadable, or the key does not match the certificate."""
+
+
+def _read(path, what):
+    try:
+        with open(path, "rb") as f:
+            return f.read()
+    except OSError as e:
+        raise TLSConfigError("cannot read the %s %s: %s" % (what, path, e.strerror or e))
+
+
+class TLS:
+    """
+    TLS settings of one process.
+
+    @param certfile: PEM certificate (may also hold the key).
+    @param keyfile: PEM private key (default: in C{certfile}).
+    @param cafile: PEM CA to verify peers against; a listener with one
+        requires client certificates.
+    @param name: the service name peers' certificates must carry.
+    """
+
+    def __init__(self, certfile=None, keyfile=None, cafile=None, name=SERVICE_NAME):
+        self.name = name
+        self.cert = None
+        self.ca = None
+        if keyfile and not certfile:
+            raise TLSConfigError("--keyfile needs --certfile")
+        if certfile:
+            pem = _read(certfile, "certificate")
+            if keyfile:
+                pem = pem + b"\n" + _read(keyfile, "key")
+            try:
+                self.cert = ssl.PrivateCertificate.loadPEM(pem)
+            except Exception as e:
+                raise TLSConfigError("%s / %s: not a certificate and matching key (%s)" % (certfile, keyfile, e))
+            try:
+                self.cert.options().getContext()  # checks that key and certificate match
+            except Exception as e:
+                raise TLSConfigError("the key %s does not match the certificate %s: %s" % (keyfile, certfile, e))
+        if cafile:
+            try:
+                self.ca = ssl.Certificate.loadPEM(_read(cafile, "CA certificate"))
+            except TLSConfigError:
+                raise
+            except Exception as e:
+                raise TLSConfigError("%s is not a PEM CA certificate (%s)" % (cafile, e))
+
+    @property
+    def enabled(self):
+        return self.cert is not None or self.ca is not None
+
+    def server_options(self):
+        if self.cert is None:
+            raise TLSConfigError("a TLS listener needs --certfile (and --keyfile)")
+        if self.ca is not None:
+            return self.cert.options(self.ca)
+        return self.cert.options()
+
+    def client_options(self):
+        if self.ca is None:
+            raise TLSConfigError("TLS connections need --cafile to verify peers")
+        return ssl.optionsForClientTLS(self.name, trustRoot=self.ca, clientCertificate=self.cert)
+
+
+def listen(reactor, port, factory, interface="", tls=None):
+    """Listen on TCP, or TLS when C{tls} is enabled."""
+    if tls is not None and tls.enabled:
+        return reactor.listenSSL(port, factory, tls.server_options(), interface=interface)
+    return reactor.listenTCP(port, factory, interface=interface)
+
+
+def client_endpoint(reactor, host, port, tls=None, timeout=10):
+    """An endpoint to C{host:port}, wrapped in verified TLS when C{tls} is enabled."""
+    endpoint = TCP4ClientEndpoint(reactor, host, port, timeout=timeout)
+    if tls is not None and tls.enabled:
+        return wrapClientTLS(tls.client_options(), endpoint)
+    return endpoint
+
+
+def make_certificates(directory, names=(SERVICE_NAME,), days=3650):
+    """
+    Make a private CA and one certificate (signed by it, for C{names}) in
+    C{directory}: C{ca.pem}, C{ca.key}, C{dispycos.pem}, C{dispycos.key}.
+    Returns their paths. (C{python -m dispycos.tls DIRECTORY} does this.)
+    """
+    import datetime
+    import ipaddress
+    import os
+
+    from cryptography import x509
+    from cryptography.hazmat.primitives import hashes, serialization
+    from cryptography.hazmat.primitives.asymmetric import ec
+    from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
+
+    os.makedirs(directory, exist_ok=True)
+    now = datetime.datetime.now(datetime.timezone.utc)
+    ca_key = ec.generate_private_key(ec.SECP256R1())
+    ca_name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "dispycos cluster CA")])
+    ca = (x509.CertificateBuilder().subject_name(ca_name).issuer_name(ca_name).public_key(ca_key.public_key())
+          .serial_number(x509.random_serial_number()).not_valid_before(now - datetime.timedelta(days=1))
+          .not_valid_after(now + datetime.timedelta(days=days))
+          .add_extension(x509.BasicConstraints(ca=True, path_length=0), critical=True)
+          .add_extension(x509.KeyUsage(digital_signature=True, key_cert_sign=True, crl_sign=True,
+                                       content_commitment=False, key_encipherment=False, data_encipherment=False,
+                                       key_agreement=False, encipher_only=False, decipher_only=False), critical=True)
+          .sign(ca_key, hashes.SHA256()))
+    key = ec.generate_private_key(ec.SECP256R1())
+    alt = []
+    for n in names:
+        try:
+            alt.append(x509.IPAddress(ipaddress.ip_address(n)))
+        except ValueError:
+            alt.append(x509.DNSName(n))
+    cert = (x509.CertificateBuilder().subject_name(x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, names[0])]))
+            .issuer_name(ca_name).public_key(key.public_key()).serial_number(x509.random_serial_number())
+            .not_valid_before(now - datetime.timedelta(days=1)).not_valid_after(now + datetime.timedelta(days=days))
+            .add_extension(x509.SubjectAlternativeName(alt), critical=False)
+            .add_extension(x509.ExtendedKeyUsage([ExtendedKeyUsageOID.SERVER_AUTH, ExtendedKeyUsageOID.CLIENT_AUTH]),
+                           critical=False)
+            .sign(ca_key, hashes.SHA256()))
+    paths = {}
+
+    def write(name, data):
+        path = os.path.join(directory, name)
+        with open(path, "wb") as f:
+            f.write(data)
+        paths[name] = path
+
+    pem = serialization.Encoding.PEM
+    nokey = serialization.NoEncryption()
+    write("ca.pem", ca.public_bytes(pem))
+    write("ca.key", ca_key.private_bytes(pem, serialization.PrivateFormat.PKCS8, nokey))
+    write("dispycos.pem", cert.public_bytes(pem))
+    write("dispycos.key", key.private_bytes(pem, serialization.PrivateFormat.PKCS8, nokey))
+    for name in ("ca.key", "dispycos.key"):
+        os.chmod(paths[name], 0o600)
+    return paths
+
+
+if __name__ == "__main__":
+    import sys
+
+    if len(sys.argv) < 2:
+        print("usage: python -m dispycos.tls DIRECTORY [NAME ...]", file=sys.stderr)
+        sys.exit(2)
+    made = make_certificates(sys.argv[1], tuple(sys.argv[2:]) or (SERVICE_NAME,))
+    for name, path in sorted(made.items()):
+        print(path)

@@ -19,7 +19,9 @@ from twisted.logger import Logger
 
 from . import config
 from .discovery import Discovery
-from .errors import DispycosError, FileTransferError
+from .errors import DispycosError, FileTransferError, SetupError
+from .tls import TLS
+from .tls import listen as tls_listen
 from .protocol import auth, commands
 from .protocol.base import DispycosAMP
 from .serverpool import ServerSlot
@@ -130,6 +132,14 @@ class NodeProtocol(DispycosAMP):
                       "disable_servers": bool(disable_servers)}
         return self.node.reserve(self, computation, key, cpus, components, files, client)
 
+    @commands.EnableServer.responder
+    def _enable_server(self, computation, index, args):
+        return self.node.enable_server(computation, index, args).addCallback(lambda _: {})
+
+    @commands.CloseServer.responder
+    def _close_server(self, computation, index, terminate, restart):
+        return self.node.close_server(computation, index, terminate, restart).addCallback(lambda _: {})
+
     @commands.Release.responder
     def _release(self, computation, terminate):
         return self.node.release(computation, terminate).addCallback(lambda _: {})
@@ -151,8 +161,13 @@ class NodeService(service.Service):
     def __init__(self, reactor, cpus, hosts, ports, secret="", node_name=None, dest_path=None,
                  ext_hosts=(), debug=False, spawner=None, ready_file=None,
                  min_pulse_interval=config.MinPulseInterval, max_pulse_interval=config.MaxPulseInterval,
-                 udp_port=config.NodePort, peers=(), scheduler_port=config.SchedulerPort):
+                 udp_port=config.NodePort, peers=(), scheduler_port=config.SchedulerPort,
+                 serve=-1, on_exit=None, service_window=None, zombie_period=0, pid_file=None,
+                 stdin_commands=False, max_file_size=0, tls_files=()):
         self.reactor = reactor
+        self.max_file_size = max_file_size
+        self.tls_files = tuple(tls_files)
+        self.tls = TLS(*self.tls_files) if any(self.tls_files) else None
         self.cpus = cpus
         self.hosts = list(hosts)
         self.ports = ports
@@ -175,6 +190,21 @@ class NodeService(service.Service):
         self.stopping = False
         self.node_dir = None
         self.port = None
+        # Command-line features (see the "CLI features" section below).
+        self.serve = serve
+        self.served = 0
+        self._on_exit = on_exit
+        self.service_window = service_window
+        self.service_phase = None
+        self.zombie_period = zombie_period or 0
+        self.pid_file = pid_file
+        self.stdin_commands = stdin_commands
+        self.console = None
+        self.quitting = False
+        self.exiting = False
+        self._last_activity = None
+        self._zombie_timer = None
+        self._window_timer = None
 
     def keyring(self, role, computation):
         return self.key if role == "scheduler" else None
@@ -186,7 +216,7 @@ class NodeService(service.Service):
         factory = Factory.forProtocol(lambda: NodeProtocol(self))
         port = self.ports[0]
         for host in self.hosts:
-            p = self.reactor.listenTCP(port, factory, interface=host)
+            p = tls_listen(self.reactor, port, factory, host, self.tls)
             self.listening.append(p)
             port = p.getHost().port
         self.port = port
@@ -205,6 +235,7 @@ class NodeService(service.Service):
         self._watchdog = task.LoopingCall(self._check_scheduler)
         self._watchdog.clock = self.reactor
         self._watchdog.start(self.min_pulse_interval, now=False)
+        self._start_extras()
 
     def _check_scheduler(self):
         """Release a computation whose scheduler fell silent (5 missed pulses)."""
@@ -230,8 +261,10 @@ class NodeService(service.Service):
         except Exception:
             pass
         if self.ready_file:
-            with open(self.ready_file, "w") as f:
+            tmp = self.ready_file + ".tmp"
+            with open(tmp, "w") as f:
                 f.write("%s:%d\n" % (addr, self.port))
+            os.replace(tmp, self.ready_file)
         self.announce()
 
     # -- discovery ----------------------------------------------------------------
@@ -260,6 +293,7 @@ class NodeService(service.Service):
     @defer.inlineCallbacks
     def stopService(self):
         self.stopping = True
+        self._stop_extras()
         if self._watchdog.running:
             self._watchdog.stop()
         if self.discovery is not None:
@@ -277,6 +311,7 @@ class NodeService(service.Service):
                 self.log.failure("releasing computation at stop")
         yield defer.DeferredList([s.stop(terminate=True) for s in self.slots], consumeErrors=True)
         shutil.rmtree(self.node_dir, ignore_errors=True)
+        self._remove_pid_file()
         yield service.Service.stopService(self)
 
     # -- servers ------------------------------------------------------------------
@@ -295,6 +330,7 @@ class NodeService(service.Service):
                         event="died", location=active["slots"][slot.index],
                     )
         slot.spawn()
+        self._write_pid_file()
         if not expected and active is not None and slot.index in active["slots"]:
             slot.when_ready().addCallback(self._reinit, active).addErrback(
                 lambda f: self.log.warn("server {i} restart failed: {f}", i=slot.index, f=f.getErrorMessage())
@@ -305,6 +341,10 @@ class NodeService(service.Service):
         if self.active is not active:
             return
         location = yield self._init_slot(slot, active)
+        server_setup = active["setup"].get("server_setup")
+        if server_setup and slot.index in active["server_args"]:
+            yield self._run_setup(slot, server_setup, active["server_args"][slot.index], False,
+                                  self._server_dir(slot))
         proto = active["proto"]
         if self.active is active and proto.connected:
             proto.callRemote(
@@ -317,6 +357,9 @@ class NodeService(service.Service):
             return self.ext_hosts[0]
         return proto.transport.getHost().host
 
+    def _server_dir(self, slot):
+        return os.path.join(self.node_dir, "server-%d" % slot.index)
+
     @defer.inlineCallbacks
     def _init_slot(self, slot, active):
         yield slot.when_ready()
@@ -324,10 +367,41 @@ class NodeService(service.Service):
         yield slot.call(
             commands.Init, computation=active["computation"], key=active["key"],
             components=active["components"], node_dir=self.node_dir,
-            server_dir=os.path.join(self.node_dir, "server-%d" % slot.index), location=location,
+            server_dir=self._server_dir(slot), location=location, node_globals=active.get("node_globals"),
         )
         active["slots"][slot.index] = location
         return location
+
+    @defer.inlineCallbacks
+    def _run_setup(self, slot, function, args, node_level, cwd):
+        """Run a setup function on C{slot}'s server; L{SetupError} when it fails."""
+        try:
+            r = yield slot.call(commands.RunSetup, function=function, args=args, node_level=node_level, cwd=cwd)
+        except SetupError:
+            raise
+        except Exception as e:
+            raise SetupError("%s on node %s: %s" % (function, self.name, e))
+        return r.get("globals")
+
+    @defer.inlineCallbacks
+    def _prepare_slot(self, slot, active, init=True):
+        """Init a server; run server_setup unless servers wait for enable_server."""
+        location = active["slots"].get(slot.index)
+        if init:
+            location = yield self._init_slot(slot, active)
+        setup = active["setup"]
+        ready = True
+        if setup.get("server_setup"):
+            if setup.get("disable_servers"):
+                ready = False
+            else:
+                try:
+                    yield self._run_setup(slot, setup["server_setup"], None, False, self._server_dir(slot))
+                except SetupError as e:
+                    active["slots"].pop(slot.index, None)
+                    return {"index": slot.index, "location": location, "ready": False, "error": str(e)}
+                active["server_args"][slot.index] = None
+        return {"index": slot.index, "location": location, "ready": ready}
 
     # -- computations ---------------------------------------------------------------
 
@@ -335,32 +409,47 @@ class NodeService(service.Service):
     def reserve(self, proto, computation, key, cpus, components, files, client):
         if self.stopping:
             raise DispycosError("node %s is stopping" % self.name)
+        self._check_accepting()
         if self.active is not None:
             if self.active["computation"] == computation:
                 raise DispycosError("computation %s is already set up on node %s" % (computation, self.name))
             raise DispycosError("node %s is busy with another computation" % self.name)
         count = len(self.slots) if cpus <= 0 else min(cpus, len(self.slots))
+        setup = getattr(proto, "setup", None) or {}
         active = self.active = {
             "computation": computation, "key": key, "components": components, "proto": proto,
-            "host": self._announce_host(proto), "slots": {}, "client": client,
+            "host": self._announce_host(proto), "slots": {}, "client": client, "setup": setup,
+            "node_globals": None, "server_args": {},
         }
+        slots = self.slots[:count]
         try:
             self._write_files(files)
-            results = yield defer.DeferredList(
-                [self._init_slot(slot, active) for slot in self.slots[:count]], consumeErrors=True
-            )
+            prepared = []
+            if setup.get("node_setup"):
+                # Once per node, in its first server, before the others start;
+                # the globals it makes reach every server.
+                first = slots[0]
+                yield self._init_slot(first, active)
+                active["node_globals"] = yield self._run_setup(first, setup["node_setup"], setup.get("setup_args"),
+                                                               True, self.node_dir)
+                prepared.append(self._prepare_slot(first, active, init=False))
+                slots = slots[1:]
+            results = yield defer.DeferredList(prepared + [self._prepare_slot(slot, active) for slot in slots],
+                                               consumeErrors=True)
         except Exception:
             yield self.release(computation, True)
             raise
         failures = [r for ok, r in results if not ok]
+        servers = [r for ok, r in results if ok]
         if not active["slots"]:
             yield self.release(computation, True)
-            why = failures[0].getErrorMessage() if failures else "no server"
-            raise DispycosError("node %s could not set up the computation: %s" % (self.name, why))
+            why = failures[0].getErrorMessage() if failures else "; ".join(s.get("error", "") for s in servers)
+            raise SetupError("node %s could not set up the computation: %s" % (self.name, why or "no server"))
         for f in failures:
             self.log.warn("a server could not be set up: {f}", f=f.getErrorMessage())
-        servers = [{"index": i, "location": loc} for i, loc in sorted(active["slots"].items())]
         self.log.info("computation {c} set up on {n} servers", c=computation, n=len(servers))
+        active["served"] = True
+        self.note_activity()
         return {"servers": servers, "node_dir": self.node_dir}
 
     def _write_files(self, files):
@@ -391,9 +480,227 @@ class NodeService(service.Service):
                     pass
         self.log.info("computation {c} closed", c=computation)
         self.announce()
+        self._released(active)
+
+    def _active_for(self, computation):
+        active = self.active
+        if active is None or active["computation"] != computation:
+            raise DispycosError("computation %s is not on node %s" % (computation, self.name))
+        return active
+
+    def _slot(self, index):
+        if not 1 <= index <= len(self.slots):
+            raise DispycosError("node %s has no server %d" % (self.name, index))
+        return self.slots[index - 1]
+
+    @defer.inlineCallbacks
+    def enable_server(self, computation, index, args):
+        """Run C{server_setup(*args)} on a held server (disable_servers)."""
+        active = self._active_for(computation)
+        slot = self._slot(index)
+        function = active["setup"].get("server_setup")
+        if function:
+            yield self._run_setup(slot, function, args, False, self._server_dir(slot))
+        active["server_args"][index] = args
+
+    def _tell(self, active, index, event, location=""):
+        proto = active["proto"]
+        if self.active is active and proto.connected:
+            proto.callRemote(commands.ServerEvent, computation=active["computation"], index=index, event=event,
+                             location=location)
+
+    @defer.inlineCallbacks
+    def close_server(self, computation, index, terminate=False, restart=False):
+        """
+        Close one server of the computation (its tasks end or are terminated);
+        with C{restart} a fresh process takes its place in the computation.
+        """
+        active = self._active_for(computation)
+        slot = self._slot(index)
+        location = active["slots"].pop(index, None)
+        if location is None:
+            return
+        yield slot.stop(terminate, grace=3.0 if terminate else None)
+        self._tell(active, index, "closed", location)
+        if restart and self.active is active:
+            try:
+                yield self._reinit(slot, active)
+            except Exception as e:
+                self.log.warn("server {i} could not restart: {e}", i=index, e=e)
+
+    def close_request(self, slot, node, terminate, restart):
+        """A task called C{dispycos_close_server()} or C{dispycos_close_node()}."""
+        active = self.active
+        if active is None or slot.index not in active["slots"]:
+            return
+        if node:
+            self.log.info("a task closes node {n} for computation {c}", n=self.name, c=active["computation"])
+            self._tell(active, 0, "node_closed")
+            self.release(active["computation"], terminate)
+        else:
+            self.close_server(active["computation"], slot.index, terminate, restart).addErrback(
+                lambda f: self.log.warn("closing server {i}: {f}", i=slot.index, f=f.getErrorMessage()))
 
     def scheduler_lost(self, proto):
         active = self.active
         if active is not None and active["proto"] is proto and not self.stopping:
             self.log.warn("scheduler of computation {c} is gone; releasing it", c=active["computation"])
             self.release(active["computation"], True)
+
+    # -- CLI features: --serve, service window, zombie period, pid file, console ----
+
+    def _start_extras(self):
+        self._write_pid_file()
+        if self.service_window is not None:
+            self.service_phase = self.service_window.phase(self._local_now())
+            self.log.info("service window ({w}): node is {p}", w=self.service_window, p=self.service_phase)
+            self._arm_window()
+        if self.stdin_commands:
+            from .nodeconsole import start_console
+
+            # "auto": only when stdin is a terminal we are in the foreground of
+            # (checked now: twistd may have daemonized since makeService).
+            self.console = start_console(self, require_terminal=self.stdin_commands == "auto")
+
+    def _stop_extras(self):
+        for timer in (self._zombie_timer, self._window_timer):
+            if timer is not None and timer.active():
+                timer.cancel()
+        self._zombie_timer = self._window_timer = None
+        if self.console is not None:
+            self.console.stop()
+
+    def _local_now(self):
+        from datetime import datetime
+
+        return datetime.fromtimestamp(self.reactor.seconds())
+
+    def _check_accepting(self):
+        """Raise L{DispycosError} when the node takes no new computation now."""
+        if self.quitting or self.exiting or (self.serve >= 0 and self.served >= self.serve):
+            raise DispycosError("node %s is quitting: it takes no more computations" % self.name)
+        if self.service_window is not None and not self.service_window.in_service(self._local_now()):
+            raise DispycosError("node %s is outside its service window (%s)" % (self.name, self.service_window))
+
+    def _released(self, active):
+        """After C{release}: count the computation, quit after the C{serve}th."""
+        if self.active is None and self._zombie_timer is not None:
+            if self._zombie_timer.active():
+                self._zombie_timer.cancel()
+            self._zombie_timer = None
+        self._last_activity = self.reactor.seconds()
+        if active.pop("served", False):
+            self.served += 1
+        if self.quitting:
+            self.request_exit("quit")
+        elif self.serve >= 0 and self.served >= self.serve:
+            self.request_exit("served %d computation(s) (--serve %d)" % (self.served, self.serve))
+
+    def request_exit(self, why=""):
+        """Stop the node (the reactor, unless an C{on_exit} hook was given), once."""
+        if self.exiting or self.stopping:
+            return
+        self.exiting = True
+        self.log.info("node {n} quits: {why}", n=self.name, why=why)
+        self.reactor.callLater(0, self._exit_now)
+
+    def _exit_now(self):
+        if self._on_exit is not None:
+            self._on_exit()
+            return
+        from twisted.internet.error import ReactorNotRunning
+
+        try:
+            self.reactor.stop()
+        except ReactorNotRunning:
+            pass
+
+    def close_computation(self, terminate=False, why=None):
+        """
+        Release the active computation on the node's own initiative (console,
+        zombie period, service end), then tell its scheduler its servers are
+        gone. A Deferred firing when done.
+        """
+        active = self.active
+        if active is None:
+            return defer.succeed(None)
+        self.log.info("closing computation {c}{why}", c=active["computation"], why=(": " + why) if why else "")
+        slots = sorted(active["slots"].items())
+
+        def tell(result):
+            proto = active["proto"]
+            if proto.connected:
+                for index, location in slots:
+                    proto.callRemote(
+                        commands.ServerEvent, computation=active["computation"], index=index,
+                        event="died", location=location,
+                    ).addErrback(lambda f: None)
+            return result
+
+        return self.release(active["computation"], terminate).addBoth(tell)
+
+    def quit(self, terminate=False):
+        """Close the active computation (if any), then exit (console C{quit}/C{terminate})."""
+        self.quitting = True
+        if self.active is None:
+            self.request_exit("quit")
+            return defer.succeed(None)
+        return self.close_computation(terminate, "node quits").addBoth(lambda r: self.request_exit("quit"))
+
+    def note_activity(self):
+        """The active computation did something: restart its zombie timer."""
+        self._last_activity = self.reactor.seconds()
+        if self.zombie_period > 0 and self.active is not None and self._zombie_timer is None and not self.stopping:
+            self._zombie_timer = self.reactor.callLater(self.zombie_period, self._zombie_check)
+
+    def _zombie_check(self):
+        self._zombie_timer = None
+        active = self.active
+        if active is None or self.stopping or self.zombie_period <= 0:
+            return
+        idle = self.reactor.seconds() - (self._last_activity or 0)
+        if idle >= self.zombie_period:
+            self.log.warn("computation {c} idle for {s:.1f}s (zombie period {z}s): releasing it",
+                          c=active["computation"], s=idle, z=self.zombie_period)
+            self.close_computation(True, "zombie (idle for %.1fs)" % idle)
+        else:
+            self._zombie_timer = self.reactor.callLater(self.zombie_period - idle, self._zombie_check)
+
+    def _arm_window(self):
+        delay, _ = self.service_window.next_transition(self._local_now())
+        self._window_timer = self.reactor.callLater(delay, self._window_tick)
+
+    def _window_tick(self):
+        self._window_timer = None
+        if self.stopping:
+            return
+        from .service_window import ENDED, IN_SERVICE
+
+        phase = self.service_window.phase(self._local_now())
+        if phase != self.service_phase:
+            self.service_phase = phase
+            if phase == IN_SERVICE:
+                self.log.info("service window: node {n} is in service", n=self.name)
+                self.announce()
+            elif phase == ENDED:
+                self.log.info("service window ended: node {n} terminates its computation", n=self.name)
+                if self.active is not None:
+                    self.close_computation(True, "the service window ended")
+            else:
+                self.log.info("service window stopped: node {n} takes no new computation", n=self.name)
+        self._arm_window()
+
+    def _write_pid_file(self):
+        if self.pid_file:
+            from .nodetap import write_pid_file
+
+            try:
+                write_pid_file(self.pid_file, self)
+            except Exception as e:
+                self.log.warn("cannot write pid file {f}: {e}", f=self.pid_file, e=e)
+
+    def _remove_pid_file(self):
+        if self.pid_file:
+            from .nodetap import remove_pid_file
+
+            remove_pid_file(self.pid_file)

@@ -409,10 +409,11 @@ class Scheduler:
             link.computation = None
             link.ignored_by = comp
             return
-        comp._status(Status.NodeDiscovered, link.info)
         if comp.disable_nodes:
             link.held = (comp, cpus)  # until enable_node(ip, *args)
+            comp._status(Status.NodeDiscovered, link.info)
             return
+        comp._status(Status.NodeDiscovered, link.info)
         yield self._setup_node(link, comp, cpus, None)
 
     @defer.inlineCallbacks

@@ -56,6 +56,11 @@ class _ControlAMP(amp.AMP):
         self.slot._ready(port, pid)
         return {}
 
+    @commands.CloseRequest.responder
+    def _close_request(self, node, terminate, restart):
+        self.slot.node.close_request(self.slot, node, terminate, restart)
+        return {}
+
 
 class ServerSlot(ProcessProtocol):
     """
@@ -201,15 +206,16 @@ class ServerSlot(ProcessProtocol):
     @defer.inlineCallbacks
     def stop(self, terminate=True, grace=3.0):
         """
-        Close the server: ask it to end its tasks and exit, then kill it if it
-        has not exited after C{grace} seconds. Fires once it is gone.
+        Close the server: ask it to end its tasks (C{terminate}) or wait for
+        them, and exit; kill it if it has not exited after C{grace} seconds
+        (None: wait as long as its tasks run). Fires once it is gone.
         """
         if not self.running:
             return
         self.expect_exit = True
         ended = self.when_ended()
         reactor = self.node.reactor
-        killer = reactor.callLater(grace, self.signal, signal.SIGKILL)
+        killer = reactor.callLater(grace, self.signal, signal.SIGKILL) if grace is not None else None
         if self.is_ready:
             try:
                 yield self.call(commands.Close, terminate=terminate)
@@ -221,5 +227,5 @@ class ServerSlot(ProcessProtocol):
             except Exception:
                 pass
         yield ended
-        if killer.active():
+        if killer is not None and killer.active():
             killer.cancel()

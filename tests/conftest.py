@@ -44,9 +44,18 @@ class NodeProcess:
                 self.stop()
                 raise RuntimeError("dispycosnode did not start:\n" + self.output())
             time.sleep(0.05)
-        with open(self.ready_file) as f:
-            self.location = f.read().strip()
-        self.port = int(self.location.rsplit(":", 1)[1])
+        try:
+            self.location = ""
+            while not self.location:  # the file may exist before it is written
+                with open(self.ready_file) as f:
+                    self.location = f.read().strip()
+                if time.monotonic() > deadline:
+                    raise RuntimeError("empty ready file")
+                time.sleep(0.02)
+            self.port = int(self.location.rsplit(":", 1)[1])
+        except Exception:
+            self.stop()
+            raise
         self.node_dir = os.path.join(self.dest, "node-%d" % self.port)
 
     def output(self):

@@ -186,7 +186,7 @@ class Computation:
             from .tls import TLS
 
             tls = TLS(self.certfile, self.keyfile, self.cafile)
-            if tls.enabled:
+            if tls.cert is not None:
                 from .runtime import current_runtime
 
                 runtime = current_runtime()

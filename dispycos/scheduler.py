@@ -171,9 +171,17 @@ class NodeLink:
             proto.transport.abortConnection()
         if self._stopped:
             return
+        refusal = None
         if f.check(AuthenticationError):
+            refusal = f.getErrorMessage()
+        elif proto.ever_connected:
+            # It accepted the connection, then dropped or failed the handshake:
+            # TLS on one side only, a certificate it would not take, ...
+            refusal = "closed the connection during the handshake (%s; TLS on one side only?)" % (
+                f.getErrorMessage(),)
+        if refusal is not None:
             self.state = "refused"
-            self.refusal = f.getErrorMessage()
+            self.refusal = refusal
             self.log.warn("node at {loc} refused: {why}", loc=self.location, why=self.refusal)
             self.scheduler._node_refused(self)
             self._schedule_retry(max(self._delay, 5.0))
@@ -275,13 +283,13 @@ class Scheduler:
         runtime = current_runtime(create=False)
         if runtime is None:
             runtime = Runtime(reactor, host=ip_addr if private else "127.0.0.1")
-            if private and self.tls.enabled:
+            if private and self.tls.cert is not None:
                 runtime.tls = self.tls
             runtime.listen()
             set_runtime(runtime)
-        elif private and (ip_addr not in (runtime.host, "") or (self.tls.enabled and runtime.tls is None)) \
+        elif private and (ip_addr not in (runtime.host, "") or (self.tls.cert is not None and runtime.tls is None)) \
                 and not runtime.links:
-            if self.tls.enabled:
+            if self.tls.cert is not None:
                 runtime.tls = self.tls
             runtime.rebind(ip_addr if ip_addr else runtime.host)
         self.runtime = runtime

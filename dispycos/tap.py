@@ -75,6 +75,15 @@ class Options(UnderscoreOptions):
         if not self["secret"] and self["insecure"]:
             print("WARNING: the dispycos scheduler runs WITHOUT A SECRET on a non-loopback address",
                   file=sys.stderr)
+        if self["certfile"] or self["keyfile"] or self["cafile"]:
+            from .tls import TLS, TLSConfigError
+
+            if not self["certfile"]:
+                raise usage.UsageError("TLS needs --certfile (and --keyfile) for the scheduler's own certificate")
+            try:
+                TLS(self["certfile"], self["keyfile"], self["cafile"])
+            except TLSConfigError as e:
+                raise usage.UsageError(str(e))
 
 
 def makeService(options, reactor=None):
@@ -92,4 +101,7 @@ def makeService(options, reactor=None):
         zombie_period=options["zombie_period"],
         udp_port=options["udp_port"],
         ext_hosts=options["ext_ip_addr"],
+        certfile=options["certfile"],
+        keyfile=options["keyfile"],
+        cafile=options["cafile"],
     )

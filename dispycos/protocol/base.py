@@ -53,12 +53,14 @@ class DispycosAMP(amp.AMP):
         self._flush_call = None
         self.lost = defer.Deferred()
         self.connected = False
+        self.ever_connected = False
 
     # -- connection ------------------------------------------------------
 
     def connectionMade(self):
         super().connectionMade()
         self.connected = True
+        self.ever_connected = True
         try:
             self.transport.setTcpNoDelay(True)
         except Exception:

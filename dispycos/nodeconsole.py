@@ -140,16 +140,42 @@ def stdin_is_foreground_terminal():
         return False
 
 
-def start_console(node, require_terminal=False):
+class SchedulerConsole(NodeConsole):
+    """The shared scheduler's console: C{status}, C{quit}/C{exit}."""
+
+    help = 'dispycos scheduler commands: "status", "quit" (or "exit")'
+
+    def connectionMade(self):
+        self.say(self.help)
+
+    def lineReceived(self, line):
+        command = line.decode("utf-8", "replace").strip().lower()
+        if self.done:
+            return
+        if command in ("", "status"):
+            self.say(self.node.status())
+        elif command in ("quit", "exit"):
+            self.done = True
+            self.say("closing the active computation, then quitting")
+            self.node.quit()
+        else:
+            self.say("unknown command %r; %s" % (command, self.help))
+
+    def readConnectionLost(self):
+        # As the original: end of input does not stop a scheduler.
+        self.log.warn("stdin closed: the scheduler keeps running (stop it with a signal)")
+
+
+def start_console(node, require_terminal=False, console=NodeConsole):
     """
-    Read commands for C{node} from stdin (and answer on stdout). With
-    C{require_terminal}, only if stdin is a terminal of which this process
-    is in the foreground (else None: the node runs as with C{--daemon}).
+    Read commands for C{node} (a node or scheduler service) from stdin and
+    answer on stdout. With C{require_terminal}, only if stdin is a terminal
+    of which this process is in the foreground (else None: as with C{--daemon}).
     """
     from twisted.internet import stdio
 
     if require_terminal and not stdin_is_foreground_terminal():
         return None
-    protocol = NodeConsole(node)
+    protocol = console(node)
     transport = stdio.StandardIO(protocol, reactor=node.reactor)
     return _Console(protocol, transport)

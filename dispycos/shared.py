@@ -182,7 +182,8 @@ class SchedulerService(service.Service):
     name = "dispycos"
 
     def __init__(self, reactor, hosts=("127.0.0.1",), tcp_port=config.SchedulerPort, secret="", nodes=(),
-                 zombie_period=None, udp_port=config.SchedulerPort, ext_hosts=(), **scheduler_options):
+                 zombie_period=None, udp_port=config.SchedulerPort, ext_hosts=(), stdin_commands=False,
+                 **scheduler_options):
         self.reactor = reactor
         self.hosts = list(hosts)
         self.tcp_port = tcp_port
@@ -192,6 +193,8 @@ class SchedulerService(service.Service):
         self.zombie_period = zombie_period
         self.udp_port = udp_port
         self.ext_hosts = list(ext_hosts)
+        self.stdin_commands = stdin_commands
+        self.console = None
         self.scheduler_options = scheduler_options
         self.scheduler = None
         self.listening = []
@@ -217,6 +220,11 @@ class SchedulerService(service.Service):
         self._reaper.clock = self.reactor
         self._reaper.start(config.MinPulseInterval, now=False)
         self.log.info("dispycos scheduler listening at {h}:{p}", h=self.hosts[0] or "0.0.0.0", p=port)
+        if self.stdin_commands:
+            from .nodeconsole import SchedulerConsole, start_console
+
+            self.console = start_console(self, require_terminal=self.stdin_commands == "auto",
+                                         console=SchedulerConsole)
 
     def _reap_zombies(self):
         comp = self.scheduler.active
@@ -231,6 +239,10 @@ class SchedulerService(service.Service):
             if comp.channel.connected:
                 comp.channel.transport.abortConnection()
 
+    def quit(self):
+        """Close the active computation and stop (the C{quit} command)."""
+        self.reactor.stop()
+
     def status(self):
         """A short text for the C{status} command."""
         s = self.scheduler
@@ -242,6 +254,8 @@ class SchedulerService(service.Service):
     def stopService(self):
         if self._reaper is not None and self._reaper.running:
             self._reaper.stop()
+        if self.console is not None:
+            self.console.stop()
         for p in self.listening:
             yield p.stopListening()
         self.listening = []

@@ -21,6 +21,7 @@ class Options(UnderscoreOptions):
     optFlags = [
         ["debug", "d", "Log debug messages."],
         ["daemon", None, "Do not read commands from stdin."],
+        ["stdin_commands", None, "Read commands from stdin even when it is not a terminal."],
         ["insecure", None, "Allow listening on non-loopback addresses without a secret (dangerous)."],
     ]
     optParameters = [
@@ -104,4 +105,5 @@ def makeService(options, reactor=None):
         certfile=options["certfile"],
         keyfile=options["keyfile"],
         cafile=options["cafile"],
+        stdin_commands=True if options["stdin_commands"] else (False if options["daemon"] else "auto"),
     )

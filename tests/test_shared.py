@@ -134,3 +134,29 @@ async def test_vanished_scheduler_errbacks(shared):
                 await rt.result(timeout=10)
     finally:
         await comp.close()
+
+
+def test_scheduler_stdin_commands_through_a_pipe(tmp_path):
+    import socket
+
+    s = socket.socket()
+    s.bind(("127.0.0.1", 0))
+    port = s.getsockname()[1]
+    s.close()
+    env = env_for_children()
+    proc = subprocess.Popen([sys.executable, "-c", "from dispycos.scripts import scheduler_main; scheduler_main()",
+                             "-i", "127.0.0.1", "-t", str(port), "--stdin_commands"],
+                            stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, env=env, text=True)
+    try:
+        assert "commands" in proc.stdout.readline()
+        proc.stdin.write("status\n")
+        proc.stdin.flush()
+        line = proc.stdout.readline()
+        assert "active computation: None" in line and "queued: 0" in line
+        proc.stdin.write("quit\n")
+        proc.stdin.flush()
+        assert proc.wait(30) == 0
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()

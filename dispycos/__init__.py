@@ -14,6 +14,7 @@ from .errors import (
     ComputationClosed,
     DispycosError,
     FileTransferError,
+    MailboxFull,
     NoServerError,
     PayloadTooLarge,
     PicklingError,
@@ -49,6 +50,6 @@ __all__ = [
     "__version__", "Channel", "ChannelRef", "DispycosNodeAllocate", "Client", "Computation", "Scheduler", "LocalCluster", "default_cluster", "Task", "TaskRef", "RemoteTask",
     "Location", "Status", "DispycosStatus", "DispycosNodeInfo", "DispycosNodeAvailInfo", "DispycosTaskInfo",
     "TaskInfo", "DispycosError", "ScheduleError", "RemoteTaskError", "TaskTerminated", "TaskAbandoned",
-    "TaskError", "FileTransferError", "NoServerError", "ComputationClosed", "PayloadTooLarge", "PicklingError", "SetupError",
+    "TaskError", "FileTransferError", "MailboxFull", "NoServerError", "ComputationClosed", "PayloadTooLarge", "PicklingError", "SetupError",
     "AuthenticationError", "UnknownTaskError", "TimeoutError", "MinPulseInterval", "MaxPulseInterval",
 ] + _status_names

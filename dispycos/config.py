@@ -29,6 +29,18 @@ HandshakeTimeout = 10
 #: Seconds a server gets to end its tasks before it is killed.
 ServerKillGrace = 5
 
+#: Unauthenticated connections one address may hold open at once (more are dropped).
+MaxPendingPerAddress = 16
+#: Largest AMP box before authentication (the handshake is tiny).
+MaxBoxBeforeAuth = 4096
+#: Largest AMP box after authentication (inline payloads plus framing).
+MaxBox = MaxInlineBytes + 1024 * 1024
+#: Bytes queued for a peer that does not read before its connection is dropped.
+MaxOutgoingBuffer = 256 * 1024 * 1024
+#: Messages a task's mailbox holds; more are refused with an error to the sender
+#: ($DISPYCOS_MAX_MAILBOX overrides it, for a node and its servers).
+MaxMailbox = int(os.environ.get("DISPYCOS_MAX_MAILBOX", "1000000"))
+
 
 def default_dest_path():
     """

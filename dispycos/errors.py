@@ -78,6 +78,10 @@ class TaskAbandoned(TaskError):
     """The task was lost with its server or node."""
 
 
+class MailboxFull(DispycosError):
+    """A task's mailbox holds as many messages as allowed; the message was refused."""
+
+
 class SetupError(DispycosError):
     """C{node_setup} or C{server_setup} failed."""
 

@@ -20,7 +20,7 @@ from twisted.logger import Logger
 
 from . import serialize
 from . import config
-from .errors import PayloadTooLarge, ComputationClosed, ConnectionLostError, DispycosError, UnknownTaskError
+from .errors import MailboxFull, PayloadTooLarge, ComputationClosed, ConnectionLostError, DispycosError, UnknownTaskError
 from .protocol import commands
 from .protocol.arguments import unpack_items
 from .protocol.base import DispycosAMP
@@ -142,17 +142,31 @@ class PeerAMP(DispycosAMP):
     @commands.Messages.responder
     def _messages(self, batch):
         tasks = self.runtime.tasks
+        refused = set()
         for tid, blob in unpack_items(batch):
             task = tasks.get(tid)
             if task is None:
                 self.log.warn("message for unknown task {tid} dropped", tid=tid)
+                continue
+            if tid in refused:
                 continue
             try:
                 msg = serialize.loads(blob)
             except Exception as e:
                 self.log.warn("message for task {tid} could not be unpickled: {e!r}", tid=tid, e=e)
                 continue
-            task._put(msg)
+            try:
+                task._put(msg)
+            except MailboxFull as e:
+                refused.add(tid)
+                self.log.warn("{e}", e=e)
+                self.callRemote(commands.MessagesRefused, task=tid, reason=str(e))
+        return {}
+
+    @commands.MessagesRefused.responder
+    def _messages_refused(self, task, reason):
+        if self.peer_loc is not None:
+            self.runtime.refused[(self.peer_loc, task)] = reason
         return {}
 
     @commands.Deliver.responder
@@ -261,6 +275,8 @@ class Runtime:
         self.file_roots = {}
         self.max_file_size = 0
         self.channels = {}
+        #: (location, task id) → why the task refused our messages (mailbox full).
+        self.refused = {}
         #: L{dispycos.tls.TLS} for every link of this process, or None.
         self.tls = None
         #: Where this process may connect (None: anywhere); servers without
@@ -479,6 +495,9 @@ class Runtime:
             if task is not None:
                 task._put(msg)
             return
+        reason = self.refused.get((ref.location, ref.tid))
+        if reason is not None:
+            raise MailboxFull(reason)
         blob = serialize.dumps(msg, "message")
         link = self._link(ref.location)
         if len(blob) > INLINE_LIMIT or link.serial:
@@ -539,7 +558,11 @@ class Runtime:
             self._serialize(link, ref.tid, blob, d)
         else:
             d = self.call(ref.location, commands.Deliver, task=ref.tid, message=blob)
-        d.addCallback(lambda _: 1)
+        def delivered(_):
+            self.refused.pop((ref.location, ref.tid), None)  # it takes messages again
+            return 1
+
+        d.addCallback(delivered)
         return with_timeout(d, timeout, self.reactor, "deliver to %s" % (ref,))
 
     def wait_task(self, ref, timeout=None):

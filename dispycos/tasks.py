@@ -18,8 +18,9 @@ from twisted.internet import defer, threads
 from twisted.logger import Logger
 from twisted.python.failure import Failure
 
-from . import serialize
+from . import config, serialize
 from .errors import (
+    MailboxFull,
     DispycosError,
     PicklingError,
     RemoteTaskError,
@@ -576,10 +577,18 @@ class Task(_TaskAPI):
         return await send_file(proto, path, dest, subdir=dir or "", overwrite=overwrite, computation=comp)
 
     def _put(self, msg):
+        """
+        Put C{msg} in the mailbox: False if the task has ended.
+
+        @raise MailboxFull: when the mailbox holds C{config.MaxMailbox} messages.
+        """
         if self.outcome is not None:
             return False
         if self._receivers:
             self._receivers.popleft().callback(msg)
+        elif len(self.mailbox) >= config.MaxMailbox:
+            raise MailboxFull("the mailbox of task %s is full (%d messages): message refused"
+                              % (self, len(self.mailbox)))
         else:
             self.mailbox.append(msg)
         return True

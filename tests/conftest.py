@@ -25,7 +25,7 @@ def env_for_children():
 class NodeProcess:
     """A dispycosnode started for a test; C{stop()} ends it by its PID."""
 
-    def __init__(self, cpus=2, secret=None, args=(), command=None, host="127.0.0.1"):
+    def __init__(self, cpus=2, secret=None, args=(), command=None, host="127.0.0.1", env=None):
         self.secret = secrets.token_hex(8) if secret is None else secret
         self.dest = tempfile.mkdtemp(prefix="dispycos-test-node-")
         self.ready_file = os.path.join(self.dest, "ready")
@@ -33,7 +33,7 @@ class NodeProcess:
         cmd = command or [sys.executable, "-m", "dispycos.scripts"]
         cmd = list(cmd) + ["-c", str(cpus), "-i", host, "--tcp_ports", "0",
                            "--dest_path", self.dest, "--ready_file", self.ready_file, "--daemon"] + list(args)
-        env = env_for_children()
+        env = dict(env_for_children(), **(env or {}))
         env["DISPYCOS_SECRET"] = self.secret
         self.log = open(self.log_path, "wb")
         self.proc = subprocess.Popen(cmd, stdout=self.log, stderr=subprocess.STDOUT, env=env, cwd=self.dest,

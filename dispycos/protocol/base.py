@@ -20,8 +20,22 @@ from .arguments import pack_items
 
 _OPEN_COMMANDS = (b"Hello", b"Authenticate")
 
+
 #: Flush a batch at once when it holds this many bytes.
 BATCH_BYTES = 256 * 1024
+
+
+def _buffered(transport):
+    """Bytes a transport (possibly TLS over TCP) holds for its peer."""
+    total = 0
+    seen = 0
+    while transport is not None and seen < 4:
+        seen += 1
+        data = getattr(transport, "dataBuffer", None)
+        if data is not None:
+            total += len(data) - getattr(transport, "offset", 0) + getattr(transport, "_tempDataLen", 0)
+        transport = getattr(transport, "transport", None)
+    return total
 
 
 class DispycosAMP(amp.AMP):
@@ -65,8 +79,55 @@ class DispycosAMP(amp.AMP):
             self.transport.setTcpNoDelay(True)
         except Exception:
             pass
+        self._box_bytes = 0
         if self.keyring is not None:
             self._deadline = self.reactor.callLater(config.HandshakeTimeout, self._handshake_timeout)
+            # Unauthenticated connections per peer address, per listener (factory).
+            factory = getattr(self, "factory", None)
+            if factory is None:
+                return
+            pending = self._pending = factory.__dict__.setdefault("dispycos_pending", {})
+            self._peer_host = getattr(self.transport.getPeer(), "host", None)
+            count = pending[self._peer_host] = pending.get(self._peer_host, 0) + 1
+            if count > config.MaxPendingPerAddress:
+                self.log.warn("dropping {peer}: {n} unauthenticated connections from that address",
+                              peer=self._peer(), n=count)
+                self.transport.abortConnection()
+
+    def _unpend(self):
+        host = getattr(self, "_peer_host", None)
+        if host is not None:
+            self._peer_host = None
+            n = self._pending.get(host, 1) - 1
+            if n > 0:
+                self._pending[host] = n
+            else:
+                self._pending.pop(host, None)
+
+    # -- limits on what a peer may make us hold ----------------------------------
+
+    def dataReceived(self, data):
+        # AMP keeps a box in memory until it is complete: bound its size
+        # (tiny before authentication).
+        self._box_bytes += len(data)
+        limit = config.MaxBox if self.authenticated else config.MaxBoxBeforeAuth
+        if self._box_bytes > limit + len(data):
+            self.log.warn("dropping {peer}: a box over {n} bytes", peer=self._peer(), n=limit)
+            self.transport.abortConnection()
+            return
+        super().dataReceived(data)
+
+    def ampBoxReceived(self, box):
+        self._box_bytes = 0
+        super().ampBoxReceived(box)
+
+    def sendBox(self, box):
+        if _buffered(self.transport) > config.MaxOutgoingBuffer:
+            self.log.warn("dropping {peer}: it does not read ({n} bytes queued)", peer=self._peer(),
+                          n=_buffered(self.transport))
+            self.transport.abortConnection()
+            return
+        super().sendBox(box)
 
     def _handshake_timeout(self):
         self._deadline = None
@@ -76,6 +137,7 @@ class DispycosAMP(amp.AMP):
 
     def connectionLost(self, reason):
         self.connected = False
+        self._unpend()
         if self._deadline is not None and self._deadline.active():
             self._deadline.cancel()
         if self._flush_call is not None and self._flush_call.active():
@@ -140,6 +202,7 @@ class DispycosAMP(amp.AMP):
             self.log.warn("authentication failed for {peer}", peer=self._peer())
             raise AuthenticationError("authentication failed")
         self.authenticated = True
+        self._unpend()
         if self._deadline is not None and self._deadline.active():
             self._deadline.cancel()
         self.authenticated_as_listener()

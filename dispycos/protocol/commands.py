@@ -33,6 +33,7 @@ class JSON(BigBytes):
 
 _common_errors = {
     errors.UnknownTaskError: b"UNKNOWN_TASK",
+    errors.MailboxFull: b"MAILBOX_FULL",
     errors.PayloadTooLarge: b"TOO_LARGE",
     errors.ComputationClosed: b"CLOSED",
     errors.NoServerError: b"NO_SERVER",
@@ -183,6 +184,13 @@ class Messages(amp.Command):
     """One-way batch of messages: C{(task id, pickled message)} pairs."""
 
     arguments = [(b"batch", BigBytes())]
+    requiresAnswer = False
+
+
+class MessagesRefused(amp.Command):
+    """One-way: messages sent to task C{task} were refused (C{reason}); later sends fail."""
+
+    arguments = [(b"task", amp.Integer()), (b"reason", amp.Unicode())]
     requiresAnswer = False
 
 

@@ -160,3 +160,49 @@ def test_scheduler_stdin_commands_through_a_pipe(tmp_path):
         if proc.poll() is None:
             proc.kill()
             proc.wait()
+
+
+CLIENT = r'''
+import sys
+from twisted.internet import task, defer
+import dispycos
+
+def step(n, task=None):
+    yield task.sleep(600)
+
+async def main(reactor):
+    comp = dispycos.Computation([step], secret=sys.argv[2], pulse_interval=1)
+    await comp.schedule(sys.argv[1], timeout=30)
+    await comp.run(step, 1)
+    print("ACTIVE", flush=True)
+    await defer.Deferred()
+
+task.react(lambda reactor: defer.ensureDeferred(main(reactor)))
+'''
+
+
+@pytest.mark.parametrize("how", ["killed", "silent"])
+@pytest_twisted.ensureDeferred
+async def test_dead_client_releases_nodes_for_the_next(fresh_node, tmp_path, how):
+    node = fresh_node(cpus=1)
+    sched = SchedulerProcess([node.location], node.secret, args=["--zombie_period", "3"])
+    script = tmp_path / "client.py"
+    script.write_text(CLIENT)
+    proc = subprocess.Popen([sys.executable, str(script), sched.location, node.secret], stdout=subprocess.PIPE,
+                            stderr=subprocess.DEVNULL, env=env_for_children(), text=True)
+    try:
+        assert proc.stdout.readline().strip() == "ACTIVE"
+        nxt = Computation([step], secret=node.secret)
+        d = nxt.schedule(sched.location, timeout=60)
+        await sleep(0.5)
+        assert not d.called
+        proc.send_signal(signal.SIGKILL if how == "killed" else signal.SIGSTOP)
+        await d
+        try:
+            assert await nxt.run_result(step, 5) == 6
+        finally:
+            await nxt.close()
+    finally:
+        proc.kill()
+        proc.wait()
+        sched.stop()

@@ -111,6 +111,12 @@ def sleeper(seconds, task=None):
     yield task.sleep(seconds)
     return seconds
 
+def count_messages(n, task=None):
+    got = []
+    for _ in range(n):
+        got.append((yield task.receive(timeout=30)))
+    return got == list(range(n))
+
 def say(*args):
     print(json.dumps(args), flush=True)
 
@@ -144,9 +150,26 @@ async def main(reactor):
         say("ABANDONED", victim, time.monotonic() - started)
     survivor = [a for a in nodes if a != victim][0]
     say("SURVIVOR", await comp.run_result_at(survivor, compute, 7))
+    # acknowledged messages to a task on the healthy node while the other is cut
+    counter = await comp.run_async_at(survivor, count_messages, 200)
+    for i in range(200):
+        await counter.deliver(i, timeout=10)
+    say("ACKED", await counter.result(timeout=30))
     codes = [s.status.name for s in statuses if isinstance(s, dispycos.DispycosStatus)]
     say("STATUS", codes.count("NodeAbandoned"), codes.count("ServerAbandoned"))
     await comp.close(terminate=True)
+    say("CLOSED")
+    sys.stdin.readline()  # the link is back
+    comp = dispycos.Computation([compute], pulse_interval=1)
+    await comp.schedule(timeout=60)
+    for _ in range(600):
+        nodes = await comp.nodes()
+        if len(nodes) == 2:
+            break
+        await pause(reactor, 0.1)
+    results = await comp.run_results(compute, range(8))
+    say("AGAIN", sorted(nodes), sorted({addr for _, addr in results}))
+    await comp.close()
     say("DONE")
 
 task.react(lambda reactor: defer.ensureDeferred(main(reactor)))
@@ -169,7 +192,7 @@ def read_json_line(proc, deadline):
     raise AssertionError("no answer from the client in time")
 
 
-def test_multi_host_discovery_spread_and_cut_link(namespaces, tmp_path):
+def test_multi_host_discovery_spread_cut_and_restored_link(namespaces, tmp_path):
     secret = secrets.token_hex(8)
     nodes = [NsNode(1, secret), NsNode(2, secret)]
     script = tmp_path / "client.py"
@@ -193,8 +216,15 @@ def test_multi_host_discovery_spread_and_cut_link(namespaces, tmp_path):
         assert elapsed < 30  # 5 missed pulses of 1 s, generously bounded
         tag, (n, addr) = read_json_line(client, deadline)
         assert tag == "SURVIVOR" and n == 7 and addr == NET + ".1"
+        assert read_json_line(client, deadline) == ["ACKED", True]  # nothing acknowledged was lost
         tag, node_abandoned, server_abandoned = read_json_line(client, deadline)
         assert (node_abandoned, server_abandoned) == (1, 1)
+        assert read_json_line(client, deadline) == ["CLOSED"]
+        sh("ip", "-n", host(2), "link", "set", "veth0", "up")  # the link returns
+        client.stdin.write("\n")
+        client.stdin.flush()
+        tag, found, used = read_json_line(client, deadline)
+        assert tag == "AGAIN" and found == [NET + ".1", NET + ".2"] and used == found  # rediscovered, serving
         assert read_json_line(client, deadline) == ["DONE"]
         client.wait(30)
         assert client.returncode == 0

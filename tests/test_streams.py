@@ -226,3 +226,23 @@ def test_transfer_cut_by_killing_the_client_leaves_no_partial_file(node, tmp_pat
             break
         time.sleep(0.1)
     assert not left
+
+
+@pytest_twisted.ensureDeferred
+async def test_max_file_size_refusal_leaves_nothing(fresh_node, tmp_path):
+    node = fresh_node(cpus=1, args=["--max_file_size", "1k"])
+    small, big = tmp_path / "small.bin", tmp_path / "big.bin"
+    small.write_bytes(b"s" * 1000)
+    big.write_bytes(b"b" * 5000)
+    async with Session(node, [length]) as comp:
+        server = (await comp.servers())[0]
+        landed = await comp.send_file(server, str(small))
+        with pytest.raises(dispycos.FileTransferError) as info:
+            await comp.send_file(server, str(big))
+        assert "limit" in str(info.value)
+        root = os.path.dirname(landed)
+        assert sorted(os.listdir(root)) == ["small.bin"]
+        # a payload over the inline cap is a stream too: the node's limit holds for it as well
+        with pytest.raises(dispycos.DispycosError):
+            await comp.run_result(length, b"x" * (dispycos.config.MaxInlineBytes + 10))
+        assert sorted(os.listdir(root)) == ["small.bin"]

@@ -75,8 +75,41 @@ class PeerAMP(DispycosAMP):
     def authenticated_as_listener(self):
         self.runtime._accepted(self)
 
+    # -- flow control: the transport tells us when its buffer is full ------------
+
+    paused = False
+
+    def connectionMade(self):
+        super().connectionMade()
+        self._drain_waiters = []
+        try:
+            self.transport.registerProducer(self, True)
+        except Exception:
+            pass
+
+    def pauseProducing(self):
+        self.paused = True
+
+    def resumeProducing(self):
+        self.paused = False
+        waiters, self._drain_waiters = self._drain_waiters, []
+        for d in waiters:
+            d.callback(None)
+
+    def stopProducing(self):
+        self.resumeProducing()
+
+    def drained(self):
+        """Deferred firing once what we wrote to the peer has mostly gone out."""
+        if not self.paused or not self.connected:
+            return defer.succeed(None)
+        d = defer.Deferred()
+        self._drain_waiters.append(d)
+        return d
+
     def connectionLost(self, reason):
         super().connectionLost(reason)
+        self.resumeProducing()
         self.streams.abort_all()
         for path in self.blobs.values():
             try:
@@ -538,6 +571,22 @@ class Runtime:
                 else:
                     self.log.warn("message to {loc} lost: {e}", loc=link.location, e=e)
             link.serial.pop(0)
+
+    def drain(self, ref):
+        """
+        Deferred firing once messages queued for C{ref}'s process have gone
+        out (backpressure for fast producers); at once when nothing waits.
+        """
+        link = self.links.get(ref.location)
+        if link is None or link.proto is None:
+            return defer.succeed(None)
+        link.proto.flush()
+        return link.proto.drained()
+
+    def backed_up(self, location):
+        """True while the connection to C{location} cannot take more (thread-safe read)."""
+        link = self.links.get(location)
+        return bool(link is not None and link.proto is not None and link.proto.paused)
 
     def deliver(self, ref, msg, timeout=None):
         if ref.location == self.location:

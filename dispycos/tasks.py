@@ -328,10 +328,25 @@ class TaskRef(_TaskAPI):
 
         return current_runtime()
 
-    @oneway_in_thread
     def send(self, msg):
-        """Send C{msg} (no acknowledgement; ordered per sender). Returns None."""
-        self._runtime().send(self, msg)
+        """
+        Send C{msg} (no acknowledgement; ordered per sender). Returns None. It
+        never blocks the reactor: a fast producer there should C{await
+        drain()} now and then; from a worker thread it blocks while the
+        connection is backed up.
+        """
+        runtime = self._runtime()
+        if not in_worker_thread():
+            runtime.send(self, msg)
+            return
+        _reactor().callFromThread(runtime.send, self, msg)
+        if runtime.backed_up(self.location):
+            threads.blockingCallFromThread(_reactor(), runtime.drain, self)
+
+    @blocking_in_thread
+    def drain(self):
+        """Deferred firing once messages sent to this task have gone out of this process."""
+        return self._runtime().drain(self)
 
     @blocking_in_thread
     def deliver(self, msg, timeout=None):

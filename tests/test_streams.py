@@ -246,3 +246,22 @@ async def test_max_file_size_refusal_leaves_nothing(fresh_node, tmp_path):
         with pytest.raises(dispycos.DispycosError):
             await comp.run_result(length, b"x" * (dispycos.config.MaxInlineBytes + 10))
         assert sorted(os.listdir(root)) == ["small.bin"]
+
+
+@pytest_twisted.ensureDeferred
+async def test_fast_producer_with_drain_keeps_memory_bounded(node):
+    me = psutil.Process()
+    async with Session(node, [collect]) as comp:
+        n = 30000
+        rtask = await comp.run(collect, n)
+        payload = b"p" * 1000
+        before = me.memory_info().rss
+        peak = 0
+        for i in range(n):
+            rtask.send((i, payload))
+            if i % 500 == 0:
+                await rtask.drain()
+                peak = max(peak, me.memory_info().rss - before)
+        got = await rtask.result(timeout=120)
+        assert [i for i, _ in got] == list(range(n))
+        assert peak < 64 * 1024 * 1024, peak  # 30 MB went through; little of it waited here

@@ -80,26 +80,9 @@ class Options(UnderscoreOptions):
     #: Derived in postOptions, not options of their own.
     _derived = ("servers", "ports")
 
-    def __init__(self):
-        super().__init__()
-        self["ip_addr"] = []
-        self["ext_ip_addr"] = []
-        self["tcp_ports"] = []
-        self["peer"] = []
-
     def opt_peer(self, value):
         """A scheduler (host:port of its UDP port) to announce this node to (repeatable)."""
         self["peer"].append(value)
-
-    def opt_ip_addr(self, value):
-        """Address to listen on (repeatable)."""
-        self["ip_addr"].append(value)
-
-    opt_i = opt_ip_addr
-
-    def opt_ext_ip_addr(self, value):
-        """Address announced to peers, paired with -i in order (repeatable)."""
-        self["ext_ip_addr"].append(value)
 
     def opt_tcp_ports(self, value):
         """Port n or range n1-n2 (repeatable): the node's first, its servers' next."""

@@ -37,6 +37,18 @@ class UnderscoreOptions(usage.Options):
         super().__init__()
         self.given = set()
         self._dispatch = {name: _Recorder(self, name, handler) for name, handler in self._dispatch.items()}
+        for name in self._repeatable:
+            self[name] = []
+
+    def opt_ip_addr(self, value):
+        """Address to listen on (repeatable)."""
+        self["ip_addr"].append(value)
+
+    opt_i = opt_ip_addr
+
+    def opt_ext_ip_addr(self, value):
+        """Address announced to peers (NAT, cloud), paired with -i in order (repeatable)."""
+        self["ext_ip_addr"].append(value)
 
     def parseOptions(self, options=None):
         if options is None:

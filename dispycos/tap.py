@@ -39,22 +39,6 @@ class Options(UnderscoreOptions):
     ]
     _repeatable = ("ip_addr", "ext_ip_addr", "node")
 
-    def __init__(self):
-        super().__init__()
-        self["ip_addr"] = []
-        self["ext_ip_addr"] = []
-        self["node"] = []
-
-    def opt_ip_addr(self, value):
-        """Address to listen on (repeatable)."""
-        self["ip_addr"].append(value)
-
-    opt_i = opt_ip_addr
-
-    def opt_ext_ip_addr(self, value):
-        """Address announced to peers (repeatable)."""
-        self["ext_ip_addr"].append(value)
-
     def opt_node(self, value):
         """A node to use, host[:port] (repeatable)."""
         self["node"].append(value)

@@ -13,8 +13,7 @@ or with C{--stdin_commands}): one command a line.
   - C{terminate}: like C{quit}, but the computation's tasks are terminated;
   - end of input: as C{quit}.
 
-The node does not learn how many tasks each server runs, so C{status} does
-not show it.
+Task counts come from the servers' once-a-second reports.
 """
 
 import os
@@ -49,7 +48,7 @@ def status_lines(node):
         head = '  server %d "%s_server-%d" pid %s at %s:%s (%s)' % (
             slot.index, node.name, slot.index, slot.pid, slot.host or addr, slot.port, state)
         if active is not None and slot.index in active["slots"]:
-            lines.append("%s: used by computation %s" % (head, active["computation"]))
+            lines.append("%s: running %d task(s) for computation %s" % (head, slot.tasks, active["computation"]))
         else:
             lines.append("%s: is not currently used" % head)
     return lines

@@ -72,6 +72,17 @@ class ServerControl(amp.AMP):
     def connectionMade(self):
         super().connectionMade()
         self.callRemote(commands.Ready, port=self.server.runtime.location.port, pid=os.getpid())
+        from twisted.internet import task
+
+        self._busy = task.LoopingCall(self._report_busy)
+        self._busy.clock = self.server.reactor
+        self._busy.start(1.0, now=False)
+
+    def _report_busy(self):
+        n = len(self.server.runtime.tasks)
+        if n or self.server.was_busy:
+            self.callRemote(commands.Busy, tasks=n)
+        self.server.was_busy = bool(n)
 
     def connectionLost(self, reason):
         super().connectionLost(reason)
@@ -102,6 +113,7 @@ class Server:
         self.closing = False
         self.control = None
         self.server_dir = None
+        self.was_busy = False
         runtime.executor = self.execute
 
     def init(self, computation, key, components, node_dir, server_dir, location="", node_globals=None):

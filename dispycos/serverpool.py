@@ -56,6 +56,14 @@ class _ControlAMP(amp.AMP):
         self.slot._ready(port, pid)
         return {}
 
+    @commands.Busy.responder
+    def _busy(self, tasks):
+        self.slot.tasks = tasks
+        note = getattr(self.slot.node, "note_activity", None)
+        if note is not None and tasks:
+            note()
+        return {}
+
     @commands.CloseRequest.responder
     def _close_request(self, node, terminate, restart):
         self.slot.node.close_request(self.slot, node, terminate, restart)
@@ -91,6 +99,7 @@ class ServerSlot(ProcessProtocol):
         self._spawner = spawner
         self._out = b""
         self._stdout = b""
+        self.tasks = 0
 
     # -- life cycle ---------------------------------------------------------------
 

@@ -431,3 +431,23 @@ async def test_zombie_period_releases_idle_computation():
             await scheduler.close()
     finally:
         node.stop()
+
+
+def _slow(seconds, task=None):
+    yield task.sleep(seconds)
+    return seconds
+
+
+@pytest_twisted.ensureDeferred
+async def test_zombie_period_spares_a_busy_computation(fresh_node):
+    from dispycos import Computation, Scheduler
+
+    node = fresh_node(cpus=1, args=["--zombie_period", "2"])
+    scheduler = Scheduler(nodes=[node.location], secret=node.secret, discover=False)
+    comp = Computation([_slow])
+    try:
+        await comp.schedule(timeout=30)
+        assert await comp.run_result(_slow, 5) == 5  # busy for longer than the zombie period
+    finally:
+        await comp.close()
+        await scheduler.close()

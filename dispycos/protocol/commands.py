@@ -288,6 +288,14 @@ class CloseRequest(amp.Command):
     requiresAnswer = False
 
 
+class Busy(amp.Command):
+    """Server → node, every second while tasks run: how many run (keeps a busy
+    computation from looking like a zombie)."""
+
+    arguments = [(b"tasks", amp.Integer())]
+    requiresAnswer = False
+
+
 class Close(amp.Command):
     """Node → server: end every task (reporting it terminated) and exit."""
 

@@ -247,7 +247,7 @@ async def test_stdin_commands_status_close_quit():
             await comp.schedule(timeout=30)
             assert await comp.run_results(square, range(3)) == [0, 1, 4]
             node.send("status")
-            await wait_for(lambda: "used by computation" in node.output(), timeout=15)
+            await wait_for(lambda: "task(s) for computation" in node.output(), timeout=15)
             node.send("close")
             await wait_for(lambda: "computation closed" in node.output(), timeout=15)
         finally:

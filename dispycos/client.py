@@ -237,6 +237,7 @@ class Computation:
         self._active = True
         if self.dest_path is None:
             self.dest_path = tempfile.mkdtemp(prefix="dispycos-client-")
+            self._own_dest = True
         os.makedirs(self.dest_path, exist_ok=True)
         self.runtime.file_roots[("client", self.id)] = self.dest_path
         if self.disable_nodes or self.disable_servers:
@@ -496,11 +497,27 @@ class Computation:
         else:
             at = [s for s in servers if s.addr == str(where)]
             if not at:
-                raise NoServerError("no node %s in this computation" % (where,))
+                # A node held for enable_node has no servers yet: a private
+                # scheduler sends the file over its own link to that node.
+                proto = self._held_node_link(str(where))
+                if proto is None:
+                    raise NoServerError("no node %s in this computation" % (where,))
+                landed = yield send_file(proto, path, "node", subdir=dir or "", overwrite=overwrite,
+                                         computation=self.id)
+                return landed
             target, dest = at[0], "node"
         proto = yield self.runtime.connection(target)
         landed = yield send_file(proto, path, dest, subdir=dir or "", overwrite=overwrite, computation=self.id)
         return landed
+
+    def _held_node_link(self, where):
+        links = getattr(self._scheduler, "_links_at", None)
+        if links is None:
+            return None
+        for link in links(self, where):
+            if link.proto is not None and link.proto.connected:
+                return link.proto
+        return None
 
     # -- queries -----------------------------------------------------------------------
 
@@ -549,6 +566,11 @@ class Computation:
         self._active = False
         self._status(Status.ComputationClosed, self.id)
         self._closed = True
+        if getattr(self, "_own_dest", False):
+            try:
+                os.rmdir(self.dest_path)  # only if nothing came back into it
+            except OSError:
+                pass
         return None
 
 

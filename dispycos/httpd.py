@@ -545,7 +545,7 @@ class HTTPServer:
                 node.cpus = info.cpus
                 node.platform = info.platform or ""
             if info.avail_info is not None and status in (Status.NodeDiscovered, Status.NodeInitialized):
-                self._set_avail(node, info.avail_info, now)
+                self._set_avail(node, info.avail_info, now, sample=False)
             if status == Status.NodeInitialized and self.computation_status == "Created":
                 self.computation_status = "Scheduled"
             if status in (Status.NodeClosed, Status.NodeDisconnected, Status.NodeAbandoned):
@@ -599,8 +599,10 @@ class HTTPServer:
         self._event("task", node=srv.node_addr, server=srv.location, task=tid, status="TaskFinished",
                     outcome=outcome)
 
-    def _set_avail(self, node, avail, now):
+    def _set_avail(self, node, avail, now, sample=True):
         node.avail = {"cpu": avail.cpu, "memory": avail.memory, "disk": avail.disk, "swap": avail.swap}
+        if not sample:  # (a node's first CPU figure, taken at connection, is meaningless)
+            return
         node.history.append((round(now, 2), avail.cpu, avail.memory))
         while node.history and node.history[0][0] < now - HISTORY_SECONDS:
             node.history.popleft()

@@ -20,10 +20,10 @@ from twisted.logger import Logger
 from . import config
 from .discovery import Discovery
 from .errors import DispycosError, FileTransferError, SetupError
+from .streams import StreamingAMP
 from .tls import TLS
 from .tls import listen as tls_listen
 from .protocol import auth, commands
-from .protocol.base import DispycosAMP
 from .serverpool import ServerSlot
 from .status import Location
 
@@ -94,11 +94,11 @@ def safe_join(root, name):
     return path
 
 
-class NodeProtocol(DispycosAMP):
-    """A scheduler's connection to this node."""
+class NodeProtocol(StreamingAMP):
+    """A scheduler's connection to this node (it may also send files for the node directory)."""
 
     def __init__(self, node):
-        super().__init__(node.reactor, keyring=node.keyring, location="")
+        super().__init__(node.reactor, node.stream_root, node.max_file_size, keyring=node.keyring, location="")
         self.node = node
         self.last_pulse = node.reactor.seconds()
         self.pulse_interval = None
@@ -208,6 +208,12 @@ class NodeService(service.Service):
 
     def keyring(self, role, computation):
         return self.key if role == "scheduler" else None
+
+    def stream_root(self, dest, computation):
+        """Files a scheduler's link sends land in the node directory."""
+        if dest in ("node", "blob") and self.node_dir:
+            return self.node_dir
+        raise FileTransferError("a node takes files for its node directory only, not %r" % (dest,))
 
     # -- service ---------------------------------------------------------------
 

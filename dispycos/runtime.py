@@ -23,9 +23,8 @@ from . import config
 from .errors import MailboxFull, PayloadTooLarge, ComputationClosed, ConnectionLostError, DispycosError, UnknownTaskError
 from .protocol import commands
 from .protocol.arguments import unpack_items
-from .protocol.base import DispycosAMP
 from .status import Location
-from .streams import StreamReceiver, read_blob, send_blob
+from .streams import StreamingAMP, send_blob
 from .tls import client_endpoint
 from .tls import listen as tls_listen
 from .tasks import ABANDONED, set_reactor_thread, decode_outcome, encode_outcome, error_outcome, outcome_result, with_timeout
@@ -58,19 +57,19 @@ def set_runtime(runtime):
     _current = runtime
 
 
-class PeerAMP(DispycosAMP):
+class PeerAMP(StreamingAMP):
     """A connection between two processes of a computation."""
 
     def __init__(self, runtime, listening):
         super().__init__(
             runtime.reactor,
+            runtime.stream_root,
+            runtime.max_file_size,
             keyring=runtime.keyring if listening else None,
             location=str(runtime.location),
         )
         self.runtime = runtime
         self.peer_loc = None
-        self.streams = StreamReceiver(runtime.stream_root, runtime.max_file_size)
-        self.blobs = {}
 
     def authenticated_as_listener(self):
         self.runtime._accepted(self)
@@ -110,42 +109,7 @@ class PeerAMP(DispycosAMP):
     def connectionLost(self, reason):
         super().connectionLost(reason)
         self.resumeProducing()
-        self.streams.abort_all()
-        for path in self.blobs.values():
-            try:
-                os.unlink(path)
-            except OSError:
-                pass
-        self.blobs.clear()
         self.runtime._lost(self)
-
-    def payload(self, inline, blob):
-        """The bytes of an argument sent inline or (when large) as a blob before."""
-        if blob is None:
-            return inline
-        path = self.blobs.pop(blob, None)
-        if path is None:
-            raise DispycosError("no blob %d on this connection" % (blob,))
-        return read_blob(path)
-
-    # -- streams -------------------------------------------------------------------
-
-    @commands.StreamOpen.responder
-    def _stream_open(self, purpose, name, dir, dest, size, sha256, overwrite, computation):
-        return {"stream": self.streams.start(purpose, name, dir, dest, size, sha256, overwrite,
-                                             computation or self.computation)}
-
-    @commands.StreamChunk.responder
-    def _stream_chunk(self, stream, offset, data):
-        self.streams.chunk(stream, offset, data)
-        return {}
-
-    @commands.StreamClose.responder
-    def _stream_close(self, stream):
-        path = self.streams.finish(stream)
-        if os.path.basename(path).startswith(".dispycos-blob-"):
-            self.blobs[stream] = path
-        return {"path": path}
 
     @commands.ChannelOp.responder
     def _channel_op(self, name, op, task):
@@ -158,11 +122,6 @@ class PeerAMP(DispycosAMP):
         from .channels import channel_send
 
         return channel_send(self.runtime, name, message, acked, n, timeout)
-
-    @commands.StreamAbort.responder
-    def _stream_abort(self, stream, reason):
-        self.streams.abort(stream)
-        return {}
 
     # -- tasks -------------------------------------------------------------------------
 

@@ -304,7 +304,10 @@ def main(argv=None):
     server = Server(reactor, runtime, args.index)
     server.control = ServerControl(server)
     stdio.StandardIO(server.control, stdin=_FD_IN, stdout=_FD_OUT)
-    reactor.run(installSignalHandlers=False)
+    # Twisted's signal handlers reap the programs tasks start (SIGCHLD); the
+    # node, not Ctrl-C at a terminal, decides when a server ends.
+    reactor.callWhenRunning(signal.signal, signal.SIGINT, signal.SIG_IGN)
+    reactor.run()
 
 
 if __name__ == "__main__":

@@ -230,3 +230,59 @@ def read_blob(path):
             os.unlink(path)
         except OSError:
             pass
+
+
+from .protocol.base import DispycosAMP  # noqa: E402 (streams.py is imported by the protocol users only)
+
+
+class StreamingAMP(DispycosAMP):
+    """
+    A L{DispycosAMP} that receives streams (files and blobs) into the
+    directories C{stream_root(dest, computation)} names.
+    """
+
+    def __init__(self, reactor, stream_root, max_file_size=0, **kw):
+        super().__init__(reactor, **kw)
+        self.streams = StreamReceiver(stream_root, max_file_size)
+        self.blobs = {}
+
+    def connectionLost(self, reason):
+        super().connectionLost(reason)
+        self.streams.abort_all()
+        for path in self.blobs.values():
+            try:
+                os.unlink(path)
+            except OSError:
+                pass
+        self.blobs.clear()
+
+    def payload(self, inline, blob):
+        """The bytes of an argument sent inline or (when large) as a blob before."""
+        if blob is None:
+            return inline
+        path = self.blobs.pop(blob, None)
+        if path is None:
+            raise FileTransferError("no blob %d on this connection" % (blob,))
+        return read_blob(path)
+
+    @commands.StreamOpen.responder
+    def _stream_open(self, purpose, name, dir, dest, size, sha256, overwrite, computation):
+        return {"stream": self.streams.start(purpose, name, dir, dest, size, sha256, overwrite,
+                                             computation or self.computation)}
+
+    @commands.StreamChunk.responder
+    def _stream_chunk(self, stream, offset, data):
+        self.streams.chunk(stream, offset, data)
+        return {}
+
+    @commands.StreamClose.responder
+    def _stream_close(self, stream):
+        path = self.streams.finish(stream)
+        if os.path.basename(path).startswith(".dispycos-blob-"):
+            self.blobs[stream] = path
+        return {"path": path}
+
+    @commands.StreamAbort.responder
+    def _stream_abort(self, stream, reason):
+        self.streams.abort(stream)
+        return {}

@@ -11,7 +11,7 @@ from . import serialize
 from .errors import UnknownTaskError
 from .protocol import commands
 from .status import Location
-from .tasks import TimeoutError, blocking_in_thread, oneway_in_thread, with_timeout
+from .tasks import blocking_in_thread, oneway_in_thread, with_timeout
 
 
 def _rebuild_channel(addr, port, name):

@@ -16,7 +16,7 @@ from twisted.logger import Logger
 
 from . import config, serialize
 from .allocate import DispycosNodeAllocate, allocate_cpus
-from .errors import ComputationClosed, DispycosError, NoServerError, PicklingError, ScheduleError
+from .errors import ComputationClosed, NoServerError, PicklingError, ScheduleError
 from .status import DispycosStatus, Location, Status, TaskInfo
 from .tasks import ABANDONED, OK, RemoteTask, Task, outcome_result
 

@@ -10,7 +10,6 @@ import pickle
 import platform
 import shutil
 import socket
-import sys
 
 from twisted.application import service
 from twisted.internet import defer, task

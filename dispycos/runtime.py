@@ -9,7 +9,6 @@ small one-way messages are batched per connection.
 """
 
 import itertools
-import os
 import tempfile
 from collections import OrderedDict
 

@@ -469,11 +469,11 @@ class Scheduler:
         # Book every server first: user code may run as soon as the
         # computation hears of one.
         entries = []
-        for index, location, ready, error in servers:
+        for index, location, ready, failure in servers:
             entry = ServerEntry(link, index, location)
             entry.ready = bool(ready)
-            entries.append((entry, error))
-            if error:
+            entries.append((entry, failure))
+            if failure:
                 continue
             old = link.servers.get(index)
             if old is not None and old in self.servers:
@@ -481,13 +481,13 @@ class Scheduler:
             link.servers[index] = entry
             self.servers.append(entry)
             self.runtime.computation_of[location] = comp.id
-        for entry, error in entries:
+        for entry, failure in entries:
             comp._status(Status.ServerDiscovered, entry.location)
-            if error:
-                comp._status_raw(DispycosStatus(Status.ServerClosed, entry.location, exception=SetupError(error)))
+            if failure:
+                comp._status_raw(DispycosStatus(Status.ServerClosed, entry.location, exception=SetupError(failure)))
             elif entry.ready:
                 comp._status(Status.ServerInitialized, entry.location)
-        if any(e.ready for e, error in entries if not error):
+        if any(e.ready for e, failure in entries if not failure):
             comp._server_ready()
         self._dispatch()
 

@@ -10,7 +10,6 @@ ends it, and on Linux so does the node's death (PR_SET_PDEATHSIG).
 
 import argparse
 import os
-import shutil
 import signal
 import sys
 
@@ -154,7 +153,7 @@ class Server:
     @defer.inlineCallbacks
     def run_setup(self, function, args, node_level, cwd):
         """Run C{node_setup}/C{server_setup}; it must finish with 0."""
-        from .tasks import OK, Task, outcome_result
+        from .tasks import Task
 
         fn = self.components.get(function)
         if fn is None:

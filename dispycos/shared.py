@@ -13,7 +13,7 @@ from twisted.internet.protocol import Factory
 from twisted.logger import Logger
 
 from . import config
-from .errors import ComputationClosed, DispycosError, ScheduleError
+from .errors import ComputationClosed, DispycosError
 from .protocol import auth, commands
 from .protocol.arguments import unpack_items
 from .protocol.base import DispycosAMP

@@ -4,7 +4,7 @@ Status codes and the small records sent to a computation's C{status_task}.
 """
 
 import enum
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any, Optional
 
 

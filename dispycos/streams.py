@@ -18,6 +18,7 @@ from twisted.logger import Logger
 
 from .errors import FileTransferError
 from .protocol import commands
+from .protocol.base import DispycosAMP
 
 #: Bytes per chunk (below AMP's 64 KiB value limit).
 CHUNK = 60000
@@ -231,8 +232,6 @@ def read_blob(path):
         except OSError:
             pass
 
-
-from .protocol.base import DispycosAMP  # noqa: E402 (streams.py is imported by the protocol users only)
 
 
 class StreamingAMP(DispycosAMP):

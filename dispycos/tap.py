@@ -9,7 +9,6 @@ import sys
 
 from twisted.python import usage
 
-from . import config
 from .node import is_loopback
 from .options import UnderscoreOptions
 

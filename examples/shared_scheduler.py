@@ -46,7 +46,6 @@ class NodeAllocate(dispycos.DispycosNodeAllocate):
 
 def compute(i, n, reply, task=None):
     """Runs on a server: sleep n seconds, then tell the client where and when."""
-    import time
 
     yield task.sleep(n)
     reply.send((i, task.location, time.asctime()))

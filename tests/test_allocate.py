@@ -3,7 +3,6 @@ Node allocation: DispycosNodeAllocate rules, whitelists and subclasses, with
 private and shared schedulers and real nodes on two loopback addresses.
 """
 
-import platform
 
 import pytest
 import pytest_twisted

@@ -6,7 +6,6 @@ import os
 import subprocess
 import sys
 
-import pytest
 import pytest_twisted
 
 from dispycos import Computation, Scheduler

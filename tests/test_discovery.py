@@ -15,7 +15,6 @@ from dispycos.discovery import MAGIC, MAX_PACKET, ReplayGuard, broadcast_address
 from dispycos.protocol.auth import key_from_secret
 
 from .conftest import NodeProcess
-from .test_core import wait_for
 from .test_shared import SchedulerProcess
 
 KEY = key_from_secret("s3cret")

@@ -15,7 +15,7 @@ import dispycos
 from dispycos import Computation, Scheduler, Status
 
 from .conftest import env_for_children
-from .test_core import sleep, wait_for
+from .test_core import wait_for
 
 
 def slow(seconds, task=None):

@@ -9,7 +9,6 @@ import pickle
 import socket
 import time
 
-import pytest
 import pytest_twisted
 from twisted.protocols import amp
 

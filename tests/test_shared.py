@@ -3,7 +3,6 @@ The shared scheduler program with real processes: clients in this process and
 in others, computations queued first come first served.
 """
 
-import os
 import signal
 import subprocess
 import sys
@@ -11,13 +10,12 @@ import time
 
 import pytest
 import pytest_twisted
-from twisted.internet import defer
 
 import dispycos
 from dispycos import Computation, Status
 
 from .conftest import env_for_children
-from .test_core import sleep, wait_for
+from .test_core import sleep
 
 
 class SchedulerProcess:

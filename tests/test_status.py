@@ -5,7 +5,6 @@ Task or a callable; node resources every pulse.
 
 from collections import Counter
 
-import pytest
 import pytest_twisted
 
 import dispycos

@@ -19,7 +19,7 @@ import dispycos
 from dispycos import Computation, Scheduler
 
 from .conftest import env_for_children
-from .test_core import sleep, wait_for
+from .test_core import sleep
 
 
 def sha(path):

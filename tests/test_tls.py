@@ -5,7 +5,6 @@ scheduler and its client talking to the servers over TLS; and each failure
 configuration) failing fast with a clear error.
 """
 
-import os
 import subprocess
 import sys
 

@@ -112,8 +112,9 @@
 
   // -- charts -----------------------------------------------------------------
 
-  // history: [[time, cpu %, memory bytes], ...]; CPU on a 0-100 scale,
-  // memory scaled to its largest value in the window.
+  // history: [[time, cpu available %, memory available bytes], ...]; drawn
+  // are CPU in use (100 - available, on a 0-100 scale, filled) and memory
+  // available (scaled to its largest value in the window).
   function drawChart(canvas, history, windowSec) {
     var ctx = canvas.getContext("2d");
     var w = canvas.width, h = canvas.height, pad = 2;
@@ -128,21 +129,33 @@
     var memMax = 0;
     history.forEach(function (p) { if (p[2] > memMax) memMax = p[2]; });
     var styles = getComputedStyle(document.documentElement);
-    function line(index, scale, color) {
+    function line(value, scale, color, fill) {
+      var points = [];
+      history.forEach(function (p) {
+        var v = value(p);
+        if (v === null || v === undefined || isNaN(v) || p[0] < t0) return;
+        points.push([pad + (w - 2 * pad) * (p[0] - t0) / (now - t0 || 1),
+                     h - pad - (h - 2 * pad) * Math.max(0, Math.min(1, v / scale))]);
+      });
+      if (!points.length) return;
       ctx.beginPath();
+      points.forEach(function (pt, i) { if (i) ctx.lineTo(pt[0], pt[1]); else ctx.moveTo(pt[0], pt[1]); });
       ctx.strokeStyle = color;
       ctx.lineWidth = h > 60 ? 2 : 1.5;
-      var started = false;
-      history.forEach(function (p) {
-        if (p[index] === null || p[index] === undefined || p[0] < t0) return;
-        var x = pad + (w - 2 * pad) * (p[0] - t0) / (now - t0 || 1);
-        var y = h - pad - (h - 2 * pad) * Math.max(0, Math.min(1, p[index] / scale));
-        if (started) ctx.lineTo(x, y); else { ctx.moveTo(x, y); started = true; }
-      });
       ctx.stroke();
+      if (fill) {
+        ctx.lineTo(points[points.length - 1][0], h - pad);
+        ctx.lineTo(points[0][0], h - pad);
+        ctx.closePath();
+        ctx.globalAlpha = 0.18;
+        ctx.fillStyle = color;
+        ctx.fill();
+        ctx.globalAlpha = 1;
+      }
     }
-    line(1, 100, styles.getPropertyValue("--cpu").trim() || "#1f6fb2");
-    if (memMax > 0) line(2, memMax, styles.getPropertyValue("--mem").trim() || "#2e9a4b");
+    line(function (p) { return p[1] === null ? null : 100 - p[1]; }, 100,
+         styles.getPropertyValue("--cpu").trim() || "#1f6fb2", true);
+    if (memMax > 0) line(function (p) { return p[2]; }, memMax, styles.getPropertyValue("--mem").trim() || "#2e9a4b");
     if (h > 60) {
       ctx.fillStyle = "#5f6b76";
       ctx.font = "11px sans-serif";

@@ -74,40 +74,32 @@ class PeerAMP(StreamingAMP):
         self.runtime._accepted(self)
 
     # -- flow control: the transport tells us when its buffer is full ------------
-
-    paused = False
+    # (A separate producer object: AMP's own pauseProducing/paused stop it
+    # from reading, which is not what a full write buffer should do.)
 
     def connectionMade(self):
         super().connectionMade()
-        self._drain_waiters = []
+        self.writes = _WriteWatcher()
         try:
-            self.transport.registerProducer(self, True)
+            self.transport.registerProducer(self.writes, True)
         except Exception:
             pass
 
-    def pauseProducing(self):
-        self.paused = True
-
-    def resumeProducing(self):
-        self.paused = False
-        waiters, self._drain_waiters = self._drain_waiters, []
-        for d in waiters:
-            d.callback(None)
-
-    def stopProducing(self):
-        self.resumeProducing()
+    @property
+    def backed_up(self):
+        writes = getattr(self, "writes", None)
+        return writes is not None and writes.paused
 
     def drained(self):
         """Deferred firing once what we wrote to the peer has mostly gone out."""
-        if not self.paused or not self.connected:
+        if not self.backed_up or not self.connected:
             return defer.succeed(None)
-        d = defer.Deferred()
-        self._drain_waiters.append(d)
-        return d
+        return self.writes.wait()
 
     def connectionLost(self, reason):
         super().connectionLost(reason)
-        self.resumeProducing()
+        if getattr(self, "writes", None) is not None:
+            self.writes.resumeProducing()
         self.runtime._lost(self)
 
     @commands.ChannelOp.responder
@@ -213,6 +205,31 @@ class PeerAMP(StreamingAMP):
         if task in rt.finished:
             return {}
         raise UnknownTaskError("no task %d at %s" % (task, rt.location))
+
+
+class _WriteWatcher:
+    """A push producer that only records when the transport's write buffer is full."""
+
+    paused = False
+
+    def __init__(self):
+        self._waiters = []
+
+    def pauseProducing(self):
+        self.paused = True
+
+    def resumeProducing(self):
+        self.paused = False
+        waiters, self._waiters = self._waiters, []
+        for d in waiters:
+            d.callback(None)
+
+    stopProducing = resumeProducing
+
+    def wait(self):
+        d = defer.Deferred()
+        self._waiters.append(d)
+        return d
 
 
 class _Link:
@@ -544,7 +561,7 @@ class Runtime:
     def backed_up(self, location):
         """True while the connection to C{location} cannot take more (thread-safe read)."""
         link = self.links.get(location)
-        return bool(link is not None and link.proto is not None and link.proto.paused)
+        return bool(link is not None and link.proto is not None and link.proto.backed_up)
 
     def deliver(self, ref, msg, timeout=None):
         if ref.location == self.location:

@@ -492,3 +492,12 @@ def test_client_process_exits_cleanly_when_node_dies(fresh_node, tmp_path):
             proc.wait()
     assert proc.returncode == 0, out
     assert "ABANDONED" in out and "CLOSED" in out, out
+
+
+@pytest_twisted.ensureDeferred
+async def test_thousands_of_tasks_at_once_complete(node):
+    """Many pipelined task creations fill the write buffers; nothing may stall."""
+    async with Session(node, [plain_mul, gen_square]) as comp:
+        rts = await defer.gatherResults([comp.run_async(plain_mul, i, 2) for i in range(3000)])
+        assert await defer.gatherResults([rt.result(timeout=60) for rt in rts]) == [2 * i for i in range(3000)]
+        assert await comp.run_results(gen_square, range(300)) == [i * i for i in range(300)]

@@ -29,12 +29,42 @@ every C{poll_sec} seconds in any case. Requests that change the cluster
 (403) when the browser says they come from another site (C{Origin},
 C{Referer} or C{Sec-Fetch-Site}); requests naming a host that is neither an
 IP address, C{localhost}, this machine's name nor the configured C{host}
-are refused too (DNS rebinding).
+are refused too (DNS rebinding). Clients other than browsers (which send
+neither C{Origin} nor C{Referer}) may POST.
+
+Resources (every answer is JSON unless said otherwise):
+
+    GET  /, /cluster.html, /node.html, /server.html, /monitor.js, /monitor.css
+    GET  /cluster_status[?history=0]     totals and every node (with a short
+                                         resource history per node)
+    GET  /node_info?host=IP-or-name      a node and its servers (404 if unknown)
+    GET  /server_info?location=A:P&limit=N
+                                         a server and its running tasks (limit 0: all),
+                                         plus its recently finished ones
+    GET  /events                         text/event-stream: "hello", then a
+                                         "message" for every change, "settings",
+                                         "shutdown"; ": keepalive" every 15 s
+    POST /terminate_tasks  task=ID ...   -> list of the ids terminated
+    POST /suspend_node, /resume_node  host=IP ...
+    POST /suspend_server, /resume_server  location=A:P ...
+                                         -> {"done": [...], "failed": {target: error}}
+    POST /update  poll_sec=S show_task_args=true|false
+                                         -> the settings; GET /update reads them
+
+Task ids are C{str(rtask)}: C{name/tid@addr:port}. State survives the
+computation's close: the resources answer with the final state until
+L{HTTPServer.shutdown}.
+
+The monitor needs of its C{computation} only a C{status_task} attribute and,
+for the actions, C{suspend_node}, C{resume_node}, C{suspend_server} and
+C{resume_server} returning Deferreds; tasks are terminated with their own
+C{terminate()}.
 """
 
 import collections
 import ipaddress
 import json
+import mimetypes
 import os
 import socket
 import time
@@ -43,7 +73,7 @@ import urllib.parse
 from twisted.internet import defer
 from twisted.logger import Logger
 from twisted.protocols.policies import WrappingFactory
-from twisted.web import resource, server, static
+from twisted.web import resource, server
 
 from .status import DispycosNodeAvailInfo, DispycosNodeInfo, DispycosStatus, Location, Status, TaskInfo
 from .tasks import Task
@@ -56,7 +86,7 @@ log = Logger()
 #: seconds of resource history kept per node (for the CPU / memory charts)
 HISTORY_SECONDS = 600
 #: at most this many samples per node
-HISTORY_SAMPLES = 300
+HISTORY_SAMPLES = 120
 #: finished tasks remembered per server (shown on the Server page)
 RECENT_FINISHED = 20
 #: length of the text shown for one argument
@@ -168,6 +198,14 @@ class _JSONResource(resource.Resource):
         super().__init__()
         self.monitor = monitor
 
+    def render(self, request):
+        method = request.method.decode("ascii", "replace")
+        if not hasattr(self, "render_" + method) and not (method == "HEAD" and hasattr(self, "render_GET")):
+            allowed = sorted(n[len("render_"):] for n in dir(self) if n.startswith("render_"))
+            request.setHeader(b"allow", ", ".join(allowed).encode())
+            return _send_json(request, {"error": "method %s not allowed" % method}, 405)
+        return super().render(request)
+
 
 class _ClusterStatus(_JSONResource):
     def render_GET(self, request):
@@ -246,14 +284,8 @@ class _Update(_JSONResource):
         return _send_json(request, self.monitor.settings())
 
 
-class _Events(resource.Resource):
+class _Events(_JSONResource):
     """C{GET /events}: server-sent events; every browser gets the whole stream."""
-
-    isLeaf = True
-
-    def __init__(self, monitor):
-        super().__init__()
-        self.monitor = monitor
 
     def render_GET(self, request):
         if self.monitor._shut:
@@ -263,6 +295,10 @@ class _Events(resource.Resource):
         request.setHeader(b"x-accel-buffering", b"no")
         self.monitor._add_stream(request)
         return server.NOT_DONE_YET
+
+    def render_HEAD(self, request):
+        request.setHeader(b"content-type", b"text/event-stream; charset=utf-8")
+        return b""
 
 
 class _ErrorResource(resource.Resource):
@@ -277,20 +313,72 @@ class _ErrorResource(resource.Resource):
         return _send_json(request, {"error": self.message}, self.code)
 
 
-class _StaticFiles(static.File):
-    """Package pages, scripts and styles; no directory listings."""
+_TYPES = {".html": "text/html; charset=utf-8", ".js": "text/javascript; charset=utf-8",
+          ".css": "text/css; charset=utf-8", ".json": "application/json", ".png": "image/png",
+          ".svg": "image/svg+xml", ".ico": "image/x-icon", ".txt": "text/plain; charset=utf-8"}
 
-    def directoryListing(self):
-        return _ErrorResource(404, "not found")
 
-    def createSimilarFile(self, path):
-        f = super().createSimilarFile(path)
-        f.indexNames = self.indexNames
-        return f
+class _StaticFile(resource.Resource):
+    isLeaf = True
+
+    def __init__(self, path):
+        super().__init__()
+        self.path = path
 
     def render_GET(self, request):
+        try:
+            with open(self.path, "rb") as f:
+                data = f.read()
+        except OSError:
+            return _send_json(request, {"error": "not found"}, 404)
+        ext = os.path.splitext(self.path)[1].lower()
+        ctype = _TYPES.get(ext) or mimetypes.guess_type(self.path)[0] or "application/octet-stream"
+        request.setHeader(b"content-type", ctype.encode())
         request.setHeader(b"cache-control", b"no-cache")
-        return super().render_GET(request)
+        return data
+
+    def render_HEAD(self, request):
+        self.render_GET(request)
+        return b""
+
+    def render(self, request):
+        if request.method not in (b"GET", b"HEAD"):
+            return _send_json(request, {"error": "method not allowed"}, 405)
+        return super().render(request)
+
+
+class _StaticDir(resource.Resource):
+    """Pages, scripts and styles from a directory; no listings, no hidden files, nothing outside."""
+
+    def __init__(self, path, index=("cluster.html", "index.html")):
+        super().__init__()
+        self.path = path
+        self.index = index
+
+    def getChild(self, name, request):
+        try:
+            name = name.decode("utf-8")
+        except UnicodeDecodeError:
+            return _ErrorResource(404, "not found")
+        if name == "":
+            for index in self.index:
+                path = os.path.join(self.path, index)
+                if os.path.isfile(path):
+                    return _StaticFile(path)
+            return _ErrorResource(404, "not found")
+        if name.startswith(".") or "/" in name or "\\" in name or "\x00" in name:
+            return _ErrorResource(404, "not found")
+        path = os.path.join(self.path, name)
+        if os.path.isdir(path):
+            return _StaticDir(path, index=("index.html",))
+        if os.path.isfile(path):
+            return _StaticFile(path)
+        return _ErrorResource(404, "not found")
+
+    def render(self, request):
+        # "/dir" without its trailing slash
+        request.redirect(request.uri + b"/" if b"?" not in request.uri else request.uri.replace(b"?", b"/?", 1))
+        return b""
 
 
 _SECURITY_HEADERS = {
@@ -352,7 +440,6 @@ class HTTPServer:
         if reactor is None:
             from twisted.internet import reactor
         self.reactor = reactor
-        self.computation = computation
         self.host = host or ""
         if poll_sec < 1:
             log.warn("HTTPServer: poll_sec {p} is too small; using 1", p=poll_sec)
@@ -369,19 +456,11 @@ class HTTPServer:
         except OSError:
             pass
 
-        self.nodes = collections.OrderedDict()  # addr -> _NodeState
-        self.tasks = {}  # task id -> (TaskInfo, _ServerState)
-        self.tasks_submitted = 0
-        self.tasks_done = 0
-        self.computation_status = "Created"
         self.seq = 0
         self._streams = []
         self._shut = False
-
-        # chain the status stream
-        self._previous = computation.status_task
         self.status_task = self._status_received
-        computation.status_task = self.status_task
+        self.computation = None
 
         self.site = _Site(self._build_tree(), self)
         self._factory = WrappingFactory(self.site)
@@ -400,7 +479,7 @@ class HTTPServer:
         else:
             self._listener = reactor.listenTCP(port, self._factory, interface=self.host)
         self.port = self._listener.getHost().port
-        self._keepalive = None
+        self.attach(computation)  # once listening: a port in use leaves the computation as it was
         from twisted.internet import task
 
         self._keepalive = task.LoopingCall(self._send_keepalive)
@@ -409,10 +488,31 @@ class HTTPServer:
         log.info("Started HTTP{s} server at {host}:{port}", s="S" if self.scheme == "https" else "",
                  host=self.host or "*", port=self.port)
 
+    def attach(self, computation):
+        """
+        Watch C{computation} from now on (the state shown so far is
+        dropped): chain its C{status_task} and give back the previous
+        computation's own. For a program that runs computations one after
+        another, such as a shared scheduler.
+        """
+        old = self.computation
+        if old is not None and old.status_task == self.status_task:
+            old.status_task = self._previous
+        self.computation = computation
+        self.nodes = collections.OrderedDict()  # addr -> _NodeState
+        self.tasks = {}  # task id -> (TaskInfo, _ServerState)
+        self.tasks_submitted = 0
+        self.tasks_done = 0
+        self.computation_status = "Created"
+        self._previous = computation.status_task
+        computation.status_task = self.status_task
+        if old is not None:
+            self._event("computation")
+
     @property
     def url(self):
         """The monitor's address, e.g. C{http://127.0.0.1:8181/}."""
-        host = self.host or "127.0.0.1"
+        host = self.host if self.host not in ("", "0.0.0.0", "::") else "127.0.0.1"
         if ":" in host:
             host = "[%s]" % host
         return "%s://%s:%d/" % (self.scheme, host, self.port)
@@ -426,8 +526,7 @@ class HTTPServer:
         return self._settings.show_task_args
 
     def _build_tree(self):
-        root = _StaticFiles(self.document_root)
-        root.indexNames = ["cluster.html", "index.html"]
+        root = _StaticDir(self.document_root)
         root.putChild(b"cluster_status", _ClusterStatus(self))
         root.putChild(b"node_info", _NodeInfo(self))
         root.putChild(b"server_info", _ServerInfo(self))
@@ -536,7 +635,7 @@ class HTTPServer:
         elif status == Status.ComputationClosed:
             self.computation_status = "Closed"
             for tid in list(self.tasks):
-                self._task_finished(tid, None, now, "abandoned")
+                self._task_finished(tid, None, now, "TaskAbandoned")
             self._event("computation")
         elif Status.NodeIgnore <= status <= Status.NodeAbandoned and isinstance(info, DispycosNodeInfo):
             node = self._node(info.addr, info.name)
@@ -823,7 +922,7 @@ class HTTPServer:
         self._shut = True
         if self.computation.status_task == self.status_task:
             self.computation.status_task = self._previous
-        if self._keepalive is not None and self._keepalive.running:
+        if self._keepalive.running:
             self._keepalive.stop()
         for request in list(self._streams):
             try:

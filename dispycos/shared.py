@@ -43,6 +43,7 @@ class RemoteComputation:
         self.key = None
         self._pending_schedule = True
         self.closed = False
+        self.status_task = None
         self.last_seen = channel.reactor.seconds()
 
     def _send(self, event, key=b"", reason=""):
@@ -53,8 +54,29 @@ class RemoteComputation:
         self._status_raw(DispycosStatus(status, info))
 
     def _status_raw(self, msg):
+        if self.status_task is not None:  # the scheduler's monitor
+            try:
+                self.status_task(msg)
+            except Exception:
+                self.log.failure("monitor failed on {msg}", msg=msg)
         if self.channel.connected and not self.closed:
             self.channel.queue(commands.StatusBatch, 0, pickle.dumps(msg))
+
+    # What the monitor may do to the computation it shows.
+    def _control(self, action, target):
+        return self.channel.service.scheduler.control(self, action, str(target))
+
+    def suspend_node(self, ip):
+        return self._control("suspend_node", ip)
+
+    def resume_node(self, ip):
+        return self._control("resume_node", ip)
+
+    def suspend_server(self, location):
+        return self._control("suspend_server", location)
+
+    def resume_server(self, location):
+        return self._control("resume_server", location)
 
     def _setup_names(self):
         return self.node_setup, self.server_setup
@@ -70,6 +92,9 @@ class RemoteComputation:
 
     def _activated(self):
         self._send("active", key=self.key)
+        monitor = self.channel.service.monitor
+        if monitor is not None:
+            monitor.attach(self)
         if self.disable_nodes or self.disable_servers:
             self._server_ready()
 
@@ -91,6 +116,12 @@ class RemoteComputation:
         self.closed = True
         yield self.channel.service.scheduler.release(self, terminate=True)
         self._send("closed", reason=reason)
+
+
+class _NoComputation:
+    """What the scheduler's monitor shows before the first computation."""
+
+    status_task = None
 
 
 class ClientChannel(DispycosAMP):
@@ -183,7 +214,7 @@ class SchedulerService(service.Service):
 
     def __init__(self, reactor, hosts=("127.0.0.1",), tcp_port=config.SchedulerPort, secret="", nodes=(),
                  zombie_period=None, udp_port=config.SchedulerPort, ext_hosts=(), stdin_commands=False,
-                 **scheduler_options):
+                 http_port=None, **scheduler_options):
         self.reactor = reactor
         self.hosts = list(hosts)
         self.tcp_port = tcp_port
@@ -195,6 +226,8 @@ class SchedulerService(service.Service):
         self.ext_hosts = list(ext_hosts)
         self.stdin_commands = stdin_commands
         self.console = None
+        self.http_port = http_port
+        self.monitor = None
         self.scheduler_options = scheduler_options
         self.scheduler = None
         self.listening = []
@@ -220,6 +253,14 @@ class SchedulerService(service.Service):
         self._reaper.clock = self.reactor
         self._reaper.start(config.MinPulseInterval, now=False)
         self.log.info("dispycos scheduler listening at {h}:{p}", h=self.hosts[0] or "0.0.0.0", p=port)
+        if self.http_port is not None:
+            from .httpd import HTTPServer
+
+            host = self.hosts[0] if self.hosts[0] not in ("", "0.0.0.0") else "127.0.0.1"
+            tls = self.scheduler.tls
+            self.monitor = HTTPServer(_NoComputation(), host=host, port=self.http_port, reactor=self.reactor,
+                                      certfile=self.scheduler_options.get("certfile") if tls.cert else None,
+                                      keyfile=self.scheduler_options.get("keyfile") if tls.cert else None)
         if self.stdin_commands:
             from .nodeconsole import SchedulerConsole, start_console
 
@@ -256,6 +297,8 @@ class SchedulerService(service.Service):
             self._reaper.stop()
         if self.console is not None:
             self.console.stop()
+        if self.monitor is not None:
+            yield self.monitor.shutdown(wait=False)
         for p in self.listening:
             yield p.stopListening()
         self.listening = []

@@ -89,4 +89,5 @@ def makeService(options, reactor=None):
         keyfile=options["keyfile"],
         cafile=options["cafile"],
         stdin_commands=True if options["stdin_commands"] else (False if options["daemon"] else "auto"),
+        http_port=options["http_port"],
     )

@@ -204,3 +204,34 @@ async def test_dead_client_releases_nodes_for_the_next(fresh_node, tmp_path, how
         proc.kill()
         proc.wait()
         sched.stop()
+
+
+@pytest_twisted.ensureDeferred
+async def test_shared_scheduler_serves_the_monitor(fresh_node):
+    import json
+    import socket
+    import urllib.request
+
+    node = fresh_node(cpus=2)
+    s = socket.socket()
+    s.bind(("127.0.0.1", 0))
+    http_port = s.getsockname()[1]
+    s.close()
+    sched = SchedulerProcess([node.location], node.secret, args=["--http_port", str(http_port)])
+    try:
+        comp = Computation([step], secret=node.secret)
+        await comp.schedule(sched.location, timeout=30)
+        try:
+            assert await comp.run_result(step, 1) == 2
+            for _ in range(100):
+                status = json.load(urllib.request.urlopen("http://127.0.0.1:%d/cluster_status" % http_port, timeout=5))
+                if status["nodes"] and status["nodes"][0]["servers"] == 2:
+                    break
+                await sleep(0.1)
+            assert [n["addr"] for n in status["nodes"]] == ["127.0.0.1"]
+            page = urllib.request.urlopen("http://127.0.0.1:%d/" % http_port, timeout=5).read()
+            assert b"<html" in page.lower()
+        finally:
+            await comp.close()
+    finally:
+        sched.stop()

@@ -123,9 +123,9 @@
     ctx.lineWidth = 1;
     ctx.strokeRect(0.5, 0.5, w - 1, h - 1);
     if (!history || !history.length) return;
-    // the time axis spans the samples there are (at least 30 s), at most the window
+    // the time axis spans the samples there are (at least 10 s), at most the window
     var now = history[history.length - 1][0];
-    var t0 = Math.max(now - (windowSec || 600), Math.min(history[0][0], now - 30));
+    var t0 = Math.max(now - (windowSec || 600), Math.min(history[0][0], now - 10));
     var memMax = 0;
     history.forEach(function (p) { if (p[2] > memMax) memMax = p[2]; });
     var styles = getComputedStyle(document.documentElement);
@@ -168,11 +168,14 @@
 
   // -- live updates -------------------------------------------------------------
 
-  // Calls refresh() now, on every event (at most every 300 ms) and every
-  // poll interval; keeps the settings inputs in step with the server.
-  function Live(refresh) {
+  // Calls refresh() now, after events and every poll interval; keeps the
+  // settings inputs in step with the server. relevance(event data) gives
+  // how soon (ms) to refresh after that event, or null to ignore it.
+  function Live(refresh, relevance) {
     var self = this;
     this.refresh = refresh;
+    this.relevance = relevance || function () { return 300; };
+    this.due = null;
     this.pollSec = null;
     this.timer = null;
     this.pending = null;
@@ -188,7 +191,10 @@
         self.settings(JSON.parse(e.data));
         self.soon();
       });
-      source.addEventListener("message", function () { self.soon(); });
+      source.addEventListener("message", function (e) {
+        var delay = self.relevance(JSON.parse(e.data));
+        if (delay !== null && delay !== undefined) self.soon(delay);
+      });
       source.addEventListener("settings", function (e) { self.settings(JSON.parse(e.data)); self.soon(); });
       source.addEventListener("shutdown", function () {
         setLive(false, "monitor stopped");
@@ -214,10 +220,16 @@
     });
   };
 
-  Live.prototype.soon = function () {
+  Live.prototype.soon = function (delay) {
     var self = this;
-    if (this.pending) return;
-    this.pending = setTimeout(function () { self.pending = null; self.now(); }, 300);
+    delay = delay === undefined ? 300 : delay;
+    var due = Date.now() + delay;
+    if (this.pending) {
+      if (this.due <= due) return;  // an earlier refresh is already planned
+      clearTimeout(this.pending);
+    }
+    this.due = due;
+    this.pending = setTimeout(function () { self.pending = null; self.now(); }, delay);
   };
 
   Live.prototype.arm = function () {
@@ -374,6 +386,8 @@
         live.settings(data);
         render(data);
       });
+    }, function (event) {
+      return event.type === "avail" ? 2000 : 300;  // resource reports come every pulse
     });
     setupSettings(live);
     $("suspend-nodes").addEventListener("click", function () {
@@ -390,6 +404,7 @@
     var host = query("host") || sessionStorage.getItem("dispycos-node") || "";
     var tbody = document.querySelector("#servers tbody");
     var selected = new Set();
+    var addr = null;
     $("host").value = host;
     if (host) sessionStorage.setItem("dispycos-node", host);
     rememberLinks();
@@ -447,6 +462,7 @@
       }
       return getJSON("node_info?host=" + encodeURIComponent(host)).then(function (n) {
         live.settings(n);
+        addr = n.addr;
         render(n);
       }).catch(function (err) {
         if (err.status === 404) {
@@ -456,6 +472,10 @@
         }
         throw err;
       });
+    }, function (event) {
+      if (event.type === "computation" || !addr) return 300;
+      if (event.node !== addr) return null;
+      return event.type === "avail" ? 2000 : 300;
     });
     setupSettings(live);
     $("suspend-node").addEventListener("click", function () {
@@ -481,6 +501,7 @@
     var finished = document.querySelector("#finished tbody");
     var selected = new Set();
     var terminating = new Set();
+    var nodeAddr = null;
     $("location").value = location;
     $("limit").value = limit;
     if (location) sessionStorage.setItem("dispycos-server", location);
@@ -541,7 +562,7 @@
         });
       }
       return getJSON("server_info?location=" + encodeURIComponent(location) + "&limit=" + encodeURIComponent(limit))
-        .then(function (s) { live.settings(s); render(s); })
+        .then(function (s) { live.settings(s); nodeAddr = s.node; render(s); })
         .catch(function (err) {
           if (err.status === 404) {
             $("server-section").classList.add("hidden");
@@ -550,6 +571,10 @@
           }
           throw err;
         });
+    }, function (event) {
+      if (event.type === "computation" || event.server === location) return 300;
+      if (event.type === "node" && event.node === nodeAddr) return 300;
+      return null;
     });
     setupSettings(live);
 

@@ -35,6 +35,10 @@ MaxPendingPerAddress = 16
 MaxBoxBeforeAuth = 4096
 #: Largest AMP box after authentication (inline payloads plus framing).
 MaxBox = MaxInlineBytes + 1024 * 1024
+#: Most keys in one AMP box (a 16 MiB inline value needs 257).
+MaxBoxKeys = 4096
+#: Streams one connection may have open at once.
+MaxOpenStreams = 64
 #: Bytes queued for a peer that does not read before its connection is dropped.
 MaxOutgoingBuffer = 256 * 1024 * 1024
 #: Messages a task's mailbox holds; more are refused with an error to the sender

@@ -13,6 +13,7 @@ import hashlib
 import hmac
 import ipaddress
 import json
+import math
 import os
 import time
 from collections import OrderedDict
@@ -70,7 +71,7 @@ def decode(key, data, guard=None, now=None):
     if not isinstance(msg, dict) or msg.get("version") != config.ProtocolVersion:
         return None
     ts, nonce = msg.get("ts"), msg.get("nonce")
-    if not isinstance(ts, (int, float)) or not isinstance(nonce, str):
+    if not isinstance(ts, (int, float)) or not math.isfinite(ts) or not isinstance(nonce, str):
         return None
     now = time.time() if now is None else now
     if abs(now - ts) > MAX_AGE:

@@ -30,6 +30,8 @@ from .tasks import ABANDONED, set_reactor_thread, decode_outcome, encode_outcome
 
 #: How many finished tasks' outcomes a process keeps for C{WaitTask}.
 KEEP_FINISHED = 10000
+#: ... and at most about this many bytes of them.
+KEEP_BYTES = 64 * 1024 * 1024
 #: Payloads larger than this travel as streams (blobs), not inline.
 INLINE_LIMIT = config.MaxInlineBytes - 4096
 
@@ -126,10 +128,11 @@ class PeerAMP(StreamingAMP):
     def _messages(self, batch):
         tasks = self.runtime.tasks
         refused = set()
+        unknown = set()
         for tid, blob in unpack_items(batch):
             task = tasks.get(tid)
             if task is None:
-                self.log.warn("message for unknown task {tid} dropped", tid=tid)
+                unknown.add(tid)
                 continue
             if tid in refused:
                 continue
@@ -144,6 +147,8 @@ class PeerAMP(StreamingAMP):
                 refused.add(tid)
                 self.log.warn("{e}", e=e)
                 self.callRemote(commands.MessagesRefused, task=tid, reason=str(e))
+        if unknown:
+            self.log.warn("messages for {n} unknown task(s) dropped (e.g. {tid})", n=len(unknown), tid=min(unknown))
         return {}
 
     @commands.MessagesRefused.responder
@@ -158,7 +163,11 @@ class PeerAMP(StreamingAMP):
         t = self.runtime.tasks.get(task)
         if t is None:
             raise UnknownTaskError("no task %d at %s" % (task, self.runtime.location))
-        if not t._put(serialize.loads(message)):
+        try:
+            msg = serialize.loads(message)
+        except Exception as e:
+            raise DispycosError("the message could not be unpickled here: %s: %s" % (type(e).__name__, e))
+        if not t._put(msg):
             raise UnknownTaskError("task %d at %s has ended" % (task, self.runtime.location))
         return {}
 
@@ -272,6 +281,8 @@ class Runtime:
         self.computation_of = {}
         self.links = {}
         self.finished = OrderedDict()
+        self._finished_sizes = {}
+        self._finished_bytes = 0
         self.remote = {}
         self._early = OrderedDict()
         self.executor = None
@@ -343,16 +354,26 @@ class Runtime:
 
     def task_done(self, task):
         self.tasks.pop(task.tid, None)
-        self.finished[task.tid] = task.outcome
-        while len(self.finished) > KEEP_FINISHED:
-            self.finished.popitem(last=False)
         creator = getattr(task, "_creator", None)
-        if creator is not None and creator.connected:
-            blob = encode_outcome(task.outcome)
+        blob = encode_outcome(task.outcome) if creator is not None and creator.connected else None
+        self._keep_finished(task.tid, task.outcome, len(blob) if blob is not None else 0)
+        if blob is not None:
             if len(blob) > INLINE_LIMIT:
                 self._send_large_outcome(creator, task.tid, blob)
             else:
                 creator.queue(commands.TaskEnded, task.tid, blob)
+
+    def _keep_finished(self, tid, outcome, size):
+        """
+        Keep an outcome for later C{WaitTask}s, within a count and a byte
+        budget (oldest go first; a large result stays only while it fits).
+        """
+        self.finished[tid] = outcome
+        self._finished_sizes[tid] = size
+        self._finished_bytes += size
+        while len(self.finished) > 1 and (len(self.finished) > KEEP_FINISHED or self._finished_bytes > KEEP_BYTES):
+            old, _ = self.finished.popitem(last=False)
+            self._finished_bytes -= self._finished_sizes.pop(old, 0)
 
     @defer.inlineCallbacks
     def _send_large_outcome(self, proto, tid, blob):

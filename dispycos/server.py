@@ -213,7 +213,10 @@ class Server:
         from .tasks import Task
 
         if code is not None:
-            fn = serialize.loads(code)
+            try:
+                fn = serialize.loads(code)
+            except Exception as e:
+                raise DispycosError("the function could not be unpickled here: %s: %s" % (type(e).__name__, e))
         else:
             fn = self.components.get(function)
             if fn is None:

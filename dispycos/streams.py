@@ -16,6 +16,7 @@ import os
 from twisted.internet import defer
 from twisted.logger import Logger
 
+from . import config
 from .errors import FileTransferError
 from .protocol import commands
 from .protocol.base import DispycosAMP
@@ -94,6 +95,8 @@ class StreamReceiver:
     def start(self, purpose, name, subdir, dest, size, sha256, overwrite, computation):
         if size < 0 or len(sha256) != 32:
             raise FileTransferError("bad stream header")
+        if len(self.open) >= config.MaxOpenStreams:
+            raise FileTransferError("too many open streams on this connection (%d)" % len(self.open))
         if self.max_size and size > self.max_size:
             raise FileTransferError("%s is %d bytes, over the limit of %d bytes" % (name, size, self.max_size))
         sid = next(_ids)

@@ -106,19 +106,64 @@ class DispycosAMP(amp.AMP):
 
     # -- limits on what a peer may make us hold ----------------------------------
 
-    def dataReceived(self, data):
-        # AMP keeps a box in memory until it is complete: bound its size
-        # (tiny before authentication).
-        self._box_bytes += len(data)
-        limit = config.MaxBox if self.authenticated else config.MaxBoxBeforeAuth
-        if self._box_bytes > limit + len(data):
-            self.log.warn("dropping {peer}: a box over {n} bytes", peer=self._peer(), n=limit)
+    _dropped = False
+    _box_keys = 0
+
+    def _drop(self, why, **kw):
+        """Drop this connection (once, with one log line) and read nothing more from it."""
+        if not self._dropped:
+            self._dropped = True
+            self.log.warn("dropping {peer}: " + why, peer=self._peer(), **kw)
             self.transport.abortConnection()
+        # AMP's string parser stops at once when paused.
+        self.paused = True
+
+    def dataReceived(self, data):
+        if self._dropped:
             return
         super().dataReceived(data)
 
+    # AMP keeps a box in memory until it is complete: bound its size and its
+    # number of keys (tiny before authentication).
+    def _count(self, n, key):
+        self._box_bytes += n + 2
+        if key:
+            self._box_keys += 1
+        if self.authenticated or self.keyring is None:
+            limit, keys = config.MaxBox, config.MaxBoxKeys
+        else:
+            limit, keys = config.MaxBoxBeforeAuth, 16
+        if self._box_bytes > limit or self._box_keys > keys:
+            self._drop("a box over {n} bytes or {k} keys", n=limit, k=keys)
+
+    def proto_key(self, string):
+        if string:
+            self._count(len(string), True)
+        return super().proto_key(string)
+
+    def proto_value(self, string):
+        self._count(len(string), False)
+        return super().proto_value(string)
+
+    _HANDSHAKE_KEYS = {
+        b"Hello": {b"_command", b"_ask", b"version", b"role", b"computation", b"location", b"nonce"},
+        b"Authenticate": {b"_command", b"_ask", b"proof"},
+    }
+
     def ampBoxReceived(self, box):
-        self._box_bytes = 0
+        self._box_bytes = self._box_keys = 0
+        if self._dropped:
+            return
+        if self.keyring is not None and not self.authenticated:
+            # A listener takes only well-formed handshake commands before
+            # authentication: anything else is refused unread, in one line.
+            command = box.get(b"_command")
+            if command not in self._HANDSHAKE_KEYS:
+                self._drop("refused command {cmd!r} before authentication", cmd=command)
+                return
+            if set(box) != self._HANDSHAKE_KEYS[command] or (command == b"Hello" and not box[b"version"].isdigit()):
+                self._drop("malformed {cmd!r} before authentication", cmd=command)
+                return
         super().ampBoxReceived(box)
 
     def sendBox(self, box):
@@ -165,12 +210,7 @@ class DispycosAMP(amp.AMP):
         return super().locateResponder(name)
 
     def _refuse(self, box):
-        self.log.warn(
-            "refused command {cmd!r} from unauthenticated {peer}; dropping connection",
-            cmd=box.get(b"_command"),
-            peer=self._peer(),
-        )
-        self.transport.abortConnection()
+        self._drop("refused command {cmd!r} before authentication", cmd=box.get(b"_command"))
         return defer.Deferred()
 
     # -- listener side of the handshake ----------------------------------

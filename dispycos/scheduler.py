@@ -297,7 +297,8 @@ class Scheduler:
         self.queue = deque()
         self.active = None
         self.servers = []
-        self.waiting = deque()
+        self.waiting = deque()  # placements at a node/server, and async ones
+        self.waiting_cpu = deque()  # CPU tasks for any server: first come, first served
         self.closed = False
         self.node_port = node_port
         self.advertise = None  # (host, port) a shared scheduler tells clients looking for one
@@ -538,8 +539,7 @@ class Scheduler:
     def _fail_if_no_servers(self):
         if self.servers or any(l.state == "connected" for l in self.links.values()):
             return
-        waiting, self.waiting = self.waiting, deque()
-        for p in waiting:
+        for p in self._take_waiting():
             p.deferred.errback(NoServerError("no servers left: every node is gone"))
 
     # -- computations -------------------------------------------------------------
@@ -600,8 +600,7 @@ class Scheduler:
         if comp is not self.active:
             self.withdraw(comp)
             return
-        waiting, self.waiting = self.waiting, deque()
-        for p in waiting:
+        for p in self._take_waiting():
             p.deferred.errback(ComputationClosed("computation closed"))
         calls = []
         for link in self.links.values():
@@ -715,7 +714,7 @@ class Scheduler:
         if where is not None and not self._known(where):
             return defer.fail(NoServerError("no server at %s" % (where,)))
         d = defer.Deferred()
-        self.waiting.append(_Placement(comp, cpu, where, d))
+        (self.waiting_cpu if cpu and where is None else self.waiting).append(_Placement(comp, cpu, where, d))
         self._dispatch()
         if not d.called:
             self._fail_if_no_servers()
@@ -750,30 +749,44 @@ class Scheduler:
                 best, best_key = entry, key
         return best
 
+    def _take_waiting(self):
+        waiting = list(self.waiting) + list(self.waiting_cpu)
+        self.waiting, self.waiting_cpu = deque(), deque()
+        return waiting
+
+    def _assign(self, p, entry):
+        if p.cpu:
+            entry.cpu_busy = True
+        entry.tasks += 1
+        entry.tasks_submitted += 1
+        p.deferred.callback(entry)
+
     def _dispatch(self):
-        if not self.waiting:
-            return
-        remaining = deque()
-        blocked_general = False
-        while self.waiting:
-            p = self.waiting.popleft()
+        if self.waiting:
+            remaining = deque()
+            while self.waiting:
+                p = self.waiting.popleft()
+                if p.deferred.called:
+                    continue
+                entry = self._pick(p)
+                if entry is None:
+                    remaining.append(p)
+                else:
+                    self._assign(p, entry)
+            self.waiting = remaining
+        # CPU tasks for any server: serve the head while a server is free, and
+        # stop at the first that must wait (the rest wait behind it).
+        queue = self.waiting_cpu
+        while queue:
+            p = queue[0]
             if p.deferred.called:
-                continue
-            if blocked_general and p.cpu and p.where is None:
-                remaining.append(p)
+                queue.popleft()
                 continue
             entry = self._pick(p)
             if entry is None:
-                if p.cpu and p.where is None:
-                    blocked_general = True
-                remaining.append(p)
-                continue
-            if p.cpu:
-                entry.cpu_busy = True
-            entry.tasks += 1
-            entry.tasks_submitted += 1
-            p.deferred.callback(entry)
-        self.waiting = remaining
+                break
+            queue.popleft()
+            self._assign(p, entry)
 
     def task_done(self, entry, cpu):
         """A task placed on C{entry} ended."""

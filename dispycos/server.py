@@ -21,6 +21,7 @@ from . import serialize
 from .errors import DispycosError, SetupError
 from .protocol import commands
 from .status import Location
+from .tasks import Task
 
 _FD_IN, _FD_OUT = 3, 4
 
@@ -153,8 +154,6 @@ class Server:
     @defer.inlineCallbacks
     def run_setup(self, function, args, node_level, cwd):
         """Run C{node_setup}/C{server_setup}; it must finish with 0."""
-        from .tasks import Task
-
         fn = self.components.get(function)
         if fn is None:
             raise SetupError("setup function %r is not a component" % (function,))
@@ -210,8 +209,6 @@ class Server:
             call()
 
     def execute(self, proto, function, code, args):
-        from .tasks import Task
-
         if code is not None:
             try:
                 fn = serialize.loads(code)

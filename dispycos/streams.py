@@ -21,10 +21,10 @@ from .errors import FileTransferError
 from .protocol import commands
 from .protocol.base import DispycosAMP
 
-#: Bytes per chunk (below AMP's 64 KiB value limit).
-CHUNK = 60000
+#: Bytes per chunk (one AMP box, its value split over keys).
+CHUNK = 1024 * 1024
 #: Chunks in flight, unacknowledged.
-WINDOW = 16
+WINDOW = 8
 
 _ids = itertools.count(1)
 
@@ -75,6 +75,26 @@ class _Incoming:
             pass
 
 
+class _IncomingBlob:
+    """A blob being received: its chunks, in memory."""
+
+    def __init__(self, sid, size):
+        self.id = sid
+        self.size = size
+        self.received = 0
+        self.chunks = []
+
+    def write(self, data):
+        self.chunks.append(data)
+        self.received += len(data)
+
+    def discard(self):
+        self.chunks = []
+
+    def data(self):
+        return b"".join(self.chunks)
+
+
 class StreamReceiver:
     """
     The receiving side of streams on one connection.
@@ -101,9 +121,10 @@ class StreamReceiver:
             raise FileTransferError("%s is %d bytes, over the limit of %d bytes" % (name, size, self.max_size))
         sid = next(_ids)
         if purpose == "blob":
-            root = self.roots("blob", computation)
-            target = os.path.join(root, ".dispycos-blob-%d-%d" % (os.getpid(), sid))
-            overwrite = True
+            # A payload to unpickle: it is needed in memory anyway, so it is
+            # gathered there (TCP keeps it intact; files are what get digests).
+            self.open[sid] = _IncomingBlob(sid, size)
+            return sid
         elif purpose == "file":
             target = safe_target(self.roots(dest, computation), name, subdir)
             if os.path.exists(target) and not overwrite:
@@ -123,6 +144,9 @@ class StreamReceiver:
         if offset != s.received or s.received + len(data) > s.size:
             self.abort(sid)
             raise FileTransferError("stream %d: chunk at %d out of place or past its size" % (sid, offset))
+        if isinstance(s, _IncomingBlob):
+            s.write(data)
+            return
         try:
             s.file.write(data)
         except OSError as e:
@@ -135,6 +159,10 @@ class StreamReceiver:
         s = self.open.pop(sid, None)
         if s is None:
             raise FileTransferError("no stream %d" % (sid,))
+        if isinstance(s, _IncomingBlob):
+            if s.received != s.size:
+                raise FileTransferError("stream %d: %d of %d bytes" % (sid, s.received, s.size))
+            return s
         s.file.close()
         if s.received != s.size or s.sha.digest() != s.digest:
             s.discard()
@@ -216,24 +244,11 @@ def send_blob(proto, data, computation=""):
     """Stream C{data} (bytes) as a blob; fires with its stream id at the receiver."""
     view = memoryview(data)
     r = yield proto.callRemote(commands.StreamOpen, purpose="blob", name="blob", dir="", dest="blob",
-                               size=len(data), sha256=hashlib.sha256(view).digest(), overwrite=True,
-                               computation=computation)
+                               size=len(data), sha256=b"\0" * 32, overwrite=True, computation=computation)
     sid = r["stream"]
     yield _send_chunks(proto, sid, lambda offset, n: bytes(view[offset:offset + n]), len(data))
     r = yield proto.callRemote(commands.StreamClose, stream=sid)
     return sid, r["path"]
-
-
-def read_blob(path):
-    """The bytes of a received blob (the file is removed)."""
-    try:
-        with open(path, "rb") as f:
-            return f.read()
-    finally:
-        try:
-            os.unlink(path)
-        except OSError:
-            pass
 
 
 
@@ -251,21 +266,16 @@ class StreamingAMP(DispycosAMP):
     def connectionLost(self, reason):
         super().connectionLost(reason)
         self.streams.abort_all()
-        for path in self.blobs.values():
-            try:
-                os.unlink(path)
-            except OSError:
-                pass
         self.blobs.clear()
 
     def payload(self, inline, blob):
         """The bytes of an argument sent inline or (when large) as a blob before."""
         if blob is None:
             return inline
-        path = self.blobs.pop(blob, None)
-        if path is None:
+        incoming = self.blobs.pop(blob, None)
+        if incoming is None:
             raise FileTransferError("no blob %d on this connection" % (blob,))
-        return read_blob(path)
+        return incoming.data()
 
     @commands.StreamOpen.responder
     def _stream_open(self, purpose, name, dir, dest, size, sha256, overwrite, computation):
@@ -279,10 +289,11 @@ class StreamingAMP(DispycosAMP):
 
     @commands.StreamClose.responder
     def _stream_close(self, stream):
-        path = self.streams.finish(stream)
-        if os.path.basename(path).startswith(".dispycos-blob-"):
-            self.blobs[stream] = path
-        return {"path": path}
+        landed = self.streams.finish(stream)
+        if isinstance(landed, _IncomingBlob):
+            self.blobs[stream] = landed
+            return {"path": ""}
+        return {"path": landed}
 
     @commands.StreamAbort.responder
     def _stream_abort(self, stream, reason):

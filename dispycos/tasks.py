@@ -404,6 +404,29 @@ class RemoteTask(TaskRef):
         return with_timeout(d, timeout, self._runtime().reactor, "result of %s" % (self,))
 
 
+_task_param = {}
+
+
+def _wants_task(fn):
+    """Whether C{fn} declares a parameter named C{task} (cached per function)."""
+    key = getattr(fn, "__code__", None) or fn
+    try:
+        return _task_param[key]
+    except (KeyError, TypeError):
+        pass
+    try:
+        wants = "task" in inspect.signature(fn).parameters
+    except (TypeError, ValueError):
+        wants = False
+    try:
+        if len(_task_param) > 10000:
+            _task_param.clear()
+        _task_param[key] = wants
+    except TypeError:
+        pass
+    return wants
+
+
 class Task(_TaskAPI):
     """
     A task running in this process, on the reactor, with a mailbox.
@@ -443,11 +466,8 @@ class Task(_TaskAPI):
         self._runner = None
         self._thread = None
         self._on_done = None
-        try:
-            if "task" in inspect.signature(fn).parameters:
-                self.kwargs["task"] = self
-        except (TypeError, ValueError):
-            pass
+        if _wants_task(fn):
+            self.kwargs["task"] = self
 
     @property
     def reactor(self):

@@ -27,7 +27,7 @@ import sys
 from twisted.python import usage
 
 from . import config, configfile
-from .node import NodeService, expand_ports, is_loopback
+from .node import NodeService, expand_ports
 from .options import UnderscoreOptions
 from .service_window import ServiceWindow, ServiceWindowError
 
@@ -129,34 +129,13 @@ class Options(UnderscoreOptions):
             if cpus <= 0:
                 raise usage.UsageError("--cpus %d leaves no CPU" % self["cpus"])
         self["servers"] = cpus
-        if self["secret"] is None:
-            self["secret"] = os.environ.get("DISPYCOS_SECRET", "")
-        if self["certfile"] or self["keyfile"] or self["cafile"]:
-            from .tls import TLS, TLSConfigError
-
-            if not self["certfile"]:
-                raise usage.UsageError("TLS needs --certfile (and --keyfile) for the node's own certificate")
-            try:
-                TLS(self["certfile"], self["keyfile"], self["cafile"])
-            except TLSConfigError as e:
-                raise usage.UsageError(str(e))
         try:
             self["max_file_size"] = config.parse_size(self["max_file_size"])
         except ValueError:
             raise usage.UsageError("--max_file_size: not a size: %r" % self["max_file_size"])
-        if not self["ip_addr"]:
-            self["ip_addr"] = ["" if self["secret"] else "127.0.0.1"]
-        if not self["secret"] and not self["insecure"]:
-            exposed = [h for h in self["ip_addr"] if not is_loopback(h or "0.0.0.0")]
-            if exposed:
-                raise usage.UsageError(
-                    "refusing to listen on %s without a secret: anyone who can connect could run code here; "
-                    "give one with -s/--secret (or $DISPYCOS_SECRET), or --insecure to override"
-                    % ", ".join(h or "all interfaces" for h in exposed)
-                )
-        if not self["secret"] and self["insecure"]:
-            print("WARNING: dispycosnode runs WITHOUT A SECRET on a non-loopback address: "
-                  "anyone who can reach it can run code on this machine", file=sys.stderr)
+        self.check_security("anyone who can connect could run code here",
+                            "dispycosnode runs WITHOUT A SECRET on a non-loopback address: "
+                            "anyone who can reach it can run code on this machine")
         if not (0 < self["min_pulse_interval"] <= self["max_pulse_interval"]):
             raise usage.UsageError("need 0 < --min_pulse_interval <= --max_pulse_interval")
         try:

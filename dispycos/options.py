@@ -40,6 +40,41 @@ class UnderscoreOptions(usage.Options):
         for name in self._repeatable:
             self[name] = []
 
+    def check_security(self, danger, warning):
+        """
+        The secure default (no secret: loopback only, unless --insecure) and
+        a usable TLS configuration, for either program.
+
+        @param danger: what an exposed listener without a secret allows.
+        @param warning: what --insecure prints.
+        """
+        import os
+
+        if self["secret"] is None:
+            self["secret"] = os.environ.get("DISPYCOS_SECRET", "")
+        if not self["ip_addr"]:
+            self["ip_addr"] = ["" if self["secret"] else "127.0.0.1"]
+        if not self["secret"]:
+            from .node import is_loopback
+
+            exposed = [h for h in self["ip_addr"] if not is_loopback(h or "0.0.0.0")]
+            if exposed and not self["insecure"]:
+                raise usage.UsageError(
+                    "refusing to listen on %s without a secret: %s; give one with -s/--secret "
+                    "(or $DISPYCOS_SECRET), or --insecure to override"
+                    % (", ".join(h or "all interfaces" for h in exposed), danger))
+            if self["insecure"]:
+                print("WARNING: %s" % warning, file=sys.stderr)
+        if self["certfile"] or self["keyfile"] or self["cafile"]:
+            from .tls import TLS, TLSConfigError
+
+            if not self["certfile"]:
+                raise usage.UsageError("TLS needs --certfile (and --keyfile) for this program's own certificate")
+            try:
+                TLS(self["certfile"], self["keyfile"], self["cafile"])
+            except TLSConfigError as e:
+                raise usage.UsageError(str(e))
+
     def opt_ip_addr(self, value):
         """Address to listen on (repeatable)."""
         self["ip_addr"].append(value)

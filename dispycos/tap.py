@@ -4,12 +4,8 @@ Options and service of the shared scheduler program C{dispycos} (and
 C{twistd dispycos}).
 """
 
-import os
-import sys
 
-from twisted.python import usage
 
-from .node import is_loopback
 from .options import UnderscoreOptions
 
 
@@ -44,30 +40,8 @@ class Options(UnderscoreOptions):
 
 
     def postOptions(self):
-        if self["secret"] is None:
-            self["secret"] = os.environ.get("DISPYCOS_SECRET", "")
-        if not self["ip_addr"]:
-            self["ip_addr"] = ["" if self["secret"] else "127.0.0.1"]
-        if not self["secret"] and not self["insecure"]:
-            exposed = [h for h in self["ip_addr"] if not is_loopback(h or "0.0.0.0")]
-            if exposed:
-                raise usage.UsageError(
-                    "refusing to listen on %s without a secret: clients could run code on every node; "
-                    "give one with -s/--secret (or $DISPYCOS_SECRET), or --insecure to override"
-                    % ", ".join(h or "all interfaces" for h in exposed)
-                )
-        if not self["secret"] and self["insecure"]:
-            print("WARNING: the dispycos scheduler runs WITHOUT A SECRET on a non-loopback address",
-                  file=sys.stderr)
-        if self["certfile"] or self["keyfile"] or self["cafile"]:
-            from .tls import TLS, TLSConfigError
-
-            if not self["certfile"]:
-                raise usage.UsageError("TLS needs --certfile (and --keyfile) for the scheduler's own certificate")
-            try:
-                TLS(self["certfile"], self["keyfile"], self["cafile"])
-            except TLSConfigError as e:
-                raise usage.UsageError(str(e))
+        self.check_security("clients could run code on every node",
+                            "the dispycos scheduler runs WITHOUT A SECRET on a non-loopback address")
 
 
 def makeService(options, reactor=None):

@@ -833,7 +833,7 @@ def test_an_oversized_task_outcome_still_reaches_the_creator():  # streamed as a
     from types import SimpleNamespace
 
     from dispycos.runtime import Runtime
-    from dispycos.tasks import ERROR, OK, decode_outcome
+    from dispycos.tasks import OK, decode_outcome
 
     clock = Clock()
     rt = Runtime(clock, threadpool=object())

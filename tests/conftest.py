@@ -22,6 +22,26 @@ def env_for_children():
     return env
 
 
+def stop_node_process(proc, log, dest, grace=15):
+    """
+    Stop a node started in a session of its own: TERM by PID, then KILL of
+    its process group after C{grace} seconds; close its log, remove C{dest}.
+    """
+    if proc.poll() is None:
+        proc.send_signal(signal.SIGTERM)
+        try:
+            proc.wait(grace)
+        except subprocess.TimeoutExpired:
+            pass
+    try:
+        os.killpg(proc.pid, signal.SIGKILL)
+    except (ProcessLookupError, PermissionError):
+        pass
+    proc.wait()
+    log.close()
+    shutil.rmtree(dest, ignore_errors=True)
+
+
 class NodeProcess:
     """A dispycosnode started for a test; C{stop()} ends it by its PID."""
 
@@ -79,19 +99,7 @@ class NodeProcess:
 
     def stop(self):
         """Stop the node by PID (TERM, then KILL of its process group); remove its files."""
-        if self.proc.poll() is None:
-            self.proc.send_signal(signal.SIGTERM)
-            try:
-                self.proc.wait(15)
-            except subprocess.TimeoutExpired:
-                pass
-        try:
-            os.killpg(self.proc.pid, signal.SIGKILL)
-        except (ProcessLookupError, PermissionError):
-            pass
-        self.proc.wait()
-        self.log.close()
-        shutil.rmtree(self.dest, ignore_errors=True)
+        stop_node_process(self.proc, self.log, self.dest)
 
 
 @pytest.fixture(scope="module")

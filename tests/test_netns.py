@@ -21,7 +21,7 @@ import time
 
 import pytest
 
-from .conftest import env_for_children
+from .conftest import env_for_children, stop_node_process
 
 PREFIX = "dsp%d" % (os.getpid() % 100000)
 NET = "10.77.%d" % (os.getpid() % 200 + 20)
@@ -82,19 +82,7 @@ class NsNode:
             time.sleep(0.05)
 
     def stop(self):
-        if self.proc.poll() is None:
-            self.proc.send_signal(signal.SIGTERM)
-            try:
-                self.proc.wait(10)
-            except subprocess.TimeoutExpired:
-                pass
-        try:
-            os.killpg(self.proc.pid, signal.SIGKILL)
-        except (ProcessLookupError, PermissionError):
-            pass
-        self.proc.wait()
-        self.log.close()
-        shutil.rmtree(self.dest, ignore_errors=True)
+        stop_node_process(self.proc, self.log, self.dest, grace=10)
 
 
 CLIENT = r'''

@@ -381,9 +381,11 @@ def test_clean_kills_orphaned_servers_and_stale_files(tmp_path):
     check_pid_file(pid_file)
     assert not os.path.exists(pid_file)
     # A live process that is not dispycos (pid reused) is not touched.
-    other = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(60)"])
+    # (Both wait on their stdin, which the test holds open, instead of sleeping.)
+    other = subprocess.Popen([sys.executable, "-c", "import sys; sys.stdin.read()"], stdin=subprocess.PIPE)
     # A leftover "server" (cmdline mentions dispycos) is refused, then killed by --clean.
-    orphan = subprocess.Popen([sys.executable, "-c", "import time, sys; time.sleep(60)", "dispycos.server"])
+    orphan = subprocess.Popen([sys.executable, "-c", "import sys; sys.stdin.read()", "dispycos.server"],
+                              stdin=subprocess.PIPE)
     try:
         ct = lambda p: psutil.Process(p.pid).create_time()
         json.dump({"pid": other.pid, "create_time": ct(other),

@@ -5,10 +5,9 @@ A L{Computation} ships code to servers that C{dispycosnode} runs on every
 compute host; tasks there exchange messages with the client and each other.
 """
 
+import importlib
+
 from ._version import __version__
-from .allocate import DispycosNodeAllocate
-from .channels import Channel, ChannelRef
-from .client import Client, Computation
 from .errors import (
     AuthenticationError,
     ComputationClosed,
@@ -26,8 +25,6 @@ from .errors import (
     TaskTerminated,
     UnknownTaskError,
 )
-from .local import LocalCluster, default_cluster
-from .scheduler import Scheduler
 from .status import (
     DispycosNodeAvailInfo,
     DispycosNodeInfo,
@@ -37,7 +34,37 @@ from .status import (
     Status,
     TaskInfo,
 )
-from .tasks import RemoteTask, Task, TaskRef, TimeoutError
+
+# The rest is imported on first use (PEP 562), so that node and server
+# processes ("python -m dispycos.server") load only what they run.
+_LAZY = {
+    "DispycosNodeAllocate": ".allocate",
+    "Channel": ".channels",
+    "ChannelRef": ".channels",
+    "Client": ".client",
+    "Computation": ".client",
+    "LocalCluster": ".local",
+    "default_cluster": ".local",
+    "Scheduler": ".scheduler",
+    "RemoteTask": ".tasks",
+    "Task": ".tasks",
+    "TaskRef": ".tasks",
+    "TimeoutError": ".tasks",
+}
+
+
+def __getattr__(name):
+    module = _LAZY.get(name)
+    if module is None:
+        raise AttributeError("module %r has no attribute %r" % (__name__, name))
+    value = getattr(importlib.import_module(module, __name__), name)
+    globals()[name] = value
+    return value
+
+
+def __dir__():
+    return sorted(set(globals()) | set(_LAZY))
+
 
 # Status codes at module level for "from dispycos import *", except the names
 # that are exception classes (their codes stay reachable as Status.X).

@@ -50,6 +50,8 @@ class Options(UnderscoreOptions):
                         "(recorded in <dest_path>/%s) and start anyway." % PID_FILE_NAME],
         ["stdin_commands", None, "Read commands from stdin even when it is not a terminal (a pipe); "
                                  "overrides --daemon."],
+        ["twisted_tls", None, "Load Twisted's TLS support (pyOpenSSL, ~12 MiB) in every server process, for tasks "
+                              "that use reactor.connectSSL, startTLS or https with Twisted's Agent."],
     ]
     optParameters = [
         ["cpus", "c", 0, "Number of servers: 0 = all CPUs, N > 0 = N, N < 0 = all but N.", int],
@@ -352,6 +354,7 @@ def makeService(options, reactor=None):
         dest_path=options["dest_path"],
         ext_hosts=options["ext_ip_addr"],
         debug=options["debug"],
+        twisted_tls=options["twisted_tls"],
         ready_file=options["ready_file"],
         min_pulse_interval=options["min_pulse_interval"],
         max_pulse_interval=options["max_pulse_interval"],

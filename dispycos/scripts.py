@@ -69,6 +69,9 @@ def _second_signal_kills():
 
 def node_main(argv=None):
     """Entry point of C{dispycosnode}."""
+    from . import _lean
+
+    _lean.import_twisted()  # the node never needs Twisted's own TLS plumbing
     from .nodetap import Options, makeService
 
     _run_service(Options, makeService, sys.argv[1:] if argv is None else argv, "dispycosnode")

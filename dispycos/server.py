@@ -13,6 +13,11 @@ import os
 import signal
 import sys
 
+if __name__ == "__main__":  # a server process: Twisted without pyOpenSSL, see _lean
+    from dispycos import _lean
+
+    _lean.import_twisted(twisted_tls="--twisted_tls" in sys.argv)
+
 from twisted.internet import defer
 from twisted.logger import Logger
 from twisted.protocols import amp
@@ -276,6 +281,7 @@ def main(argv=None):
     parser.add_argument("--certfile", default=None)
     parser.add_argument("--keyfile", default=None)
     parser.add_argument("--cafile", default=None)
+    parser.add_argument("--twisted_tls", action="store_true", help="load Twisted's TLS support (see dispycos._lean)")
     args = parser.parse_args(argv)
     die_with_parent(args.parent)
     sys.setswitchinterval(0.001)

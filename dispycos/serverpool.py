@@ -116,6 +116,8 @@ class ServerSlot(ProcessProtocol):
         ]
         if self.node.debug:
             argv.append("--debug")
+        if getattr(self.node, "twisted_tls", False):
+            argv.append("--twisted_tls")
         if getattr(self.node, "max_file_size", 0):
             argv += ["--max_file_size", str(self.node.max_file_size)]
         for option, path in zip(("--certfile", "--keyfile", "--cafile"), getattr(self.node, "tls_files", ())):

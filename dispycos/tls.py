@@ -9,10 +9,16 @@ A listener with a C{cafile} requires client certificates (mutual TLS).
 Misconfigurations fail at once with one clear line (L{TLSConfigError}).
 """
 
-from twisted.internet import ssl
-from twisted.internet.endpoints import TCP4ClientEndpoint, wrapClientTLS
+from twisted.internet.endpoints import TCP4ClientEndpoint
+from twisted.internet.interfaces import IStreamClientEndpoint
+from zope.interface import implementer
 
 from .errors import DispycosError
+
+# twisted.internet.ssl and twisted.protocols.tls (pyOpenSSL) are imported only
+# when TLS is configured, and used directly rather than through
+# reactor.listenSSL or endpoints.wrapClientTLS: node and server processes
+# import Twisted without pyOpenSSL (see dispycos._lean).
 
 #: The name peers' certificates must carry (subjectAltName DNS).
 SERVICE_NAME = "dispycos"
@@ -47,6 +53,8 @@ class TLS:
         self.ca = None
         if keyfile and not certfile:
             raise TLSConfigError("--keyfile needs --certfile")
+        from twisted.internet import ssl
+
         if certfile:
             pem = _read(certfile, "certificate")
             if keyfile:
@@ -81,13 +89,17 @@ class TLS:
     def client_options(self):
         if self.ca is None:
             raise TLSConfigError("TLS connections need --cafile to verify peers")
+        from twisted.internet import ssl
+
         return ssl.optionsForClientTLS(self.name, trustRoot=self.ca, clientCertificate=self.cert)
 
 
 def listen(reactor, port, factory, interface="", tls=None):
     """Listen on TCP, or TLS when C{tls} is enabled."""
     if tls is not None and tls.enabled:
-        return reactor.listenSSL(port, factory, tls.server_options(), interface=interface)
+        from twisted.protocols.tls import TLSMemoryBIOFactory
+
+        factory = TLSMemoryBIOFactory(tls.server_options(), False, factory)
     return reactor.listenTCP(port, factory, interface=interface)
 
 
@@ -95,8 +107,23 @@ def client_endpoint(reactor, host, port, tls=None, timeout=10):
     """An endpoint to C{host:port}, wrapped in verified TLS when C{tls} is enabled."""
     endpoint = TCP4ClientEndpoint(reactor, host, port, timeout=timeout)
     if tls is not None and tls.enabled:
-        return wrapClientTLS(tls.client_options(), endpoint)
+        return _TLSClientEndpoint(tls.client_options(), endpoint)
     return endpoint
+
+
+@implementer(IStreamClientEndpoint)
+class _TLSClientEndpoint:
+    """C{endpoint} with TLS on top; C{connect} fires with the inner protocol."""
+
+    def __init__(self, options, endpoint):
+        self._options = options
+        self._endpoint = endpoint
+
+    def connect(self, factory):
+        from twisted.protocols.tls import TLSMemoryBIOFactory
+
+        d = self._endpoint.connect(TLSMemoryBIOFactory(self._options, True, factory))
+        return d.addCallback(lambda proto: proto.wrappedProtocol)
 
 
 def make_certificates(directory, names=(SERVICE_NAME,), days=3650):

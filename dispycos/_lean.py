@@ -1,0 +1,56 @@
+"""
+Lean start for node and server processes: import Twisted without pyOpenSSL.
+
+Twisted's reactor, endpoints and AMP modules try to import pyOpenSSL (and with
+it cryptography) when they are first imported, which costs ~12 MiB of resident
+memory and ~40 ms per process, and Twisted's compatibility module imports
+C{http.cookiejar} (urllib.request, http.client, email: ~3 MiB more). A node
+never needs Twisted's own TLS plumbing (L{dispycos.tls} wraps connections
+itself), and most tasks never do either, so node and server processes import
+Twisted with pyOpenSSL hidden, then unhide it: code that imports C{OpenSSL}
+later gets the real module. What stays off in such a process is the TLS
+support Twisted decides on at import time: C{reactor.listenSSL}/C{connectSSL},
+C{startTLS} on TCP connections, and TLS endpoints (C{wrapClientTLS}, https
+with C{twisted.web.client.Agent}). Tasks that need those run on a node started
+with C{--twisted_tls}.
+"""
+
+import importlib
+import importlib.util
+import sys
+
+
+def _lazy_module(name):
+    """
+    Put a lazily loaded C{name} in C{sys.modules} (and on its package): its
+    code runs on first attribute access, so importing it costs nothing.
+    """
+    spec = importlib.util.find_spec(name)
+    if spec is None or spec.loader is None:
+        return
+    spec.loader = importlib.util.LazyLoader(spec.loader)
+    module = importlib.util.module_from_spec(spec)
+    sys.modules[name] = module
+    spec.loader.exec_module(module)
+    parent, _, child = name.rpartition(".")
+    setattr(importlib.import_module(parent), child, module)
+
+
+def import_twisted(twisted_tls=False):
+    """
+    Import the reactor, endpoints and AMP, without pyOpenSSL unless
+    C{twisted_tls} (or unless Twisted's networking is already imported, when
+    hiding it would change nothing). Call it before anything imports Twisted's
+    networking modules.
+    """
+    if twisted_tls or "twisted.internet.tcp" in sys.modules or "OpenSSL" in sys.modules:
+        return
+    if "http.cookiejar" not in sys.modules:
+        _lazy_module("http.cookiejar")
+    sys.modules["OpenSSL"] = None  # "import OpenSSL" raises ImportError
+    try:
+        import twisted.internet.reactor  # noqa: F401
+        import twisted.internet.endpoints  # noqa: F401
+        import twisted.protocols.amp  # noqa: F401
+    finally:
+        del sys.modules["OpenSSL"]

@@ -1,0 +1,66 @@
+"""
+Lean processes (dispycos._lean): node and servers import Twisted without
+pyOpenSSL unless the node runs with --twisted_tls; tasks can still import
+pyOpenSSL, and TLS links keep working (tests/test_tls.py).
+"""
+
+import subprocess
+import sys
+
+import pytest_twisted
+
+from .conftest import NodeProcess, env_for_children
+from .test_core import Session
+
+
+def twisted_tls_state():
+    import sys
+
+    from twisted.internet import posixbase
+
+    loaded_at_start = "OpenSSL" in sys.modules
+    import OpenSSL  # a task may still import it
+
+    return {"at_start": loaded_at_start, "reactor_tls": posixbase.tls is not None, "pyopenssl": OpenSSL.__name__}
+
+
+@pytest_twisted.ensureDeferred
+async def test_servers_start_without_pyopenssl(node):
+    async with Session(node, [twisted_tls_state]) as comp:
+        state = await comp.run_result(twisted_tls_state)
+    assert state == {"at_start": False, "reactor_tls": False, "pyopenssl": "OpenSSL"}
+
+
+@pytest_twisted.ensureDeferred
+async def test_twisted_tls_option_loads_it():
+    node = NodeProcess(cpus=1, args=["--twisted_tls"])
+    try:
+        async with Session(node, [twisted_tls_state]) as comp:
+            state = await comp.run_result(twisted_tls_state)
+    finally:
+        node.stop()
+    assert state == {"at_start": True, "reactor_tls": True, "pyopenssl": "OpenSSL"}
+
+
+def test_lean_import_in_a_fresh_interpreter():
+    code = (
+        "import sys\n"
+        "from dispycos import _lean\n"
+        "_lean.import_twisted()\n"
+        "from twisted.protocols import amp\n"
+        "assert 'OpenSSL' not in sys.modules and 'urllib.request' not in sys.modules\n"
+        "import http.cookiejar\n"
+        "assert http.cookiejar.CookieJar().__class__.__name__ == 'CookieJar'\n"
+        "import OpenSSL.SSL\n"
+        "print('ok')\n"
+    )
+    out = subprocess.run([sys.executable, "-c", code], env=env_for_children(), capture_output=True, text=True,
+                         timeout=60)
+    assert out.stdout.strip() == "ok", out.stderr
+
+
+def test_import_dispycos_is_light():
+    code = "import sys, dispycos; print('twisted.internet.reactor' in sys.modules, 'dispycos.client' in sys.modules)"
+    out = subprocess.run([sys.executable, "-c", code], env=env_for_children(), capture_output=True, text=True,
+                         timeout=60)
+    assert out.stdout.split() == ["False", "False"], out.stderr

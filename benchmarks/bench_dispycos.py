@@ -155,14 +155,14 @@ async def run_workload(args, reactor):
         elif w in ("W1", "W1a"):
             n = size["w1_tasks"]
             run = comp.run if w == "W1" else comp.run_async
-            t = time.perf_counter()
+            t, cpu = time.perf_counter(), time.process_time()
             rtasks = await defer.gatherResults([run(noop) for _ in range(n)], consumeErrors=True)
             t_submitted = time.perf_counter() - t
             results = await defer.gatherResults([r.result() for r in rtasks], consumeErrors=True)
             dt = time.perf_counter() - t
             assert results == [0] * n
             value = n / dt
-            extra.update(seconds=dt, submit_seconds=t_submitted)
+            extra.update(seconds=dt, submit_seconds=t_submitted, client_cpu_seconds=time.process_time() - cpu)
         elif w == "W2":
             lat = []
             for i in range(size["w2_warmup"] + size["w2_calls"]):  # bounded

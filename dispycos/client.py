@@ -309,27 +309,38 @@ class Computation:
         serialize.register_by_value(fn)
         return "", serialize.dumps(fn, "function %s" % (name,))
 
-    @defer.inlineCallbacks
     def _run(self, where, fn, args, kwargs, cpu):
-        if not self._active or self._closing:
-            raise ComputationClosed("computation is not scheduled" if not self._closing else "computation is closing")
-        if self._scheduler_gone is not None:
-            raise ComputationClosed("the scheduler is gone: %s" % (self._scheduler_gone,))
-        name, code = self._code_for(fn)
-        for obj in list(args) + list(kwargs.values()):
-            serialize.register_by_value(type(obj))
-        argblob = serialize.dumps((args, kwargs), "arguments of %s" % (_component_name(fn),))
+        # Explicit callbacks rather than inlineCallbacks: this is the per-task path.
+        try:
+            if not self._active or self._closing:
+                raise ComputationClosed("computation is not scheduled" if not self._closing else "computation is closing")
+            if self._scheduler_gone is not None:
+                raise ComputationClosed("the scheduler is gone: %s" % (self._scheduler_gone,))
+            name, code = self._code_for(fn)
+            for obj in args:
+                serialize.register_by_value(type(obj))
+            for obj in kwargs.values():
+                serialize.register_by_value(type(obj))
+            argblob = serialize.dumps((args, kwargs), "arguments of %s" % (_component_name(fn),))
+            if where is not None and not isinstance(where, Location):
+                where = str(where)
+            d = self._scheduler.place(self, cpu, where)
+        except Exception:
+            return defer.fail()
+        return d.addCallback(self._placed, name, code, argblob, args, kwargs, cpu)
+
+    def _placed(self, entry, name, code, argblob, args, kwargs, cpu):
         from .protocol import commands
 
-        if where is not None and not isinstance(where, Location):
-            where = str(where)
-        entry = yield self._scheduler.place(self, cpu, where)
-        try:
-            r = yield self.runtime.call_with_payload(entry.location, commands.RunTask, "args", argblob,
-                                                     function=name, code=code)
-        except Exception:
-            self._scheduler.task_done(entry, cpu)
-            raise
+        d = self.runtime.call_with_payload(entry.location, commands.RunTask, "args", argblob, function=name, code=code)
+        return d.addCallbacks(self._created, self._not_created, callbackArgs=(entry, args, kwargs, cpu),
+                              errbackArgs=(entry, cpu))
+
+    def _not_created(self, failure, entry, cpu):
+        self._scheduler.task_done(entry, cpu)
+        return failure
+
+    def _created(self, r, entry, args, kwargs, cpu):
         info = TaskInfo(None, args, kwargs, time.time())
         rtask = RemoteTask(entry.location, r["task"], r["name"], computation=self, info=info)
         info.task = rtask
@@ -338,6 +349,8 @@ class Computation:
         self._tasks[(rtask.location, rtask.tid)] = rtask
         self._status(Status.TaskCreated, info)
         self.runtime.expect(rtask)
+        if r.get("outcome") is not None:
+            self.runtime._remote_outcome(rtask.location, rtask.tid, r["outcome"])
         return rtask
 
     def _task_ended(self, rtask):

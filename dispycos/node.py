@@ -162,9 +162,11 @@ class NodeService(service.Service):
                  min_pulse_interval=config.MinPulseInterval, max_pulse_interval=config.MaxPulseInterval,
                  udp_port=config.NodePort, peers=(), scheduler_port=config.SchedulerPort,
                  serve=-1, on_exit=None, service_window=None, zombie_period=0, pid_file=None,
-                 stdin_commands=False, max_file_size=0, tls_files=(), twisted_tls=False):
+                 stdin_commands=False, max_file_size=0, tls_files=(), twisted_tls=False,
+                 sched_normal=False):
         self.reactor = reactor
         self.twisted_tls = twisted_tls
+        self.sched_normal = sched_normal
         self.max_file_size = max_file_size
         self.tls_files = tuple(tls_files)
         self.tls = TLS(*self.tls_files) if any(self.tls_files) else None

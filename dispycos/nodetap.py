@@ -50,6 +50,8 @@ class Options(UnderscoreOptions):
                         "(recorded in <dest_path>/%s) and start anyway." % PID_FILE_NAME],
         ["stdin_commands", None, "Read commands from stdin even when it is not a terminal (a pipe); "
                                  "overrides --daemon."],
+        ["sched_normal", None, "Run server processes under the normal Linux scheduling policy; by default they run "
+                               "as SCHED_BATCH (throughput work that does not preempt other processes on wake-up)."],
         ["twisted_tls", None, "Load Twisted's TLS support (pyOpenSSL, ~12 MiB) in every server process, for tasks "
                               "that use reactor.connectSSL, startTLS or https with Twisted's Agent."],
     ]
@@ -355,6 +357,7 @@ def makeService(options, reactor=None):
         ext_hosts=options["ext_ip_addr"],
         debug=options["debug"],
         twisted_tls=options["twisted_tls"],
+        sched_normal=options["sched_normal"],
         ready_file=options["ready_file"],
         min_pulse_interval=options["min_pulse_interval"],
         max_pulse_interval=options["max_pulse_interval"],

@@ -358,7 +358,10 @@ class Runtime:
         blob = encode_outcome(task.outcome) if creator is not None and creator.connected else None
         self._keep_finished(task.tid, task.outcome, len(blob) if blob is not None else 0)
         if blob is not None:
-            if len(blob) > INLINE_LIMIT:
+            answer = getattr(task, "_answer", None)
+            if answer is not None and len(blob) <= INLINE_LIMIT:
+                answer["outcome"] = blob  # ended at once: goes with the RunTask answer
+            elif len(blob) > INLINE_LIMIT:
                 self._send_large_outcome(creator, task.tid, blob)
             else:
                 creator.queue(commands.TaskEnded, task.tid, blob)
@@ -500,12 +503,19 @@ class Runtime:
         """C{callRemote} on the connection to C{location}."""
         return self.connection(location).addCallback(lambda p: p.callRemote(command, **kw))
 
-    @defer.inlineCallbacks
     def call_with_payload(self, location, command, name, data, **kw):
         """
         C{callRemote} with the bytes argument C{name} sent inline, or first
         streamed as a blob (argument C{name + "_blob"}) when it is large.
         """
+        link = self.links.get(location)
+        if link is not None and link.proto is not None and link.proto.connected and len(data) <= INLINE_LIMIT:
+            kw[name] = data  # the common case, without a generator per call
+            return link.proto.callRemote(command, **kw)
+        return self._call_with_payload(location, command, name, data, kw)
+
+    @defer.inlineCallbacks
+    def _call_with_payload(self, location, command, name, data, kw):
         proto = yield self.connection(location)
         if len(data) > INLINE_LIMIT:
             sid, _ = yield send_blob(proto, data)

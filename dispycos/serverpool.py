@@ -116,8 +116,9 @@ class ServerSlot(ProcessProtocol):
         ]
         if self.node.debug:
             argv.append("--debug")
-        if getattr(self.node, "twisted_tls", False):
-            argv.append("--twisted_tls")
+        for flag in ("twisted_tls", "sched_normal"):
+            if getattr(self.node, flag, False):
+                argv.append("--" + flag)
         if getattr(self.node, "max_file_size", 0):
             argv += ["--max_file_size", str(self.node.max_file_size)]
         for option, path in zip(("--certfile", "--keyfile", "--cafile"), getattr(self.node, "tls_files", ())):

@@ -176,7 +176,10 @@ class RunTask(amp.Command):
         (b"args", BigBytes()),
         (b"args_blob", amp.Integer(optional=True)),
     ]
-    response = [(b"task", amp.Integer()), (b"name", amp.Unicode())]
+    # C{outcome}: the encoded outcome when the task ended before the answer
+    # went out (a generator or coroutine that never waited); it is then not
+    # sent again with C{TaskEnded}.
+    response = [(b"task", amp.Integer()), (b"name", amp.Unicode()), (b"outcome", BigBytes(optional=True))]
     errors = _common_errors
 
 

@@ -1,7 +1,7 @@
 """
 Lean start for node and server processes: import Twisted without pyOpenSSL.
 
-Twisted's reactor, endpoints and AMP modules try to import pyOpenSSL (and with
+Twisted's reactor, AMP and endpoints modules try to import pyOpenSSL (and with
 it cryptography) when they are first imported, which costs ~12 MiB of resident
 memory and ~40 ms per process, and Twisted's compatibility module imports
 C{http.cookiejar} (urllib.request, http.client, email: ~3 MiB more). A node
@@ -38,7 +38,7 @@ def _lazy_module(name):
 
 def import_twisted(twisted_tls=False):
     """
-    Import the reactor, endpoints and AMP, without pyOpenSSL unless
+    Import the reactor and AMP, without pyOpenSSL unless
     C{twisted_tls} (or unless Twisted's networking is already imported, when
     hiding it would change nothing). Call it before anything imports Twisted's
     networking modules.
@@ -50,7 +50,6 @@ def import_twisted(twisted_tls=False):
     sys.modules["OpenSSL"] = None  # "import OpenSSL" raises ImportError
     try:
         import twisted.internet.reactor  # noqa: F401
-        import twisted.internet.endpoints  # noqa: F401
         import twisted.protocols.amp  # noqa: F401
     finally:
         del sys.modules["OpenSSL"]

@@ -13,7 +13,6 @@ import tempfile
 from collections import OrderedDict
 
 from twisted.internet import defer
-from twisted.internet.endpoints import connectProtocol
 from twisted.internet.protocol import Factory
 from twisted.logger import Logger
 
@@ -24,7 +23,7 @@ from .protocol import commands
 from .protocol.arguments import unpack_items
 from .status import Location
 from .streams import StreamingAMP, send_blob
-from .tls import client_endpoint
+from .tls import connect as tls_connect
 from .tls import listen as tls_listen
 from .tasks import ABANDONED, set_reactor_thread, decode_outcome, encode_outcome, error_outcome, outcome_result, with_timeout
 
@@ -446,8 +445,7 @@ class Runtime:
             return self._link_failed(link, ComputationClosed("no computation to reach %s" % (link.location,)))
         link.connecting = True
         proto = PeerAMP(self, listening=False)
-        endpoint = client_endpoint(self.reactor, link.location.addr, link.location.port, self.tls)
-        d = connectProtocol(endpoint, proto)
+        d = tls_connect(self.reactor, link.location.addr, link.location.port, proto, self.tls)
         d.addCallback(lambda p: p.handshake(key, "peer", comp))
 
         def ok(_):

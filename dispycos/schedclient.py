@@ -8,7 +8,6 @@ connection (with heartbeats both ways).
 import pickle
 
 from twisted.internet import defer, task
-from twisted.internet.endpoints import connectProtocol
 from twisted.logger import Logger
 
 from . import config
@@ -16,7 +15,7 @@ from .errors import ComputationClosed, ConnectionLostError, DispycosError, Sched
 from .protocol import auth, commands
 from .protocol.arguments import unpack_items
 from .protocol.base import DispycosAMP
-from .tls import client_endpoint
+from .tls import connect as tls_connect
 from .status import DispycosNodeAvailInfo, DispycosNodeInfo, DispycosStatus, Location, Status
 
 
@@ -88,9 +87,8 @@ class RemoteScheduler:
     def submit(self, comp):
         self.comp = comp
         proto = _SchedulerProtocol(self)
-        endpoint = client_endpoint(self.reactor, self.location.addr, self.location.port, self.tls)
         try:
-            yield connectProtocol(endpoint, proto)
+            yield tls_connect(self.reactor, self.location.addr, self.location.port, proto, self.tls)
         except Exception as e:
             self._report = "scheduler %s: %s" % (self.location, e)
             raise ScheduleError("cannot reach the scheduler at %s: %s" % (self.location, e))

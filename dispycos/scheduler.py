@@ -13,14 +13,14 @@ import uuid
 from collections import deque
 
 from twisted.internet import defer, error
-from twisted.internet.endpoints import connectProtocol
 from twisted.logger import Logger
 
 from . import config
 from .errors import AuthenticationError, ComputationClosed, DispycosError, NoServerError, ScheduleError, SetupError
 from .protocol import auth, commands
 from .protocol.base import DispycosAMP
-from .tls import TLS, client_endpoint
+from .tls import TLS
+from .tls import connect as tls_connect
 from .status import DispycosNodeAvailInfo, DispycosNodeInfo, DispycosStatus, Location, Status
 
 
@@ -99,8 +99,7 @@ class NodeLink:
         self.state = "connecting"
         reactor = self.scheduler.reactor
         proto = _NodeClient(self)
-        endpoint = client_endpoint(reactor, self.location.addr, self.location.port, self.scheduler.tls, timeout=5)
-        d = connectProtocol(endpoint, proto)
+        d = tls_connect(reactor, self.location.addr, self.location.port, proto, self.scheduler.tls, timeout=5)
         d.addCallback(lambda p: p.handshake(self.scheduler.key, "scheduler"))
         d.addCallback(lambda _: proto.callRemote(commands.NodeInfo))
         d.addCallbacks(lambda info: self._connected(proto, info), lambda f: self._failed(proto, f))

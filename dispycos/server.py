@@ -8,10 +8,10 @@ exchange messages with it directly. It dies with its node: the pipe closing
 ends it, and on Linux so does the node's death (PR_SET_PDEATHSIG).
 """
 
-import argparse
 import os
 import signal
 import sys
+import types
 
 if __name__ == "__main__":  # a server process: Twisted without pyOpenSSL, see _lean
     from dispycos import _lean
@@ -287,21 +287,49 @@ class Server:
         os._exit(0)
 
 
+#: Options of a server process (the node writes its command line): name -> (type, default); bool = a flag.
+_OPTIONS = {
+    "index": (int, None), "host": (str, "127.0.0.1"), "port": (int, 0), "announce": (str, None),
+    "parent": (int, 0), "debug": (bool, False), "max_file_size": (int, 0), "certfile": (str, None),
+    "keyfile": (str, None), "cafile": (str, None), "sched_normal": (bool, False), "twisted_tls": (bool, False),
+}
+
+
+def parse_args(argv):
+    """
+    The options in C{argv} (C{--name value} or C{--flag}) as a namespace;
+    ValueError for anything else. (Not argparse: it and gettext cost every
+    server process memory and start-up time for a command line only the node
+    writes.)
+    """
+    values = {name: default for name, (kind, default) in _OPTIONS.items()}
+    items = iter(argv)
+    for arg in items:
+        name = arg[2:] if arg.startswith("--") else None
+        if name not in _OPTIONS:
+            raise ValueError("unknown argument %r" % (arg,))
+        kind = _OPTIONS[name][0]
+        if kind is bool:
+            values[name] = True
+            continue
+        value = next(items, None)
+        if value is None:
+            raise ValueError("--%s needs a value" % (name,))
+        try:
+            values[name] = kind(value)
+        except ValueError:
+            raise ValueError("--%s: bad value %r" % (name, value))
+    if values["index"] is None:
+        raise ValueError("--index is required")
+    return types.SimpleNamespace(**values)
+
+
 def main(argv=None):
-    parser = argparse.ArgumentParser(prog="python -m dispycos.server")
-    parser.add_argument("--index", type=int, required=True)
-    parser.add_argument("--host", default="127.0.0.1")
-    parser.add_argument("--port", type=int, default=0)
-    parser.add_argument("--announce", default=None)
-    parser.add_argument("--parent", type=int, default=0)
-    parser.add_argument("--debug", action="store_true")
-    parser.add_argument("--max_file_size", type=int, default=0)
-    parser.add_argument("--certfile", default=None)
-    parser.add_argument("--keyfile", default=None)
-    parser.add_argument("--cafile", default=None)
-    parser.add_argument("--sched_normal", action="store_true", help="keep the normal scheduling policy")
-    parser.add_argument("--twisted_tls", action="store_true", help="load Twisted's TLS support (see dispycos._lean)")
-    args = parser.parse_args(argv)
+    try:
+        args = parse_args(sys.argv[1:] if argv is None else argv)
+    except ValueError as e:
+        print("python -m dispycos.server: %s" % (e,), file=sys.stderr)
+        sys.exit(2)
     die_with_parent(args.parent)
     sys.setswitchinterval(0.001)
     if not args.sched_normal:

@@ -9,15 +9,14 @@ A listener with a C{cafile} requires client certificates (mutual TLS).
 Misconfigurations fail at once with one clear line (L{TLSConfigError}).
 """
 
-from twisted.internet.endpoints import TCP4ClientEndpoint
-from twisted.internet.interfaces import IStreamClientEndpoint
-from zope.interface import implementer
+from twisted.internet import defer
+from twisted.internet.protocol import ClientFactory
 
 from .errors import DispycosError
 
 # twisted.internet.ssl and twisted.protocols.tls (pyOpenSSL) are imported only
 # when TLS is configured, and used directly rather than through
-# reactor.listenSSL or endpoints.wrapClientTLS: node and server processes
+# reactor.listenSSL/connectSSL or endpoints: node and server processes
 # import Twisted without pyOpenSSL (see dispycos._lean).
 
 #: The name peers' certificates must carry (subjectAltName DNS).
@@ -103,27 +102,43 @@ def listen(reactor, port, factory, interface="", tls=None):
     return reactor.listenTCP(port, factory, interface=interface)
 
 
-def client_endpoint(reactor, host, port, tls=None, timeout=10):
-    """An endpoint to C{host:port}, wrapped in verified TLS when C{tls} is enabled."""
-    endpoint = TCP4ClientEndpoint(reactor, host, port, timeout=timeout)
+def connect(reactor, host, port, proto, tls=None, timeout=10):
+    """
+    Connect C{proto} (a protocol instance) to C{host:port} over TCP, wrapped
+    in verified TLS when C{tls} is enabled. Deferred firing with C{proto}
+    once connected (for TLS, the handshake follows; writes wait for it).
+    """
+    factory = _OneConnection(reactor, proto)
+    wrapped = factory
     if tls is not None and tls.enabled:
-        return _TLSClientEndpoint(tls.client_options(), endpoint)
-    return endpoint
-
-
-@implementer(IStreamClientEndpoint)
-class _TLSClientEndpoint:
-    """C{endpoint} with TLS on top; C{connect} fires with the inner protocol."""
-
-    def __init__(self, options, endpoint):
-        self._options = options
-        self._endpoint = endpoint
-
-    def connect(self, factory):
         from twisted.protocols.tls import TLSMemoryBIOFactory
 
-        d = self._endpoint.connect(TLSMemoryBIOFactory(self._options, True, factory))
-        return d.addCallback(lambda proto: proto.wrappedProtocol)
+        wrapped = TLSMemoryBIOFactory(tls.client_options(), True, factory)
+    reactor.connectTCP(host, port, wrapped, timeout=timeout)
+    return factory.deferred
+
+
+class _OneConnection(ClientFactory):
+    """
+    The factory of one connection of a prepared protocol (endpoints would do,
+    but importing them costs node and server processes ~1.3 MiB each).
+    """
+
+    noisy = False
+
+    def __init__(self, reactor, proto):
+        self.reactor = reactor
+        self.proto = proto
+        self.deferred = defer.Deferred()
+
+    def buildProtocol(self, addr):
+        self.proto.factory = self
+        # Fire once the transport is attached (makeConnection follows at once).
+        self.reactor.callLater(0, self.deferred.callback, self.proto)
+        return self.proto
+
+    def clientConnectionFailed(self, connector, reason):
+        self.deferred.errback(reason)
 
 
 def make_certificates(directory, names=(SERVICE_NAME,), days=3650):

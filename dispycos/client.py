@@ -318,7 +318,8 @@ class Computation:
         name, code = self._code_for(fn)
         for obj in list(args) + list(kwargs.values()):
             serialize.register_by_value(type(obj))
-        argblob = serialize.dumps((args, kwargs), "arguments of %s" % (_component_name(fn),))
+        # In parts: a large bytes argument is streamed from where it is, not copied.
+        argblob = serialize.dumps_parts((args, kwargs), "arguments of %s" % (_component_name(fn),))
         from .protocol import commands
 
         if where is not None and not isinstance(where, Location):

@@ -505,14 +505,16 @@ class Runtime:
         """
         C{callRemote} with the bytes argument C{name} sent inline, or first
         streamed as a blob (argument C{name + "_blob"}) when it is large.
+        C{data} is bytes or a list of C{bytes} parts.
         """
         proto = yield self.connection(location)
-        if len(data) > INLINE_LIMIT:
-            sid, _ = yield send_blob(proto, data)
+        parts = data if isinstance(data, list) else [data]
+        if sum(map(len, parts)) > INLINE_LIMIT:
+            sid, _ = yield send_blob(proto, parts)
             kw[name] = b""
             kw[name + "_blob"] = sid
         else:
-            kw[name] = data
+            kw[name] = b"".join(parts)
         result = yield proto.callRemote(command, **kw)
         return result
 

@@ -71,8 +71,10 @@ class _Parts:
         self.parts = []
 
     def write(self, data):
-        self.parts.append(data if type(data) is bytes else bytes(data))
-        return len(data)
+        # Besides bytes: a bytearray, or a PickleBuffer (numpy arrays), which has no len().
+        part = data if type(data) is bytes else bytes(data)
+        self.parts.append(part)
+        return len(part)
 
 
 def dumps_parts(obj, what="object"):

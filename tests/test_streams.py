@@ -284,6 +284,26 @@ def test_dumps_parts_keeps_a_large_bytes_value_by_reference():
     assert serialize.loads(joined) == ((big, bytearray(b"m" * 100 * 1024)), {})
 
 
+class _Buffered:
+    """Pickles its buffer out of band when it can, as numpy arrays do."""
+
+    def __init__(self, data):
+        self.data = data
+
+    def __reduce_ex__(self, protocol):
+        return (_Buffered, (pickle.PickleBuffer(self.data),))
+
+
+def test_dumps_parts_copies_a_pickle_buffer():
+    from dispycos import serialize
+
+    data = bytearray(b"q" * 200 * 1024)
+    parts = serialize.dumps_parts(_Buffered(data))
+    assert all(type(p) is bytes for p in parts)
+    data[:1] = b"X"
+    assert bytes(serialize.loads(b"".join(parts)).data) == b"q" * 200 * 1024
+
+
 def test_chunked_gives_views_and_joins_only_small_neighbours():
     from dispycos.streams import CHUNK, _chunked
 

@@ -90,15 +90,18 @@ class _IncomingBlob:
         self.received = 0
         self.pieces = collections.deque()
         self._at = 0  # read offset into pieces[0]
+        self._left = 0  # bytes not read yet
 
     def write(self, pieces):
         for piece in pieces:
             if piece:
                 self.pieces.append(piece)
                 self.received += len(piece)
+                self._left += len(piece)
 
     def discard(self):
         self.pieces.clear()
+        self._left = 0
 
     def readinto(self, buffer):
         out = memoryview(buffer).cast("B")
@@ -109,15 +112,17 @@ class _IncomingBlob:
             out[n : n + take] = memoryview(head)[self._at : self._at + take]
             n += take
             self._at += take
+            self._left -= take
             if self._at == len(head):
                 self.pieces.popleft()
                 self._at = 0
         return n
 
     def read(self, n=-1):
-        if n is None or n < 0:
-            n = sum(map(len, self.pieces)) - self._at
+        # Never more than is left, whatever size the pickle claims.
+        n = self._left if n is None or n < 0 else min(n, self._left)
         if self.pieces and self._at == 0 and len(self.pieces[0]) == n:
+            self._left -= n
             return self.pieces.popleft()
         out = bytearray(n)
         return bytes(out[: self.readinto(out)])
@@ -132,10 +137,6 @@ class _IncomingBlob:
             if line[-1].endswith(b"\n"):
                 break
         return b"".join(line)
-
-    def data(self):
-        """What is left to read, as bytes."""
-        return self.read()
 
 
 class StreamReceiver:

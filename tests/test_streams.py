@@ -344,3 +344,15 @@ def test_a_blob_chunk_past_its_size_is_refused():
     with pytest.raises(FileTransferError):
         receiver.chunk(sid, 8, [b"9", b"01"])
     assert sid not in receiver.open
+
+
+def test_a_gathered_blob_reads_no_more_than_it_holds():
+    from dispycos.streams import StreamReceiver
+
+    receiver = StreamReceiver(lambda dest, comp: None)
+    sid = receiver.start("blob", "blob", "", "blob", 11, b"\0" * 32, True, "")
+    receiver.chunk(sid, 0, [b"1234\n", b"567", b"89\n"])
+    blob = receiver.finish(sid)
+    assert blob.readline() == b"1234\n"
+    assert blob.read(2 ** 40) == b"56789\n"  # a claimed size is not allocated
+    assert blob.read(1) == b"" and blob.readline() == b""

@@ -321,7 +321,10 @@ class Computation:
                 serialize.register_by_value(type(obj))
             for obj in kwargs.values():
                 serialize.register_by_value(type(obj))
-            argblob = serialize.dumps((args, kwargs), "arguments of %s" % (_component_name(fn),))
+            # In parts: a large bytes argument is streamed from where it is, not copied.
+            argblob = serialize.dumps_parts((args, kwargs), "arguments of %s" % (_component_name(fn),))
+            if len(argblob) == 1:
+                argblob = argblob[0]
             if where is not None and not isinstance(where, Location):
                 where = str(where)
             d = self._scheduler.place(self, cpu, where)

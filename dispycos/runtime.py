@@ -505,9 +505,11 @@ class Runtime:
         """
         C{callRemote} with the bytes argument C{name} sent inline, or first
         streamed as a blob (argument C{name + "_blob"}) when it is large.
+        C{data} is bytes or a list of C{bytes} parts.
         """
         link = self.links.get(location)
-        if link is not None and link.proto is not None and link.proto.connected and len(data) <= INLINE_LIMIT:
+        if (link is not None and link.proto is not None and link.proto.connected and isinstance(data, bytes)
+                and len(data) <= INLINE_LIMIT):
             kw[name] = data  # the common case, without a generator per call
             return link.proto.callRemote(command, **kw)
         return self._call_with_payload(location, command, name, data, kw)
@@ -515,12 +517,13 @@ class Runtime:
     @defer.inlineCallbacks
     def _call_with_payload(self, location, command, name, data, kw):
         proto = yield self.connection(location)
-        if len(data) > INLINE_LIMIT:
-            sid, _ = yield send_blob(proto, data)
+        parts = data if isinstance(data, list) else [data]
+        if sum(map(len, parts)) > INLINE_LIMIT:
+            sid, _ = yield send_blob(proto, parts)
             kw[name] = b""
             kw[name + "_blob"] = sid
         else:
-            kw[name] = data
+            kw[name] = b"".join(parts)
         result = yield proto.callRemote(command, **kw)
         return result
 

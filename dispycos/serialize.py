@@ -59,18 +59,54 @@ def register_by_value(obj):
     return None
 
 
+class _Parts:
+    """
+    A file the pickler writes to that keeps what it is given. The C pickler
+    hands a large C{bytes} value (64 KiB or more) to C{write} as the object
+    itself, so it is kept by reference rather than copied; anything mutable
+    is copied, as the parts may be sent after the pickler returns.
+    """
+
+    def __init__(self):
+        self.parts = []
+
+    def write(self, data):
+        # Besides bytes: a bytearray, or a PickleBuffer (numpy arrays), which has no len().
+        part = data if type(data) is bytes else bytes(data)
+        self.parts.append(part)
+        return len(part)
+
+
+def dumps_parts(obj, what="object"):
+    """
+    Pickle C{obj} with cloudpickle into a list of C{bytes} whose
+    concatenation is the pickle; large C{bytes} values in C{obj} are parts of
+    their own, not copies.
+
+    @raise PicklingError: naming C{what} when C{obj} cannot be pickled.
+    """
+    out = _Parts()
+    try:
+        cloudpickle.Pickler(out, protocol=pickle.HIGHEST_PROTOCOL).dump(obj)
+    except Exception as e:
+        raise PicklingError("cannot pickle %s: %s: %s" % (what, type(e).__name__, e)) from e
+    return out.parts
+
+
 def dumps(obj, what="object"):
     """
     Pickle C{obj} with cloudpickle.
 
     @raise PicklingError: naming C{what} when C{obj} cannot be pickled.
     """
-    try:
-        return cloudpickle.dumps(obj, protocol=pickle.HIGHEST_PROTOCOL)
-    except Exception as e:
-        raise PicklingError("cannot pickle %s: %s: %s" % (what, type(e).__name__, e)) from e
+    return b"".join(dumps_parts(obj, what))
 
 
 def loads(data):
-    """Unpickle C{data}; only ever called on data from an authenticated peer."""
+    """
+    Unpickle C{data} (bytes, or a file such as a gathered blob); only ever
+    called on data from an authenticated peer.
+    """
+    if hasattr(data, "readinto"):
+        return pickle.load(data)
     return pickle.loads(data)

@@ -9,6 +9,7 @@ close and renames it into place atomically. Nothing is ever held whole in
 memory, and an interrupted stream leaves no file behind.
 """
 
+import collections
 import hashlib
 import itertools
 import os
@@ -76,23 +77,66 @@ class _Incoming:
 
 
 class _IncomingBlob:
-    """A blob being received: its chunks, in memory."""
+    """
+    A blob being received: its pieces, in memory. Once complete it is a file
+    to read from once: C{pickle.load} reads a large value straight from the
+    pieces into place, so the blob is never joined into one copy first. Pieces
+    are let go as they are read.
+    """
 
     def __init__(self, sid, size):
         self.id = sid
         self.size = size
         self.received = 0
-        self.chunks = []
+        self.pieces = collections.deque()
+        self._at = 0  # read offset into pieces[0]
+        self._left = 0  # bytes not read yet
 
-    def write(self, data):
-        self.chunks.append(data)
-        self.received += len(data)
+    def write(self, pieces):
+        for piece in pieces:
+            if piece:
+                self.pieces.append(piece)
+                self.received += len(piece)
+                self._left += len(piece)
 
     def discard(self):
-        self.chunks = []
+        self.pieces.clear()
+        self._left = 0
 
-    def data(self):
-        return b"".join(self.chunks)
+    def readinto(self, buffer):
+        out = memoryview(buffer).cast("B")
+        n = 0
+        while n < len(out) and self.pieces:
+            head = self.pieces[0]
+            take = min(len(head) - self._at, len(out) - n)
+            out[n : n + take] = memoryview(head)[self._at : self._at + take]
+            n += take
+            self._at += take
+            self._left -= take
+            if self._at == len(head):
+                self.pieces.popleft()
+                self._at = 0
+        return n
+
+    def read(self, n=-1):
+        # Never more than is left, whatever size the pickle claims.
+        n = self._left if n is None or n < 0 else min(n, self._left)
+        if self.pieces and self._at == 0 and len(self.pieces[0]) == n:
+            self._left -= n
+            return self.pieces.popleft()
+        out = bytearray(n)
+        return bytes(out[: self.readinto(out)])
+
+    def readline(self):
+        line = []
+        while self.pieces:
+            head = self.pieces[0]
+            end = head.find(b"\n", self._at)
+            end = len(head) if end < 0 else end + 1
+            line.append(self.read(end - self._at))
+            if line[-1].endswith(b"\n"):
+                break
+        return b"".join(line)
 
 
 class StreamReceiver:
@@ -138,22 +182,26 @@ class StreamReceiver:
         return sid
 
     def chunk(self, sid, offset, data):
+        """Take C{data} (bytes, or a list of the pieces it came in) at C{offset}."""
+        pieces = data if isinstance(data, list) else [data]
+        size = sum(map(len, pieces))
         s = self.open.get(sid)
         if s is None:
             raise FileTransferError("no stream %d" % (sid,))
-        if offset != s.received or s.received + len(data) > s.size:
+        if offset != s.received or s.received + size > s.size:
             self.abort(sid)
             raise FileTransferError("stream %d: chunk at %d out of place or past its size" % (sid, offset))
         if isinstance(s, _IncomingBlob):
-            s.write(data)
+            s.write(pieces)
             return
         try:
-            s.file.write(data)
+            s.file.writelines(pieces)
         except OSError as e:
             self.abort(sid)
             raise FileTransferError("stream %d: %s" % (sid, e))
-        s.sha.update(data)
-        s.received += len(data)
+        for piece in pieces:
+            s.sha.update(piece)
+        s.received += size
 
     def finish(self, sid):
         s = self.open.pop(sid, None)
@@ -196,14 +244,32 @@ def _file_digest(path):
     return size, sha.digest()
 
 
+def _chunked(parts):
+    """
+    Views of at most L{CHUNK} bytes over the buffers C{parts}, in order; only
+    small neighbours are joined into one chunk (copied).
+    """
+    pending, size = [], 0
+    for part in parts:
+        view = memoryview(part).cast("B")
+        for start in range(0, len(view), CHUNK):
+            piece = view[start : start + CHUNK]
+            if pending and size + len(piece) > CHUNK:
+                yield pending[0] if len(pending) == 1 else b"".join(pending)
+                pending, size = [], 0
+            pending.append(piece)
+            size += len(piece)
+    if pending:
+        yield pending[0] if len(pending) == 1 else b"".join(pending)
+
+
 @defer.inlineCallbacks
-def _send_chunks(proto, sid, read, size):
-    """Send C{size} bytes from C{read(offset, n)} with a window of acknowledged chunks."""
+def _send_chunks(proto, sid, chunks):
+    """Send the buffers C{chunks} in order with a window of acknowledged chunks."""
     pending = []
     offset = 0
     try:
-        while offset < size:
-            data = read(offset, min(CHUNK, size - offset))
+        for data in chunks:
             pending.append(proto.callRemote(commands.StreamChunk, stream=sid, offset=offset, data=data))
             offset += len(data)
             if len(pending) >= WINDOW:
@@ -230,23 +296,26 @@ def send_file(proto, path, dest, subdir="", overwrite=False, computation="", nam
                                computation=computation)
     sid = r["stream"]
     with open(path, "rb") as f:
-        def read(offset, n):
-            f.seek(offset)
-            return f.read(n)
-
-        yield _send_chunks(proto, sid, read, size)
+        # The size was announced: send exactly that much, even if the file grows.
+        yield _send_chunks(proto, sid, iter(lambda: f.read(min(CHUNK, size - f.tell())), b""))
     r = yield proto.callRemote(commands.StreamClose, stream=sid)
     return r["path"]
 
 
 @defer.inlineCallbacks
 def send_blob(proto, data, computation=""):
-    """Stream C{data} (bytes) as a blob; fires with its stream id at the receiver."""
-    view = memoryview(data)
+    """
+    Stream C{data} (bytes, or a list of C{bytes} parts, as from
+    L{serialize.dumps_parts}) as a blob; fires with its stream id at the
+    receiver.
+    """
+    parts = data if isinstance(data, list) else [data]
+    size = sum(map(len, parts))
     r = yield proto.callRemote(commands.StreamOpen, purpose="blob", name="blob", dir="", dest="blob",
-                               size=len(data), sha256=b"\0" * 32, overwrite=True, computation=computation)
+                               size=size, sha256=b"\0" * 32, overwrite=True, computation=computation)
     sid = r["stream"]
-    yield _send_chunks(proto, sid, lambda offset, n: bytes(view[offset:offset + n]), len(data))
+    # Chunks are views of the parts: BigBytes splits them without copying.
+    yield _send_chunks(proto, sid, _chunked(parts))
     r = yield proto.callRemote(commands.StreamClose, stream=sid)
     return sid, r["path"]
 
@@ -269,13 +338,17 @@ class StreamingAMP(DispycosAMP):
         self.blobs.clear()
 
     def payload(self, inline, blob):
-        """The bytes of an argument sent inline or (when large) as a blob before."""
+        """
+        The bytes of an argument sent inline or, when large, the blob it was
+        streamed as before (a file to read once, which L{serialize.loads} takes).
+        """
         if blob is None:
             return inline
         incoming = self.blobs.pop(blob, None)
         if incoming is None:
             raise FileTransferError("no blob %d on this connection" % (blob,))
-        return incoming.data()
+        # A file to read once (serialize.loads takes it), not joined bytes.
+        return incoming
 
     @commands.StreamOpen.responder
     def _stream_open(self, purpose, name, dir, dest, size, sha256, overwrite, computation):

@@ -6,6 +6,7 @@ on disk, interrupted transfers, and high-rate ordered messages.
 
 import hashlib
 import os
+import pickle
 import signal
 import subprocess
 import sys
@@ -265,3 +266,93 @@ async def test_fast_producer_with_drain_keeps_memory_bounded(node):
         got = await rtask.result(timeout=120)
         assert [i for i, _ in got] == list(range(n))
         assert peak < 64 * 1024 * 1024, peak  # 30 MB went through; little of it waited here
+
+
+# -- blobs in parts and pieces (no network) ------------------------------------------
+
+def test_dumps_parts_keeps_a_large_bytes_value_by_reference():
+    from dispycos import serialize
+
+    big = os.urandom(200 * 1024)
+    mutable = bytearray(b"m" * 100 * 1024)
+    parts = serialize.dumps_parts(((big, mutable), {}))
+    assert any(p is big for p in parts)
+    assert all(type(p) is bytes for p in parts)  # the bytearray was copied, not kept
+    joined = b"".join(parts)
+    assert joined == serialize.dumps(((big, mutable), {}))
+    mutable[:1] = b"X"
+    assert serialize.loads(joined) == ((big, bytearray(b"m" * 100 * 1024)), {})
+
+
+class _Buffered:
+    """Pickles its buffer out of band when it can, as numpy arrays do."""
+
+    def __init__(self, data):
+        self.data = data
+
+    def __reduce_ex__(self, protocol):
+        return (_Buffered, (pickle.PickleBuffer(self.data),))
+
+
+def test_dumps_parts_copies_a_pickle_buffer():
+    from dispycos import serialize
+
+    data = bytearray(b"q" * 200 * 1024)
+    parts = serialize.dumps_parts(_Buffered(data))
+    assert all(type(p) is bytes for p in parts)
+    data[:1] = b"X"
+    assert bytes(serialize.loads(b"".join(parts)).data) == b"q" * 200 * 1024
+
+
+def test_chunked_gives_views_and_joins_only_small_neighbours():
+    from dispycos.streams import CHUNK, _chunked
+
+    big = b"b" * (2 * CHUNK + 10)
+    parts = [b"head", big, b"tail"]
+    chunks = list(_chunked(parts))
+    assert b"".join(chunks) == b"".join(parts)
+    assert all(0 < len(c) <= CHUNK for c in chunks)
+    assert sum(isinstance(c, memoryview) for c in chunks) >= 1
+    assert list(_chunked([b""])) == [] and list(_chunked([])) == []
+
+
+@pytest.mark.parametrize("protocol", [0, 2, pickle.HIGHEST_PROTOCOL])
+def test_a_blob_gathered_in_pieces_unpickles_without_a_join(protocol):
+    from dispycos import serialize
+    from dispycos.streams import StreamReceiver
+
+    value = {"big": os.urandom(300 * 1024), "text": "line\nother", "n": list(range(1000))}
+    data = pickle.dumps(value, protocol=protocol)
+    receiver = StreamReceiver(lambda dest, comp: None)
+    sid = receiver.start("blob", "blob", "", "blob", len(data), b"\0" * 32, True, "")
+    offset = 0
+    for size in (1, 7, 65535, 100000, 1 << 20):  # pieces of odd sizes, then the rest
+        piece = data[offset:offset + size]
+        receiver.chunk(sid, offset, [piece[:3], piece[3:]])
+        offset += len(piece)
+    blob = receiver.finish(sid)
+    assert serialize.loads(blob) == value
+
+
+def test_a_blob_chunk_past_its_size_is_refused():
+    from dispycos.errors import FileTransferError
+    from dispycos.streams import StreamReceiver
+
+    receiver = StreamReceiver(lambda dest, comp: None)
+    sid = receiver.start("blob", "blob", "", "blob", 10, b"\0" * 32, True, "")
+    receiver.chunk(sid, 0, [b"12345", b"678"])
+    with pytest.raises(FileTransferError):
+        receiver.chunk(sid, 8, [b"9", b"01"])
+    assert sid not in receiver.open
+
+
+def test_a_gathered_blob_reads_no_more_than_it_holds():
+    from dispycos.streams import StreamReceiver
+
+    receiver = StreamReceiver(lambda dest, comp: None)
+    sid = receiver.start("blob", "blob", "", "blob", 11, b"\0" * 32, True, "")
+    receiver.chunk(sid, 0, [b"1234\n", b"567", b"89\n"])
+    blob = receiver.finish(sid)
+    assert blob.readline() == b"1234\n"
+    assert blob.read(2 ** 40) == b"56789\n"  # a claimed size is not allocated
+    assert blob.read(1) == b"" and blob.readline() == b""

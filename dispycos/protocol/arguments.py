@@ -20,25 +20,35 @@ class BigBytes(amp.Argument):
     """
     Bytes of any length up to C{cap}, split over the keys C{name}, C{name.2},
     C{name.3}, ... of one box.
+
+    @param pieces: decode to the list of pieces as received rather than to
+        their join (for stream chunks, which are gathered or written anyway).
     """
 
-    def __init__(self, optional=False, cap=MaxInlineBytes):
+    def __init__(self, optional=False, cap=MaxInlineBytes, pieces=False):
         super().__init__(optional)
         self.cap = cap
+        self.pieces = pieces
 
     def toBox(self, name, strings, objects, proto):
         value = self.retrieve(objects, amp._wireNameToPythonIdentifier(name), proto)
         if value is None and self.optional:
             return
-        value = bytes(value) if not isinstance(value, bytes) else value
-        if len(value) > self.cap:
-            raise PayloadTooLarge(
-                "payload of %d bytes exceeds the inline cap of %d bytes" % (len(value), self.cap)
-            )
         view = memoryview(value)
-        strings[name] = bytes(view[:_PIECE])
-        for i, start in enumerate(range(_PIECE, len(value), _PIECE), 2):
-            strings[b"%s.%d" % (name, i)] = bytes(view[start : start + _PIECE])
+        if view.format != "B" or view.ndim != 1 or not view.c_contiguous:
+            view = memoryview(bytes(value))
+        if view.nbytes > self.cap:
+            raise PayloadTooLarge(
+                "payload of %d bytes exceeds the inline cap of %d bytes" % (view.nbytes, self.cap)
+            )
+        if view.nbytes <= _PIECE and isinstance(value, bytes):
+            strings[name] = value
+            return
+        # The pieces are views, not copies: the box is serialized (joined)
+        # before this call returns, so the value cannot change under them.
+        strings[name] = view[:_PIECE]
+        for i, start in enumerate(range(_PIECE, view.nbytes, _PIECE), 2):
+            strings[b"%s.%d" % (name, i)] = view[start : start + _PIECE]
 
     def fromBox(self, name, strings, objects, proto):
         key = amp._wireNameToPythonIdentifier(name)
@@ -60,7 +70,10 @@ class BigBytes(amp.Argument):
             i += 1
             if size > self.cap:
                 raise PayloadTooLarge("incoming payload exceeds the inline cap of %d bytes" % self.cap)
-        objects[key] = b"".join(pieces) if len(pieces) > 1 else first
+        if self.pieces:
+            objects[key] = pieces
+        else:
+            objects[key] = b"".join(pieces) if len(pieces) > 1 else first
 
 
 _ITEM = struct.Struct("!QI")

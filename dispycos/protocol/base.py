@@ -38,6 +38,21 @@ def _buffered(transport):
     return total
 
 
+#: Bytes read from a socket at once while data keeps coming (Twisted reads 64 KiB).
+BULK_READ = 1024 * 1024
+
+
+def _tcp_under(transport):
+    """The TCP connection under C{transport} (possibly TLS over TCP), or None."""
+    seen = 0
+    while transport is not None and seen < 4:
+        seen += 1
+        if hasattr(transport, "socket") and hasattr(transport, "bufferSize"):
+            return transport
+        transport = getattr(transport, "transport", None)
+    return None
+
+
 class DispycosAMP(amp.AMP):
     """
     One authenticated dispycos connection.
@@ -79,6 +94,8 @@ class DispycosAMP(amp.AMP):
             self.transport.setTcpNoDelay(True)
         except Exception:
             pass
+        self._tcp = _tcp_under(self.transport)
+        self._small_reads = getattr(self._tcp, "bufferSize", 0)
         self._box_bytes = 0
         if self.keyring is not None:
             self._deadline = self.reactor.callLater(config.HandshakeTimeout, self._handshake_timeout)
@@ -118,9 +135,20 @@ class DispycosAMP(amp.AMP):
         # AMP's string parser stops at once when paused.
         self.paused = True
 
+    _tcp = None
+
     def dataReceived(self, data):
         if self._dropped:
             return
+        tcp = self._tcp
+        if tcp is not None:
+            # A read that filled the buffer means more is waiting (a large
+            # payload): read more at once, for 16 times fewer trips through
+            # the reactor. Any other read goes back to Twisted's size, as
+            # recv allocates the whole buffer for every read, however small.
+            # (Twisted's bufferSize is also where its transport pauses a
+            # producer: drain() waits for up to BULK_READ queued meanwhile.)
+            tcp.bufferSize = BULK_READ if len(data) >= tcp.bufferSize else self._small_reads
         super().dataReceived(data)
 
     # AMP keeps a box in memory until it is complete: bound its size and its

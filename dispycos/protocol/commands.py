@@ -444,7 +444,7 @@ class StreamOpen(amp.Command):
 class StreamChunk(amp.Command):
     """The next bytes of a stream, at C{offset}; acknowledged (flow control)."""
 
-    arguments = [(b"stream", amp.Integer()), (b"offset", amp.Integer()), (b"data", BigBytes(cap=4 * 1024 * 1024))]
+    arguments = [(b"stream", amp.Integer()), (b"offset", amp.Integer()), (b"data", BigBytes(cap=4 * 1024 * 1024, pieces=True))]
     response = []
     errors = _stream_errors
 

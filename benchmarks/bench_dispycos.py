@@ -244,14 +244,15 @@ class Profiling:
         import cProfile
 
         self.workload = workload
-        pyspy = os.environ.get("BENCH_PYSPY", "py-spy")
-        for i, pid in enumerate([os.getpid()] + node.pids()):
+        pyspy = os.environ.get("BENCH_PYSPY")  # unset: profile_dispycos.py found no py-spy
+        for i, pid in enumerate([os.getpid()] + node.pids() if pyspy else []):
             role = "client" if i == 0 else "node" if i == 1 else "server%d" % (i - 1)
             out = os.path.join(self.dir, "%s-%s.pyspy.txt" % (workload, role))
             self.spies.append(subprocess.Popen([pyspy, "record", "--pid", str(pid), "--rate", "500", "--format", "raw",
                                                 "--nonblocking", "--output", out], stdout=subprocess.DEVNULL,
                                                stderr=subprocess.DEVNULL))
-        time.sleep(1.0)  # let py-spy attach
+        if self.spies:
+            time.sleep(1.0)  # let py-spy attach
         self.profile = cProfile.Profile()
         self.profile.enable()
 

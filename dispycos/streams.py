@@ -5,8 +5,10 @@ the inline cap.
 
 The sender keeps a window of acknowledged chunks in flight; the receiver
 writes to a partial file beside the destination, checks size and SHA-256 at
-close and renames it into place atomically. Nothing is ever held whole in
-memory, and an interrupted stream leaves no file behind.
+close and renames it into place atomically, so a file is never held whole in
+memory and an interrupted stream leaves no file behind. A blob (a large
+argument, message or result) is gathered in memory as the pieces it arrived
+in, and unpickled from them.
 """
 
 import collections

@@ -27,6 +27,10 @@ def _component_name(obj):
     return getattr(obj, "__qualname__", None) or getattr(obj, "__name__", None)
 
 
+def _result_of(rtask):
+    return rtask.result()
+
+
 class Computation:
     """
     A computation: code (C{components}) that runs as tasks on servers.
@@ -145,7 +149,8 @@ class Computation:
     # -- status -------------------------------------------------------------------
 
     def _status(self, status, info=None):
-        self._status_raw(DispycosStatus(status, info))
+        if self.status_task is not None:  # (no message built per task for nobody)
+            self._status_raw(DispycosStatus(status, info))
 
     def _status_raw(self, msg):
         target = self.status_task
@@ -389,19 +394,13 @@ class Computation:
         """As L{run}, but the task does not count as a CPU task."""
         return self._run(None, fn, args, kwargs, False)
 
-    @defer.inlineCallbacks
     def run_result_at(self, where, fn, *args, **kwargs):
         """Deferred firing with the result of C{fn} run at C{where}."""
-        rtask = yield self.run_at(where, fn, *args, **kwargs)
-        result = yield rtask.result()
-        return result
+        return self.run_at(where, fn, *args, **kwargs).addCallback(_result_of)
 
-    @defer.inlineCallbacks
     def run_result(self, fn, *args, **kwargs):
         """Deferred firing with the result of C{fn} run on some server."""
-        rtask = yield self.run(fn, *args, **kwargs)
-        result = yield rtask.result()
-        return result
+        return self.run(fn, *args, **kwargs).addCallback(_result_of)
 
     def run_results(self, fn, iterable, progress=False):
         """

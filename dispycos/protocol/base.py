@@ -150,6 +150,12 @@ class DispycosAMP(amp.AMP):
             # producer: drain() waits for up to BULK_READ queued meanwhile.)
             tcp.bufferSize = BULK_READ if len(data) >= tcp.bufferSize else self._small_reads
         super().dataReceived(data)
+        # What handling this data wrote (answers, the next task) goes out now
+        # rather than on the reactor's next turn: one trip less through epoll
+        # per message (W2's round trip is ~10% shorter). Plain TCP only; what
+        # the socket does not take, or an error, stays for the reactor.
+        if tcp is not None and tcp is self.transport and tcp._tempDataLen and tcp.connected and not tcp.disconnecting:
+            tcp.doWrite()
 
     # AMP keeps a box in memory until it is complete: bound its size and its
     # number of keys (tiny before authentication).

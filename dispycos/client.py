@@ -269,6 +269,7 @@ class Computation:
         self._active = False
         self._closed = True
         self._remove_exit_trigger()
+        self._drop_own_dest()
         if scheduler is not None:
             scheduler.release(self)
         d.errback(exc)
@@ -289,6 +290,7 @@ class Computation:
         self._remove_exit_trigger()
         self._status(Status.ComputationClosed, self.id)
         self._closed = True
+        self._drop_own_dest()
 
     def _remove_exit_trigger(self):
         if self._exit_trigger is not None:
@@ -581,12 +583,17 @@ class Computation:
         self._active = False
         self._status(Status.ComputationClosed, self.id)
         self._closed = True
+        self._drop_own_dest()
+        return None
+
+    def _drop_own_dest(self):
+        """Remove the directory made for files coming back, if none came."""
         if getattr(self, "_own_dest", False):
+            self._own_dest = False
             try:
-                os.rmdir(self.dest_path)  # only if nothing came back into it
+                os.rmdir(self.dest_path)
             except OSError:
                 pass
-        return None
 
 
 Client = Computation

@@ -16,9 +16,16 @@ import pytest
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 
-def env_for_children():
+def env_for_children(tmpdir=None):
+    """
+    The environment for child processes: this checkout first on the path;
+    with C{tmpdir}, their temporary files (a client's directory for files
+    coming back) go there, so a child the test kills leaves none behind.
+    """
     env = dict(os.environ)
     env["PYTHONPATH"] = os.pathsep.join([ROOT] + [p for p in sys.path if p])
+    if tmpdir is not None:
+        env["TMPDIR"] = str(tmpdir)
     return env
 
 

@@ -77,7 +77,7 @@ async def test_silent_scheduler_releases_the_node(fresh_node, tmp_path):
     script = tmp_path / "client.py"
     script.write_text(CLIENT)
     proc = subprocess.Popen([sys.executable, str(script), node.location, node.secret], stdout=subprocess.PIPE,
-                            stderr=subprocess.DEVNULL, env=env_for_children(), text=True)
+                            stderr=subprocess.DEVNULL, env=env_for_children(tmp_path), text=True)
     try:
         assert proc.stdout.readline().strip() == "RUNNING"
         proc.send_signal(signal.SIGSTOP)

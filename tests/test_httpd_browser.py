@@ -52,8 +52,9 @@ class ClusterProcess:
                "--poll", str(poll), "--long", str(long)]
         for n in nodes:
             cmd += ["--node", n]
+        self.tmp = tempfile.mkdtemp(prefix="dispycos-test-cluster-")
         self.proc = subprocess.Popen(cmd, stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
-                                     text=True, env=env_for_children(), cwd=ROOT, start_new_session=True)
+                                     text=True, env=env_for_children(self.tmp), cwd=ROOT, start_new_session=True)
         self.lines = []
         self.cond = threading.Condition()
         self.reader = threading.Thread(target=self._read, daemon=True)
@@ -108,6 +109,7 @@ class ClusterProcess:
                 os.killpg(self.proc.pid, signal.SIGKILL)
             self.proc.wait()
             self.reader.join(5)
+            shutil.rmtree(self.tmp, ignore_errors=True)
 
 
 @pytest.fixture(scope="module")

@@ -187,7 +187,7 @@ async def test_dead_client_releases_nodes_for_the_next(fresh_node, tmp_path, how
     script = tmp_path / "client.py"
     script.write_text(CLIENT)
     proc = subprocess.Popen([sys.executable, str(script), sched.location, node.secret], stdout=subprocess.PIPE,
-                            stderr=subprocess.DEVNULL, env=env_for_children(), text=True)
+                            stderr=subprocess.DEVNULL, env=env_for_children(tmp_path), text=True)
     try:
         assert proc.stdout.readline().strip() == "ACTIVE"
         nxt = Computation([step], secret=node.secret)

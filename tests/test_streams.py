@@ -97,7 +97,7 @@ def read_in_node_dir(name, task=None):
 async def test_big_file_to_server_and_file_back(node, tmp_path):
     src = tmp_path / "big.bin"
     digest = write_random(str(src), 64 * 1024 * 1024)
-    async with Session(node, [file_task]) as comp:
+    async with Session(node, [file_task], dest_path=str(tmp_path / "back")) as comp:
         server = (await comp.servers())[0]
         landed = await comp.send_file(server, str(src))
         assert os.path.basename(landed) == "big.bin" and "server-" in landed
@@ -203,7 +203,7 @@ def test_transfer_cut_by_killing_the_client_leaves_no_partial_file(node, tmp_pat
     script = tmp_path / "sender.py"
     script.write_text(SENDER)
     proc = subprocess.Popen([sys.executable, str(script), node.location, node.secret, str(src)],
-                            stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, env=env_for_children(), text=True)
+                            stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, env=env_for_children(tmp_path), text=True)
     try:
         assert proc.stdout.readline().strip() == "SENDING"
         deadline = time.monotonic() + 30

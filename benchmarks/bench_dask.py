@@ -48,7 +48,7 @@ def run_workload(args):
 
     w, size = args.workload, args.size
     extra = {}
-    serial = None
+    serial = n_cpu = None
     if w == "W5":
         n_cpu = args.cpu_iters or common.calibrate(size["w5_seconds"], cpu_task)
         serial = common.serial_seconds(cpu_task, n_cpu, size["w5_tasks"])
@@ -64,61 +64,14 @@ def run_workload(args):
         assert client.submit(noop, pure=False).result() == 0
         if w == "W6":
             return time.perf_counter() - t_spawn, extra
-        if w == "W1":
-            n = size["w1_tasks"]
-            t = time.perf_counter()
-            futures = [client.submit(noop, i, pure=False) for i in range(n)]
-            extra["submit_seconds"] = time.perf_counter() - t
-            results = client.gather(futures)
-            dt = time.perf_counter() - t
-            assert results == [0] * n
-            extra["seconds"] = dt
-            return n / dt, extra
-        if w == "W2":
-            lat = []
-            for i in range(size["w2_warmup"] + size["w2_calls"]):
-                t = time.perf_counter()
-                r = client.submit(noop, i, pure=False).result()
-                if i >= size["w2_warmup"]:
-                    lat.append(time.perf_counter() - t)
-            assert r == 0
-            lat.sort()
-            extra.update(p90_ms=lat[int(len(lat) * 0.9)] * 1000, min_ms=lat[0] * 1000)
-            return common.p50(lat) * 1000, extra
-        if w == "W3":
-            n = size["w3_msgs"]
+
+        def start_w3(n):
             q = Queue("bench-w3")
-            fut = client.submit(receiver, "bench-w3", n, pure=False)
-            t = time.perf_counter()
-            for i in range(n):
-                q.put(i)
-            extra["send_loop_seconds"] = time.perf_counter() - t
-            count = fut.result(timeout=600)
-            dt = time.perf_counter() - t
-            assert count == n, count
-            extra["seconds"] = dt
-            return n / dt, extra
-        if w == "W4":
-            t = time.perf_counter()
-            r = client.submit(len, data, pure=False).result()
-            dt = time.perf_counter() - t
-            assert r == len(data)
-            extra["seconds"] = dt
-            return size["w4_mib"] / dt, extra
-        if w == "W5":
-            k = size["w5_tasks"]
-            t = time.perf_counter()
-            futures = [client.submit(cpu_task, n_cpu, pure=False) for _ in range(k)]
-            client.gather(futures)
-            wall = time.perf_counter() - t
-            extra.update(serial_seconds=serial, wall_seconds=wall, cpu_iters=n_cpu)
-            return serial / wall, extra
-        if w == "MEM":
-            time.sleep(size["mem_settle"])
-            mib, detail = common.rss_of(common.descendants(os.getpid()))
-            extra.update(processes=detail, pss_mib=common.pss_total(detail))
-            return mib, extra
-        raise ValueError(w)
+            return client.submit(receiver, "bench-w3", n, pure=False), q.put
+
+        return common.measure_blocking(
+            w, size, lambda fn, *a: client.submit(fn, *a, pure=False), lambda f, timeout: f.result(timeout=timeout),
+            noop, cpu_task, n_cpu=n_cpu, serial=serial, data=data, start_w3=start_w3)
     finally:
         pids = common.descendants(os.getpid())
         try:

@@ -48,7 +48,7 @@ def cpu_task(n):
 def run_workload(args):
     w, size = args.workload, args.size
     extra = {}
-    serial = None
+    serial = n_cpu = None
     if w == "W5":
         n_cpu = args.cpu_iters or common.calibrate(size["w5_seconds"], cpu_task)
         serial = common.serial_seconds(cpu_task, n_cpu, size["w5_tasks"])
@@ -62,59 +62,10 @@ def run_workload(args):
         assert pool.apply(noop) == 0
         if w == "W6":
             return time.perf_counter() - t_spawn, extra
-        if w == "W1":
-            n = size["w1_tasks"]
-            t = time.perf_counter()
-            rs = [pool.apply_async(noop, (i,)) for i in range(n)]
-            extra["submit_seconds"] = time.perf_counter() - t
-            results = [r.get(300) for r in rs]
-            dt = time.perf_counter() - t
-            assert results == [0] * n
-            extra["seconds"] = dt
-            return n / dt, extra
-        if w == "W2":
-            lat = []
-            for i in range(size["w2_warmup"] + size["w2_calls"]):
-                t = time.perf_counter()
-                r = pool.apply(noop, (i,))
-                if i >= size["w2_warmup"]:
-                    lat.append(time.perf_counter() - t)
-            assert r == 0
-            lat.sort()
-            extra.update(p90_ms=lat[int(len(lat) * 0.9)] * 1000, min_ms=lat[0] * 1000)
-            return common.p50(lat) * 1000, extra
-        if w == "W3":
-            n = size["w3_msgs"]
-            fut = pool.apply_async(receiver, (n,))
-            t = time.perf_counter()
-            for i in range(n):
-                q.put(i)
-            extra["send_loop_seconds"] = time.perf_counter() - t
-            count = fut.get(600)
-            dt = time.perf_counter() - t
-            assert count == n, count
-            extra["seconds"] = dt
-            return n / dt, extra
-        if w == "W4":
-            t = time.perf_counter()
-            r = pool.apply(len, (data,))
-            dt = time.perf_counter() - t
-            assert r == len(data)
-            extra["seconds"] = dt
-            return size["w4_mib"] / dt, extra
-        if w == "W5":
-            k = size["w5_tasks"]
-            t = time.perf_counter()
-            pool.map(cpu_task, [n_cpu] * k, chunksize=1)
-            wall = time.perf_counter() - t
-            extra.update(serial_seconds=serial, wall_seconds=wall, cpu_iters=n_cpu)
-            return serial / wall, extra
-        if w == "MEM":
-            time.sleep(size["mem_settle"])
-            mib, detail = common.rss_of(common.descendants(os.getpid()))
-            extra.update(processes=detail, pss_mib=common.pss_total(detail))
-            return mib, extra
-        raise ValueError(w)
+        return common.measure_blocking(
+            w, size, lambda fn, *a: pool.apply_async(fn, a), lambda r, timeout: r.get(timeout),
+            noop, cpu_task, n_cpu=n_cpu, serial=serial, data=data,
+            start_w3=lambda n: (pool.apply_async(receiver, (n,)), q.put))
     finally:
         pool.terminate()
         pool.join()

@@ -89,9 +89,8 @@ def lo_up():
 # -- processes --------------------------------------------------------------------
 
 
-def _children_map():
-    """pid -> list of child pids, from /proc (no psutil needed)."""
-    kids = {}
+def _proc_stats():
+    """(pid, fields of /proc/PID/stat after the command name) of every live process."""
     for name in os.listdir("/proc"):
         if not name.isdigit():
             continue
@@ -101,25 +100,23 @@ def _children_map():
         except OSError:
             continue
         # the command name may hold spaces and parentheses: split after the last ')'
-        rest = data[data.rfind(b")") + 2:].split()
-        kids.setdefault(int(rest[1]), []).append(int(name))
+        yield int(name), data[data.rfind(b")") + 2:].split()
+
+
+def _children_map():
+    """pid -> list of child pids, from /proc (no psutil needed)."""
+    kids = {}
+    for pid, rest in _proc_stats():
+        kids.setdefault(int(rest[1]), []).append(pid)
     return kids
 
 
 def session_members(sid):
     """PIDs of the live processes in session C{sid} (from /proc), the leader included."""
     out = []
-    for name in os.listdir("/proc"):
-        if not name.isdigit():
-            continue
-        try:
-            with open("/proc/%s/stat" % name, "rb") as f:
-                data = f.read()
-        except OSError:
-            continue
-        rest = data[data.rfind(b")") + 2:].split()
+    for pid, rest in _proc_stats():
         if rest[0] != b"Z" and int(rest[3]) == sid:
-            out.append(int(name))
+            out.append(pid)
     return out
 
 
@@ -253,6 +250,75 @@ def wait_until(predicate, timeout, step=0.002, what="condition"):
         if time.monotonic() > deadline:
             raise RuntimeError("%s not met within %s s" % (what, timeout))
         time.sleep(step)
+
+
+# -- workloads of the systems with a blocking API (dask, multiprocessing) ------------
+
+
+def measure_blocking(w, size, submit, result, noop, cpu_task, n_cpu=None, serial=None, data=None, start_w3=None):
+    """
+    Measure workload C{w} (not W6, which spans the cluster's start: the driver
+    times it) through a blocking API: C{submit(fn, *args)} returns a handle,
+    C{result(handle, timeout)} its value; C{start_w3(n)} starts the W3
+    receiver of C{n} items and returns its handle and the function that puts
+    one. Returns (value, extra).
+    """
+    extra = {}
+    if w == "W1":
+        n = size["w1_tasks"]
+        t = time.perf_counter()
+        handles = [submit(noop, i) for i in range(n)]
+        extra["submit_seconds"] = time.perf_counter() - t
+        results = [result(h, 300) for h in handles]
+        dt = time.perf_counter() - t
+        assert results == [0] * n
+        extra["seconds"] = dt
+        return n / dt, extra
+    if w == "W2":
+        lat = []
+        for i in range(size["w2_warmup"] + size["w2_calls"]):  # bounded
+            t = time.perf_counter()
+            r = result(submit(noop, i), 300)
+            if i >= size["w2_warmup"]:
+                lat.append(time.perf_counter() - t)
+        assert r == 0
+        lat.sort()
+        extra.update(p90_ms=lat[int(len(lat) * 0.9)] * 1000, min_ms=lat[0] * 1000)
+        return p50(lat) * 1000, extra
+    if w == "W3":
+        n = size["w3_msgs"]
+        handle, put = start_w3(n)
+        t = time.perf_counter()
+        for i in range(n):
+            put(i)
+        extra["send_loop_seconds"] = time.perf_counter() - t
+        count = result(handle, 600)
+        dt = time.perf_counter() - t
+        assert count == n, count
+        extra["seconds"] = dt
+        return n / dt, extra
+    if w == "W4":
+        t = time.perf_counter()
+        r = result(submit(len, data), 300)
+        dt = time.perf_counter() - t
+        assert r == len(data)
+        extra["seconds"] = dt
+        return size["w4_mib"] / dt, extra
+    if w == "W5":
+        k = size["w5_tasks"]
+        t = time.perf_counter()
+        handles = [submit(cpu_task, n_cpu) for _ in range(k)]
+        for h in handles:
+            result(h, 300)
+        wall = time.perf_counter() - t
+        extra.update(serial_seconds=serial, wall_seconds=wall, cpu_iters=n_cpu)
+        return serial / wall, extra
+    if w == "MEM":
+        time.sleep(size["mem_settle"])
+        mib, detail = rss_of(descendants(os.getpid()))
+        extra.update(processes=detail, pss_mib=pss_total(detail))
+        return mib, extra
+    raise ValueError(w)
 
 
 # -- CPU-bound work -----------------------------------------------------------------

@@ -13,6 +13,8 @@ import time
 
 import pytest
 
+from dispycos import Computation, Scheduler
+
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 
@@ -47,6 +49,22 @@ def stop_node_process(proc, log, dest, grace=15):
     proc.wait()
     log.close()
     shutil.rmtree(dest, ignore_errors=True)
+
+
+class Session:
+    """A private scheduler connected to one node, and a computation on it (async with)."""
+
+    def __init__(self, node, components, **kw):
+        self.scheduler = Scheduler(nodes=[node.location], secret=node.secret, discover=False)
+        self.comp = Computation(components, **kw)
+
+    async def __aenter__(self):
+        await self.comp.schedule(timeout=30)
+        return self.comp
+
+    async def __aexit__(self, *exc):
+        await self.comp.close(terminate=True)
+        await self.scheduler.close()
 
 
 class NodeProcess:

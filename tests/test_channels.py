@@ -8,21 +8,11 @@ import pytest
 import pytest_twisted
 
 import dispycos
-from dispycos import Channel, Computation, Scheduler
+from dispycos import Channel
+
+from .conftest import Session
 
 
-class Session:
-    def __init__(self, node, components, **kw):
-        self.scheduler = Scheduler(nodes=[node.location], secret=node.secret, discover=False)
-        self.comp = Computation(components, **kw)
-
-    async def __aenter__(self):
-        await self.comp.schedule(timeout=30)
-        return self.comp
-
-    async def __aexit__(self, *exc):
-        await self.comp.close(terminate=True)
-        await self.scheduler.close()
 
 
 def subscriber(channel, n, task=None):

@@ -15,6 +15,8 @@ from twisted.internet.task import deferLater
 import dispycos
 from dispycos import Computation, Scheduler
 
+from .conftest import Session
+
 
 def sleep(seconds):
     return deferLater(reactor, seconds, lambda: None)
@@ -29,20 +31,6 @@ async def wait_for(predicate, timeout=20, step=0.05):
         await sleep(step)
 
 
-class Session:
-    """A private scheduler connected to one node, and a computation on it."""
-
-    def __init__(self, node, components, **kw):
-        self.scheduler = Scheduler(nodes=[node.location], secret=node.secret)
-        self.comp = Computation(components, **kw)
-
-    async def __aenter__(self):
-        await self.comp.schedule(timeout=30)
-        return self.comp
-
-    async def __aexit__(self, *exc):
-        await self.comp.close(terminate=True)
-        await self.scheduler.close()
 
 
 # -- task functions (shipped by value: this module is not installed) -----------

@@ -13,8 +13,7 @@ from dispycos import Status, serialize
 from dispycos.protocol import commands
 from dispycos.tasks import OK, decode_outcome
 
-from .conftest import NodeProcess
-from .test_core import Session
+from .conftest import NodeProcess, Session
 
 
 def ends_at_once(n, task=None):

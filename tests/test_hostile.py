@@ -25,10 +25,11 @@ from twisted.internet import defer, reactor, threads
 from twisted.internet.task import deferLater
 
 import dispycos
-from dispycos import Computation, Scheduler, config
+from dispycos import config
 from dispycos.protocol import auth
 from dispycos.protocol.arguments import pack_items
 
+from . import conftest
 from .conftest import NodeProcess
 
 MiB = 1024 * 1024
@@ -256,18 +257,8 @@ def server_pid(task=None):
 # -- a correct computation running while the abuse goes on ------------------------------
 
 
-class Session:
-    def __init__(self, node, components=(square,), **kw):
-        self.scheduler = Scheduler(nodes=[node.location], secret=node.secret, discover=False)
-        self.comp = Computation(list(components), **kw)
-
-    async def __aenter__(self):
-        await self.comp.schedule(timeout=30)
-        return self.comp
-
-    async def __aexit__(self, *exc):
-        await self.comp.close(terminate=True)
-        await self.scheduler.close()
+def Session(node, components=(square,), **kw):
+    return conftest.Session(node, list(components), **kw)
 
 
 async def alongside(comp, abuse, *args, max_seconds=240):

@@ -9,8 +9,7 @@ import sys
 
 import pytest_twisted
 
-from .conftest import NodeProcess, env_for_children
-from .test_core import Session
+from .conftest import NodeProcess, Session, env_for_children
 
 
 def twisted_tls_state():

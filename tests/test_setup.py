@@ -11,25 +11,20 @@ import pytest
 import pytest_twisted
 
 import dispycos
-from dispycos import Computation, DispycosStatus, Scheduler, Status
+from dispycos import DispycosStatus, Status
+
+from . import conftest
 
 from .test_core import sleep, wait_for
 
 
-class Session:
+class Session(conftest.Session):
+    """With the status messages in C{statuses}."""
+
     def __init__(self, node, components, **kw):
-        self.scheduler = Scheduler(nodes=[node.location], secret=node.secret, discover=False)
         self.statuses = kw.pop("statuses", [])
         kw.setdefault("status_task", self.statuses.append)
-        self.comp = Computation(components, **kw)
-
-    async def __aenter__(self):
-        await self.comp.schedule(timeout=30)
-        return self.comp
-
-    async def __aexit__(self, *exc):
-        await self.comp.close(terminate=True)
-        await self.scheduler.close()
+        super().__init__(node, components, **kw)
 
     def count(self):
         return Counter(s.status for s in self.statuses if isinstance(s, DispycosStatus))

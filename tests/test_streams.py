@@ -17,9 +17,8 @@ import pytest
 import pytest_twisted
 
 import dispycos
-from dispycos import Computation, Scheduler
 
-from .conftest import env_for_children
+from .conftest import Session, env_for_children
 from .test_core import sleep
 
 
@@ -41,18 +40,6 @@ def write_random(path, size):
     return sha(path)
 
 
-class Session:
-    def __init__(self, node, components, **kw):
-        self.scheduler = Scheduler(nodes=[node.location], secret=node.secret, discover=False)
-        self.comp = Computation(components, **kw)
-
-    async def __aenter__(self):
-        await self.comp.schedule(timeout=30)
-        return self.comp
-
-    async def __aexit__(self, *exc):
-        await self.comp.close(terminate=True)
-        await self.scheduler.close()
 
 
 def file_task(name, back_size, task=None):

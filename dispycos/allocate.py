@@ -12,8 +12,11 @@ class DispycosNodeAllocate:
     """
     An allocation rule for nodes.
 
-    @param node: a node's name, its exact IP address, or a regular
-        expression that must match the whole IP address.
+    @param node: a node's name, its exact IP address, an IP pattern in
+        which C{*} matches any run of characters and every other character is
+        literal (C{"192.168.1.*"} takes 192.168.1.10, never 192.168.10.5), or
+        a compiled regular expression (C{re.Pattern}); patterns must match the
+        whole address.
     @param platform: a regular expression searched (ignoring case) in the
         node's C{platform.platform()}; C{''} matches any.
     @param cpus: > 0: the node must have at least that many servers and
@@ -26,27 +29,30 @@ class DispycosNodeAllocate:
     """
 
     def __init__(self, node, platform="", cpus=0, memory=0, disk=0):
-        if not isinstance(node, str) or not node:
-            raise TypeError("node must be a name, an IP address or a regular expression, not %r" % (node,))
+        if isinstance(node, re.Pattern):
+            self._ip_rex = node
+        elif isinstance(node, str) and node:
+            self._ip_rex = wildcard(node) if "*" in node else None
+        else:
+            raise TypeError("node must be a name, an IP address, an IP pattern with * or a compiled "
+                            "regular expression, not %r" % (node,))
         self.node = node
         self.platform = platform or ""
         self.cpus = int(cpus or 0)
         self.memory = int(memory or 0)
         self.disk = int(disk or 0)
-        try:
-            self._ip_rex = re.compile(node.replace("*", ".*") if "*" in node and "\\" not in node else node)
-        except re.error:
-            self._ip_rex = None
-        try:
-            self._ip = socket.gethostbyname(node) if re.match(r"^[\w.-]+$", node) else None
-        except OSError:
-            self._ip = None
+        self._ip = None
+        if self._ip_rex is None:
+            try:
+                self._ip = socket.gethostbyname(node) if re.match(r"^[\w.-]+$", node) else None
+            except OSError:
+                self._ip = None
 
     def matches(self, ip_addr, name):
-        """True when this allocation names the node (name, exact IP or full-IP regex)."""
-        if self.node in (ip_addr, name) or (self._ip is not None and self._ip == ip_addr):
-            return True
-        return self._ip_rex is not None and self._ip_rex.fullmatch(ip_addr) is not None
+        """True when this allocation names the node (name, exact IP, or a pattern of the whole IP)."""
+        if self._ip_rex is not None:
+            return self._ip_rex.fullmatch(ip_addr) is not None
+        return self.node in (ip_addr, name) or (self._ip is not None and self._ip == ip_addr)
 
     def allocate(self, ip_addr, name, platform, cpus, memory, disk):
         """
@@ -70,6 +76,14 @@ class DispycosNodeAllocate:
     def __repr__(self):
         return "DispycosNodeAllocate(%r, platform=%r, cpus=%d, memory=%d, disk=%d)" % (
             self.node, self.platform, self.cpus, self.memory, self.disk)
+
+
+def wildcard(pattern):
+    """
+    The regular expression of an IP pattern: C{*} matches any run of
+    characters, every other character is literal.
+    """
+    return re.compile(".*".join(re.escape(part) for part in pattern.split("*")), re.DOTALL)
 
 
 def allocate_cpus(allocations, info):

@@ -130,12 +130,10 @@ class Computation:
             name = os.path.join(subdir, os.path.basename(path)) if subdir else os.path.basename(path)
         if any(n == name for n, _ in self._files):
             return
-        try:
-            with open(path, "rb") as f:
-                data = f.read()
-        except OSError as e:
-            raise ValueError("component %r is not readable: %s" % (path, e))
-        self._files.append((name, data))
+        if not os.access(path, os.R_OK):
+            raise ValueError("component %r is not readable" % (path,))
+        # Streamed to every node when the computation is scheduled (read then, not held here).
+        self._files.append((name, path))
 
     def _setup_names(self):
         """Component names of C{node_setup} and C{server_setup} (or None)."""
@@ -241,7 +239,11 @@ class Computation:
     def _activated(self):
         self._active = True
         if self.dest_path is None:
-            self.dest_path = tempfile.mkdtemp(prefix="dispycos-client-")
+            # A fresh directory, under the private scheduler's dest_path when it has one.
+            parent = getattr(self._scheduler, "dest_path", None)
+            if parent:
+                os.makedirs(parent, exist_ok=True)
+            self.dest_path = tempfile.mkdtemp(prefix="dispycos-client-", dir=parent or None)
             self._own_dest = True
         os.makedirs(self.dest_path, exist_ok=True)
         self.runtime.file_roots[("client", self.id)] = self.dest_path
@@ -549,6 +551,22 @@ class Computation:
         if not self._active:
             return defer.succeed([])
         return self._scheduler.servers_of(self)
+
+    def tasks(self, where=None):
+        """
+        Deferred firing with the L{RemoteTask}s of this computation still
+        running: all of them, or those on node C{where} (its IP address or
+        name) or on server C{where} (a L{Location}).
+        """
+        running = [t for t in self._tasks.values() if t.outcome is None]
+        if where is None:
+            return defer.succeed(running)
+        if isinstance(where, Location):
+            return defer.succeed([t for t in running if t.location == where])
+        where = str(where)
+        return defer.succeed([t for t in running
+                              if where in (t.location.addr, getattr(t._entry, "node_addr", None),
+                                           getattr(t._entry, "node_name", None))])
 
     # -- closing --------------------------------------------------------------------
 

@@ -428,6 +428,8 @@ class HTTPServer:
     @param allowed_hosts: host names (besides IP addresses, C{localhost},
         this machine's name and C{host}) browsers may use to reach the
         monitor.
+    @param name: a name shown with the cluster data (C{"name"}), such as a
+        shared scheduler's C{-n}.
     @ivar port: the port listened on (the real one when C{port} is 0).
     @ivar status_task: the callable installed as the computation's
         C{status_task}.
@@ -436,11 +438,12 @@ class HTTPServer:
     keepalive_sec = 15
 
     def __init__(self, computation, host="127.0.0.1", port=8181, poll_sec=10, DocumentRoot=None, keyfile=None,
-                 certfile=None, show_task_args=True, reactor=None, allowed_hosts=()):
+                 certfile=None, show_task_args=True, reactor=None, allowed_hosts=(), name=None):
         if reactor is None:
             from twisted.internet import reactor
         self.reactor = reactor
         self.host = host or ""
+        self.name = name
         if poll_sec < 1:
             log.warn("HTTPServer: poll_sec {p} is too small; using 1", p=poll_sec)
             poll_sec = 1
@@ -775,7 +778,7 @@ class HTTPServer:
         return {"tasks_submitted": self.tasks_submitted, "tasks_running": len(self.tasks),
                 "tasks_done": self.tasks_done, "computation": self.computation_status,
                 "seq": self.seq, "time": time.time(), "poll_sec": self.poll_sec,
-                "show_task_args": self.show_task_args}
+                "show_task_args": self.show_task_args, "name": self.name}
 
     def cluster_status(self, history=True):
         """What C{GET /cluster_status} answers."""

@@ -6,7 +6,6 @@ process per CPU, sets a computation up on them and wipes it afterwards.
 
 import ipaddress
 import os
-import pickle
 import platform
 import shutil
 import socket
@@ -19,7 +18,7 @@ from twisted.logger import Logger
 from . import config
 from .discovery import Discovery
 from .errors import DispycosError, FileTransferError, SetupError
-from .streams import StreamingAMP
+from .streams import StreamingAMP, safe_join
 from .tls import TLS
 from .tls import listen as tls_listen
 from .protocol import auth, commands
@@ -79,25 +78,12 @@ def avail_info(path=None):
         return {"cpu": None, "memory": None, "disk": None, "swap": None}
 
 
-def safe_join(root, name):
-    """
-    C{root}/C{name}, refusing names that are absolute or escape C{root}.
-
-    @raise FileTransferError: for such names.
-    """
-    if not name or os.path.isabs(name) or "\x00" in name:
-        raise FileTransferError("refused file name %r" % (name,))
-    path = os.path.realpath(os.path.join(root, name))
-    if not path.startswith(os.path.realpath(root) + os.sep):
-        raise FileTransferError("refused file name %r: outside the destination" % (name,))
-    return path
-
-
 class NodeProtocol(StreamingAMP):
     """A scheduler's connection to this node (it may also send files for the node directory)."""
 
     def __init__(self, node):
-        super().__init__(node.reactor, node.stream_root, node.max_file_size, keyring=node.keyring, location="")
+        super().__init__(node.reactor, lambda dest, computation: node.stream_root(self, dest, computation),
+                         node.max_file_size, keyring=node.keyring, location="")
         self.node = node
         self.last_pulse = node.reactor.seconds()
         self.pulse_interval = None
@@ -124,12 +110,17 @@ class NodeProtocol(StreamingAMP):
         self.pulse_interval = min(max(interval, node.min_pulse_interval), node.max_pulse_interval)
         return {"avail": avail_info(node.dest_path)}
 
+    @commands.Prepare.responder
+    def _prepare(self, computation, files):
+        self.node.prepare(self, computation, files)
+        return {}
+
     @commands.Reserve.responder
-    def _reserve(self, computation, key, cpus, components, files, client, node_setup=None, server_setup=None,
+    def _reserve(self, computation, key, cpus, components, client, node_setup=None, server_setup=None,
                  setup_args=None, disable_servers=False):
-        self.setup = {"node_setup": node_setup, "server_setup": server_setup, "setup_args": setup_args,
-                      "disable_servers": bool(disable_servers)}
-        return self.node.reserve(self, computation, key, cpus, components, files, client)
+        setup = {"node_setup": node_setup, "server_setup": server_setup, "setup_args": setup_args,
+                 "disable_servers": bool(disable_servers)}
+        return self.node.reserve(self, computation, key, cpus, components, client, setup)
 
     @commands.EnableServer.responder
     def _enable_server(self, computation, index, args):
@@ -211,11 +202,19 @@ class NodeService(service.Service):
     def keyring(self, role, computation):
         return self.key if role == "scheduler" else None
 
-    def stream_root(self, dest, computation):
-        """Files a scheduler's link sends land in the node directory."""
-        if dest in ("node", "blob") and self.node_dir:
+    def stream_root(self, proto, dest, computation):
+        """
+        Files a scheduler's link sends land in the node directory, and only
+        for the computation this node is held for by that scheduler.
+        """
+        active = self.active
+        if dest == "blob" and self.node_dir:
             return self.node_dir
-        raise FileTransferError("a node takes files for its node directory only, not %r" % (dest,))
+        if dest != "node":
+            raise FileTransferError("a node takes files for its node directory only, not %r" % (dest,))
+        if active is None or active["proto"] is not proto or active["computation"] != computation:
+            raise FileTransferError("node %s is not held for computation %s by this scheduler" % (self.name, computation))
+        return self.node_dir
 
     # -- service ---------------------------------------------------------------
 
@@ -317,7 +316,7 @@ class NodeService(service.Service):
                     proto.transport.loseConnection()
             except Exception:
                 self.log.failure("releasing computation at stop")
-        yield defer.DeferredList([s.stop(terminate=True) for s in self.slots], consumeErrors=True)
+        yield defer.DeferredList([s.stop(terminate=True, grace=config.ServerKillGrace) for s in self.slots], consumeErrors=True)
         shutil.rmtree(self.node_dir, ignore_errors=True)
         self._remove_pid_file()
         yield service.Service.stopService(self)
@@ -413,25 +412,71 @@ class NodeService(service.Service):
 
     # -- computations ---------------------------------------------------------------
 
-    @defer.inlineCallbacks
-    def reserve(self, proto, computation, key, cpus, components, files, client):
+    def prepare(self, proto, computation, files):
+        """
+        Hold this node for C{computation} of C{proto}'s scheduler, which
+        streams the component C{files} (C{[name, size]} pairs) next.
+
+        @raise DispycosError: when the node takes no computation now (busy,
+            stopping, quitting, outside its service window).
+        @raise FileTransferError: naming a file that is over
+            C{--max_file_size} or whose name is refused.
+        """
         if self.stopping:
             raise DispycosError("node %s is stopping" % self.name)
         self._check_accepting()
-        if self.active is not None:
-            if self.active["computation"] == computation:
+        active = self.active
+        if active is not None and not (active["computation"] == computation and active["proto"] is proto
+                                       and not active["initialized"]):
+            if active["computation"] == computation:
                 raise DispycosError("computation %s is already set up on node %s" % (computation, self.name))
             raise DispycosError("node %s is busy with another computation" % self.name)
-        count = len(self.slots) if cpus <= 0 else min(cpus, len(self.slots))
-        setup = getattr(proto, "setup", None) or {}
-        active = self.active = {
-            "computation": computation, "key": key, "components": components, "proto": proto,
-            "host": self._announce_host(proto), "slots": {}, "client": client, "setup": setup,
-            "node_globals": None, "server_args": {},
+        expected = {}
+        for item in files or ():
+            try:
+                name, size = str(item[0]), int(item[1])
+            except (TypeError, ValueError, IndexError):
+                raise FileTransferError("bad entry %r in the list of component files" % (item,))
+            safe_join(self.node_dir, name)
+            if self.max_file_size and size > self.max_file_size:
+                raise FileTransferError("component file %s is %d bytes, over node %s's --max_file_size of %d bytes"
+                                        % (name, size, self.name, self.max_file_size))
+            expected[name] = size
+        self._wipe_node_dir()
+        self.active = {
+            "computation": computation, "proto": proto, "host": self._announce_host(proto), "files": expected,
+            "initialized": False, "slots": {}, "setup": {}, "server_args": {}, "node_globals": None,
+            "client": None, "key": None, "components": None,
         }
+        self.log.info("held for computation {c} ({n} component file(s) to come)", c=computation, n=len(expected))
+
+    def _check_files(self, active):
+        """Every component file announced in L{prepare} arrived whole (L{SetupError} otherwise)."""
+        for name, size in active["files"].items():
+            path = safe_join(self.node_dir, name)
+            try:
+                got = os.path.getsize(path)
+            except OSError:
+                got = None
+            if got != size:
+                raise SetupError("component file %s did not arrive at node %s" % (name, self.name))
+
+    @defer.inlineCallbacks
+    def reserve(self, proto, computation, key, cpus, components, client, setup):
+        if self.stopping:
+            raise DispycosError("node %s is stopping" % self.name)
+        active = self.active
+        if active is None or active["computation"] != computation or active["proto"] is not proto:
+            if active is not None and active["computation"] != computation:
+                raise DispycosError("node %s is busy with another computation" % self.name)
+            raise DispycosError("computation %s was not prepared on node %s" % (computation, self.name))
+        if active["initialized"]:
+            raise DispycosError("computation %s is already set up on node %s" % (computation, self.name))
+        self._check_files(active)
+        count = len(self.slots) if cpus <= 0 else min(cpus, len(self.slots))
+        active.update(key=key, components=components, client=client, setup=setup, initialized=True)
         slots = self.slots[:count]
         try:
-            self._write_files(files)
             prepared = []
             if setup.get("node_setup"):
                 # Once per node, in its first server, before the others start;
@@ -460,23 +505,7 @@ class NodeService(service.Service):
         self.note_activity()
         return {"servers": servers, "node_dir": self.node_dir}
 
-    def _write_files(self, files):
-        for name, data in pickle.loads(files) if files else []:
-            path = safe_join(self.node_dir, name)
-            os.makedirs(os.path.dirname(path), exist_ok=True)
-            with open(path, "wb") as f:
-                f.write(data)
-
-    @defer.inlineCallbacks
-    def release(self, computation, terminate):
-        active = self.active
-        if active is None or active["computation"] != computation:
-            return
-        # Servers leave with the computation; fresh ones replace them, so no
-        # global of this computation survives it.
-        yield defer.DeferredList([s.stop(terminate) for s in self.slots if s.running], consumeErrors=True)
-        if self.active is active:
-            self.active = None
+    def _wipe_node_dir(self):
         for entry in os.listdir(self.node_dir):
             path = os.path.join(self.node_dir, entry)
             if os.path.isdir(path) and not os.path.islink(path):
@@ -486,6 +515,21 @@ class NodeService(service.Service):
                     os.unlink(path)
                 except OSError:
                     pass
+
+    @defer.inlineCallbacks
+    def release(self, computation, terminate):
+        active = self.active
+        if active is None or active["computation"] != computation:
+            return
+        # Servers leave with the computation; fresh ones replace them, so no
+        # global of this computation survives it (servers it never reached
+        # stay). Without terminate, tasks run to their end (no kill after a grace).
+        if active["initialized"]:
+            grace = config.ServerKillGrace if terminate else None
+            yield defer.DeferredList([s.stop(terminate, grace) for s in self.slots if s.running], consumeErrors=True)
+        if self.active is active:
+            self.active = None
+        self._wipe_node_dir()
         self.log.info("computation {c} closed", c=computation)
         self.announce()
         self._released(active)
@@ -528,7 +572,7 @@ class NodeService(service.Service):
         location = active["slots"].pop(index, None)
         if location is None:
             return
-        yield slot.stop(terminate, grace=3.0 if terminate else None)
+        yield slot.stop(terminate, grace=config.ServerKillGrace if terminate else None)
         self._tell(active, index, "closed", location)
         if restart and self.active is active:
             try:
@@ -636,13 +680,16 @@ class NodeService(service.Service):
         slots = sorted(active["slots"].items())
 
         def tell(result):
+            # Every server is reported closed, then the node itself: the
+            # scheduler then books the node free (one-way events: nothing
+            # to wait for).
             proto = active["proto"]
             if proto.connected:
                 for index, location in slots:
-                    proto.callRemote(
-                        commands.ServerEvent, computation=active["computation"], index=index,
-                        event="died", location=location,
-                    ).addErrback(lambda f: None)
+                    proto.callRemote(commands.ServerEvent, computation=active["computation"], index=index,
+                                     event="closed", location=location)
+                proto.callRemote(commands.ServerEvent, computation=active["computation"], index=0,
+                                 event="node_closed", location="")
             return result
 
         return self.release(active["computation"], terminate).addBoth(tell)

@@ -346,7 +346,9 @@ def makeService(options, reactor=None):
         raise SystemExit(2)
     # Without --daemon the node reads stdin if it is a terminal when it starts.
     stdin_commands = True if options["stdin_commands"] else (False if options["daemon"] else "auto")
-    return NodeService(
+    from .scripts import for_twistd
+
+    return for_twistd(NodeService(
         reactor,
         cpus=options["servers"],
         hosts=options["ip_addr"],
@@ -371,4 +373,4 @@ def makeService(options, reactor=None):
         zombie_period=options["zombie_period"],
         pid_file=pid_file,
         stdin_commands=stdin_commands,
-    )
+    ), options)

@@ -85,17 +85,34 @@ class UnderscoreOptions(usage.Options):
         """Address announced to peers (NAT, cloud), paired with -i in order (repeatable)."""
         self["ext_ip_addr"].append(value)
 
+    def __init_subclass__(cls, **kw):
+        super().__init_subclass__(**kw)
+        # --no_FLAG for every flag: switches off a flag a --config file turned on.
+        for flag in [f[0] for f in cls.optFlags]:
+            if not hasattr(cls, "opt_no_" + flag):
+                setattr(cls, "opt_no_" + flag, _negation(flag))
+
     def parseOptions(self, options=None):
         if options is None:
             options = sys.argv[1:]
-        dashed = {name.replace("_", "-") for name in self._repeatable}
+        # opt_* methods answer to --a-b; the manual spells them --a_b.
+        known = {name.rstrip("=") for name in self.longOpt}
         fixed = []
         for arg in options:
             if arg.startswith("--"):
                 name, eq, value = arg[2:].partition("=")
-                if name.replace("_", "-") in dashed:
+                if name not in known and name.replace("_", "-") in known:
                     arg = "--" + name.replace("_", "-") + eq + value
             fixed.append(arg)
         return super().parseOptions(fixed)
 
     _repeatable = ()
+
+
+def _negation(flag):
+    def opt_no(self):
+        self[flag] = 0
+        self.given.add(flag)
+
+    opt_no.__doc__ = "Turn --%s off (over a --config file)." % flag
+    return opt_no

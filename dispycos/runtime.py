@@ -323,13 +323,13 @@ class Runtime:
         self.location = Location(addr, port)
         return self.location
 
-    def rebind(self, host):
-        """Listen on C{host} instead (only before any connection exists)."""
+    def rebind(self, host, port=0):
+        """Listen on C{host}:C{port} instead (only before any connection exists)."""
         if self._listening is not None:
             self._listening.stopListening()
             self._listening = None
         self.host = host
-        self.port = 0
+        self.port = port
         return self.listen()
 
     def stop_listening(self):

@@ -5,6 +5,7 @@ L{Computation} what a private L{Scheduler} does, over one authenticated AMP
 connection (with heartbeats both ways).
 """
 
+import os
 import pickle
 
 from twisted.internet import defer, task
@@ -16,6 +17,7 @@ from .protocol import auth, commands
 from .protocol.arguments import unpack_items
 from .protocol.base import DispycosAMP
 from .tls import connect as tls_connect
+from .streams import send_file
 from .status import DispycosNodeAvailInfo, DispycosNodeInfo, DispycosStatus, Location, Status
 
 
@@ -51,6 +53,8 @@ class _SchedulerProtocol(DispycosAMP):
 
 class Placed:
     """Where a shared scheduler placed a task."""
+
+    node_name = None
 
     def __init__(self, location, node_addr):
         self.location = location
@@ -103,9 +107,15 @@ class RemoteScheduler:
                    "allocations": bool(comp.node_allocations), "node_setup": node_setup,
                    "server_setup": server_setup, "disable_nodes": bool(comp.disable_nodes),
                    "disable_servers": bool(comp.disable_servers)}
+        files = [(name, path, os.path.getsize(path)) for name, path in comp._files]
         r = yield proto.callRemote(commands.Submit, components=comp._components_blob,
-                                   files=pickle.dumps(comp._files), options=options)
+                                   files=[[name, size] for name, _, size in files], options=options)
         comp.id = r["computation"]
+        # The component files go to the scheduler (it passes them on to nodes), then the computation queues.
+        for name, path, _ in files:
+            subdir, base = os.path.split(name)
+            yield send_file(proto, path, "scheduler", subdir=subdir, overwrite=True, computation=comp.id, name=base)
+        yield proto.callRemote(commands.Enqueue, computation=comp.id)
         self._report = "queued at scheduler %s" % (self.location,)
         self._start_pulses()
 

@@ -7,8 +7,8 @@ L{Scheduler} runs privately in the client's process (as here); the shared
 scheduler program wraps the same logic for remote clients.
 """
 
+import copy
 import os
-import pickle
 import uuid
 from collections import deque
 
@@ -16,12 +16,14 @@ from twisted.internet import defer, error
 from twisted.logger import Logger
 
 from . import config
-from .errors import AuthenticationError, ComputationClosed, DispycosError, NoServerError, ScheduleError, SetupError
+from .errors import (AuthenticationError, ComputationClosed, ConnectionLostError, DispycosError, FileTransferError,
+                     NoServerError, ScheduleError, SetupError)
 from .protocol import auth, commands
 from .protocol.base import DispycosAMP
 from .tls import TLS
 from .tls import connect as tls_connect
 from .status import DispycosNodeAvailInfo, DispycosNodeInfo, DispycosStatus, Location, Status
+from .streams import send_file
 
 
 class _NodeClient(DispycosAMP):
@@ -59,6 +61,10 @@ class ServerEntry:
     def node_addr(self):
         return self.node.addr
 
+    @property
+    def node_name(self):
+        return self.node.info.name if self.node.info else None
+
     def __repr__(self):
         return "<server %s>" % (self.location,)
 
@@ -86,6 +92,11 @@ class NodeLink:
         self.abandoned = False
         self.held = None
         self.ignored_by = None
+        #: (computation, why) when this node cannot serve that computation
+        #: (a setup failure, a file over its limit); why it declined to be
+        #: held for the active one (busy, outside its service window).
+        self.failed = None
+        self.declined = None
         self.suspended = False
 
     @property
@@ -143,7 +154,8 @@ class NodeLink:
         now = scheduler.reactor.seconds()
         if self.proto is None:
             return
-        if now - self.last_pulse > config.MissedPulses * interval:
+        limit = scheduler.silence_limit(interval)
+        if limit is not None and now - self.last_pulse > limit:
             self.log.warn("node at {loc} silent for {s:.1f}s: abandoned", loc=self.location, s=now - self.last_pulse)
             self.abandoned = True
             scheduler._node_abandoned(self)
@@ -218,6 +230,15 @@ class NodeLink:
             self.proto.transport.loseConnection()
 
 
+def read_secret_file(path):
+    """The secret kept in file C{path} (its first line)."""
+    try:
+        with open(path, encoding="utf-8") as f:
+            return f.readline().rstrip("\r\n")
+    except OSError as e:
+        raise ValueError("cannot read the secret file %s: %s" % (path, e.strerror or e))
+
+
 def _local_address_for(nodes):
     """
     The address of this host on the way to the first non-loopback node in
@@ -255,24 +276,50 @@ class _Placement:
 
 class Scheduler:
     """
-    A private scheduler in this process, on the running reactor.
+    A private scheduler in this process, on the running reactor. It takes
+    the options of the C{dispycos} program under their long names.
 
     @param nodes: nodes to connect to: C{"host[:port]"} strings (port 9706
         by default) or L{Location}s.
-    @param secret: the secret the nodes were started with.
-    @param ip_addr: the address this process listens on for its servers'
-        replies (default: loopback).
+    @param secret: the secret the nodes were started with (or read from
+        C{secret_file}).
+    @param ip_addr: the address this process listens on for its servers
+        and peers (default: loopback, or the address towards the first
+        listed node that is not on loopback); C{tcp_port} its port (0: any).
+    @param ext_ip_addr: the address announced to servers instead (NAT).
+    @param udp_port: the discovery port; C{node_port} the nodes' default port.
+    @param name: this scheduler's name in its log.
+    @param dest_path: where computations put the files tasks send back,
+        unless C{Computation(dest_path=...)} says otherwise.
+    @param max_file_size: the largest file this process accepts (0: any).
+    @param zombie_period: seconds of silence after which a node is
+        abandoned (default: 5 pulse intervals; 0: never, only a lost
+        connection counts).
+    @param pulse_interval: the heartbeat interval while no computation runs.
     """
 
     log = Logger()
     _instance = None
 
     def __init__(self, nodes=(), secret="", ip_addr=None, reactor=None, private=True, udp_port=config.SchedulerPort,
-                 node_port=config.NodePort, discover=True, certfile=None, keyfile=None, cafile=None, **options):
+                 node_port=config.NodePort, discover=True, certfile=None, keyfile=None, cafile=None, tcp_port=0,
+                 ext_ip_addr=None, name=None, dest_path=None, max_file_size=0, secret_file=None, zombie_period=None,
+                 pulse_interval=10):
         if reactor is None:
             from twisted.internet import reactor
         self.reactor = reactor
-        self.options = options
+        if secret_file:
+            secret = read_secret_file(secret_file)
+        if isinstance(ip_addr, (list, tuple)):
+            ip_addr = ip_addr[0] if ip_addr else None
+        if isinstance(ext_ip_addr, (list, tuple)):
+            ext_ip_addr = ext_ip_addr[0] if ext_ip_addr else None
+        if zombie_period is not None and zombie_period < 0:
+            raise ValueError("zombie_period must not be negative")
+        self.name = name or "dispycos-%d" % os.getpid()
+        self.dest_path = dest_path
+        self.zombie_period = zombie_period
+        self.default_pulse_interval = pulse_interval
         self.key = auth.key_from_secret(secret)
         self.tls = TLS(certfile, keyfile, cafile)
         from .runtime import Runtime, current_runtime, set_runtime
@@ -281,16 +328,22 @@ class Scheduler:
             ip_addr = _local_address_for(nodes)
         runtime = current_runtime(create=False)
         if runtime is None:
-            runtime = Runtime(reactor, host=ip_addr if private else "127.0.0.1")
+            runtime = Runtime(reactor, host=ip_addr if private else "127.0.0.1", port=tcp_port if private else 0,
+                              announce=ext_ip_addr if private else None)
             if private and self.tls.cert is not None:
                 runtime.tls = self.tls
             runtime.listen()
             set_runtime(runtime)
-        elif private and (ip_addr not in (runtime.host, "") or (self.tls.cert is not None and runtime.tls is None)) \
-                and not runtime.links:
+        elif private and (ip_addr not in (runtime.host, "") or (self.tls.cert is not None and runtime.tls is None)
+                          or (tcp_port and tcp_port != runtime.location.port)
+                          or (ext_ip_addr and ext_ip_addr != runtime.announce)) and not runtime.links:
             if self.tls.cert is not None:
                 runtime.tls = self.tls
-            runtime.rebind(ip_addr if ip_addr else runtime.host)
+            if ext_ip_addr:
+                runtime.announce = ext_ip_addr
+            runtime.rebind(ip_addr if ip_addr else runtime.host, tcp_port)
+        if private and max_file_size:
+            runtime.max_file_size = max_file_size
         self.runtime = runtime
         self.links = {}
         self.queue = deque()
@@ -313,15 +366,19 @@ class Scheduler:
         runtime.lost_hooks.append(self._connection_lost)
         if private:
             Scheduler._instance = self
-        for st in Status:
-            setattr(self, st.name, st)
 
     def pulse_interval(self):
         """The heartbeat interval: the active computation's, else the default."""
         comp = self.active
         if comp is not None:
             return comp.pulse_interval
-        return self.options.get("pulse_interval", 10)
+        return self.default_pulse_interval
+
+    def silence_limit(self, interval):
+        """Seconds of silence after which a node is abandoned (None: never)."""
+        if self.zombie_period is None:
+            return config.MissedPulses * interval
+        return self.zombie_period or None
 
     # -- nodes --------------------------------------------------------------------
 
@@ -368,10 +425,47 @@ class Scheduler:
             self._check_refusals(comp)
 
     def _check_refusals(self, comp):
-        listed = [l for l in self.links.values() if l.listed]
-        if comp._pending_schedule is not None and listed and all(l.state == "refused" for l in listed):
-            why = "; ".join("%s: %s" % (l.location, l.refusal) for l in listed)
-            comp._schedule_failed(ScheduleError("every node refused: %s" % why))
+        """
+        Fail C{comp}'s C{schedule()} at once when no server can become ready:
+        every known node refused this scheduler (secret, version, TLS) or
+        cannot serve this computation (setup failed, a file over its limit),
+        or was left out by the allocations (a node not listening yet is still
+        tried, and so is one that only declined for now).
+        """
+        if comp._pending_schedule is None or any(e.ready for e in self.servers):
+            return
+        links = list(self.links.values())
+
+        def failed(l):
+            return l.state == "refused" or (l.failed is not None and l.failed[0] is comp)
+
+        if links and all(failed(l) or l.ignored_by is comp for l in links) and any(map(failed, links)):
+            why = "; ".join("%s: %s" % (l.location, self._why(l, comp)) for l in links)
+            head = "every node refused" if all(l.state == "refused" for l in links) else "no server can become ready"
+            comp._schedule_failed(ScheduleError("%s: %s" % (head, why)))
+
+    @staticmethod
+    def _why(link, comp):
+        """What C{link}'s node answered, for error messages about C{comp}."""
+        if link.state == "refused":
+            return link.refusal
+        if link.failed is not None and link.failed[0] is comp:
+            return link.failed[1]
+        if link.ignored_by is comp:
+            return "not used (allocation)"
+        if link.declined and not link.servers:
+            return "declined: %s" % link.declined
+        return link.state
+
+    def _node_failed(self, link, comp, exc):
+        """C{link}'s node cannot serve C{comp} (setup failed, a file over its limit)."""
+        if link.computation is comp:
+            link.computation = None
+        link.ignored_by = comp
+        link.failed = (comp, str(exc))
+        self.log.warn("node {loc}: {e}", loc=link.location, e=exc)
+        self._fail_if_no_servers()
+        self._check_refusals(comp)
 
     def _node_lost(self, link):
         self._drop_node(link, Status.ServerDisconnected, Status.NodeDisconnected, "node %s lost" % (link.location,))
@@ -416,13 +510,46 @@ class Scheduler:
             self.log.info("node {loc} not used by computation {c} (allocation)", loc=link.location, c=comp.id)
             link.computation = None
             link.ignored_by = comp
+            self._check_refusals(comp)
             return
+        try:
+            yield self._prepare(link, comp)
+        except (SetupError, FileTransferError) as e:
+            if comp is self.active:
+                self._node_failed(link, comp, e)
+            return
+        except Exception as e:
+            self._declined(link, comp, e)
+            return
+        if comp is not self.active or link.computation is not comp:
+            return
+        link.declined = None
         if comp.disable_nodes:
-            link.held = (comp, cpus)  # until enable_node(ip, *args)
+            link.held = (comp, cpus)  # until enable_node(ip, *args), which the status may call
             comp._status(Status.NodeDiscovered, link.info)
             return
         comp._status(Status.NodeDiscovered, link.info)
         yield self._setup_node(link, comp, cpus, None)
+
+    def _declined(self, link, comp, exc):
+        """The node would not take C{comp} for now (busy, outside its window): ask again, say why."""
+        if link.computation is comp:
+            link.computation = None
+        link.declined = str(exc)
+        if comp is self.active and link.proto is not None:
+            self.log.warn("node {loc} could not take the computation: {e}", loc=link.location, e=exc)
+            self.reactor.callLater(2, self._reserve, link, comp)
+
+    @defer.inlineCallbacks
+    def _prepare(self, link, comp):
+        """Hold the node for C{comp} and stream its component files into the node directory."""
+        files = [(name, path, os.path.getsize(path)) for name, path in comp._files]
+        yield link.call(commands.Prepare, computation=comp.id, files=[[name, size] for name, _, size in files])
+        for name, path, _ in files:
+            subdir, base = os.path.split(name)
+            if link.proto is None:
+                raise ConnectionLostError("node %s is gone" % (link.location,))
+            yield send_file(link.proto, path, "node", subdir=subdir, overwrite=True, computation=comp.id, name=base)
 
     @defer.inlineCallbacks
     def _setup_node(self, link, comp, cpus, setup_args):
@@ -431,29 +558,20 @@ class Scheduler:
         try:
             r = yield link.call(
                 commands.Reserve, computation=comp.id, key=comp.key, cpus=cpus,
-                components=comp._components_blob, files=pickle.dumps(comp._files),
+                components=comp._components_blob,
                 client=str(self.runtime.location), node_setup=node_setup, server_setup=server_setup,
                 setup_args=setup_args, disable_servers=bool(comp.disable_servers),
             )
         except SetupError as e:
-            if link.computation is comp:
-                link.computation = None
-            link.ignored_by = comp
-            self.log.warn("node {loc}: {e}", loc=link.location, e=e)
-            comp._status_raw(DispycosStatus(Status.NodeClosed, link.info, exception=e))
-            self._fail_if_no_servers()
+            if comp is self.active:
+                comp._status_raw(DispycosStatus(Status.NodeClosed, link.info, exception=e))
+                self._node_failed(link, comp, e)
             return
         except Exception as e:
-            if link.computation is comp:
-                link.computation = None
-            if comp is self.active and link.proto is not None:
-                self.log.warn("node {loc} could not take the computation: {e}", loc=link.location, e=e)
-                self.reactor.callLater(2, self._reserve, link, comp)
+            self._declined(link, comp, e)
             return
         if comp is not self.active or link.computation is not comp:
             return
-        import copy
-
         info = copy.copy(link.info)
         info.cpus = len(r["servers"])
         comp._status(Status.NodeInitialized, info)
@@ -557,7 +675,7 @@ class Scheduler:
 
     def node_report(self):
         """What each known node answered, for error messages."""
-        parts = ["%s: %s" % (l.location, l.refusal or l.state) for l in self.links.values()]
+        parts = ["%s: %s" % (l.location, self._why(l, self.active)) for l in self.links.values()]
         return (" (nodes: %s)" % ", ".join(parts)) if parts else " (no nodes known)"
 
     def entry_at(self, location):
@@ -570,7 +688,8 @@ class Scheduler:
         """Queue C{comp}; it becomes active when the ones before it closed."""
         if self.closed:
             raise ScheduleError("the scheduler is closed")
-        comp.id = uuid.uuid4().hex
+        if comp.id is None:
+            comp.id = uuid.uuid4().hex
         comp.key = os.urandom(32)
         self.queue.append(comp)
         # On the next turn: a remote client must have our answer (the
@@ -813,3 +932,9 @@ class Scheduler:
             self.runtime.lost_hooks.remove(self._connection_lost)
         if Scheduler._instance is self:
             Scheduler._instance = None
+
+
+# Status codes as class attributes, as in pycos programs (msg.status == Scheduler.ComputationClosed).
+for _name, _member in Status.__members__.items():
+    setattr(Scheduler, _name, _member)
+del _name, _member

@@ -8,9 +8,12 @@ import os
 import signal
 import sys
 
+from twisted.application.service import MultiService
 from twisted.internet import defer, task
-from twisted.logger import FilteringLogObserver, LogLevel, LogLevelFilterPredicate, globalLogBeginner, textFileLogObserver
+from twisted.logger import (FilteringLogObserver, ILogObserver, LogLevel, LogLevelFilterPredicate, globalLogBeginner,
+                            textFileLogObserver)
 from twisted.python import usage
+from twisted.python.components import Componentized
 
 
 def log_predicate(debug):
@@ -28,6 +31,52 @@ def start_logging(debug, stream=None):
         [FilteringLogObserver(textFileLogObserver(stream or sys.stderr), [log_predicate(debug)])],
         redirectStandardIO=False,
     )
+
+
+class _TwistdLogLevel(MultiService):
+    """
+    The top service a twistd plugin returns: on joining twistd's
+    application it gives it the log observer twistd would make for
+    C{--logfile} (stdout with C{-n}), filtered at the level the plugin's
+    C{-d} asks for, as the console scripts do. (twistd uses an application's
+    ILogObserver component instead of making its own.)
+    """
+
+    def __init__(self, child, debug, twistd):
+        super().__init__()
+        self.debug = debug
+        self.twistd = twistd
+        child.setServiceParent(self)
+
+    def setServiceParent(self, parent):
+        if isinstance(parent, Componentized) and parent.getComponent(ILogObserver) is None:
+            parent.setComponent(ILogObserver, FilteringLogObserver(
+                textFileLogObserver(self._log_file()), [log_predicate(self.debug)]))
+        return super().setServiceParent(parent)
+
+    def _log_file(self):
+        path = self.twistd.get("logfile")
+        if path == "-" or (not path and self.twistd.get("nodaemon")):
+            return sys.stdout
+        from twisted.internet import reactor
+        from twisted.python.logfile import LogFile
+
+        log_file = LogFile.fromFullPath(path or "twistd.log")
+        # As twistd: SIGUSR1 rotates the log.
+        signal.signal(signal.SIGUSR1, lambda *_: reactor.callFromThread(log_file.rotate))
+        return log_file
+
+
+def for_twistd(service, options):
+    """
+    C{service} as a twistd plugin's C{makeService} should return it: with
+    C{-d} deciding the log level, unless twistd was told how to log
+    (C{--logger}, C{--syslog}). Outside twistd, C{service} itself.
+    """
+    twistd = getattr(options, "parent", None)
+    if twistd is None or not hasattr(twistd, "get") or twistd.get("logger") or twistd.get("syslog"):
+        return service
+    return _TwistdLogLevel(service, bool(options.get("debug")), twistd)
 
 
 def _run_service(options_class, make_service, argv, prog):

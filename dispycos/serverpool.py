@@ -216,11 +216,11 @@ class ServerSlot(ProcessProtocol):
                 pass
 
     @defer.inlineCallbacks
-    def stop(self, terminate=True, grace=3.0):
+    def stop(self, terminate=True, grace=None):
         """
         Close the server: ask it to end its tasks (C{terminate}) or wait for
         them, and exit; kill it if it has not exited after C{grace} seconds
-        (None: wait as long as its tasks run). Fires once it is gone.
+        (None, the default: wait as long as its tasks run). Fires once it is gone.
         """
         if not self.running:
             return

@@ -5,7 +5,11 @@ L{Scheduler} that clients of other processes reach over TCP. Their
 computations queue and run one at a time, in submission order.
 """
 
+import os
 import pickle
+import shutil
+import socket
+import uuid
 
 from twisted.application import service
 from twisted.internet import defer, task
@@ -13,24 +17,44 @@ from twisted.internet.protocol import Factory
 from twisted.logger import Logger
 
 from . import config
-from .errors import ComputationClosed, DispycosError
+from .errors import ComputationClosed, DispycosError, FileTransferError
 from .protocol import auth, commands
 from .protocol.arguments import unpack_items
 from .protocol.base import DispycosAMP
 from .scheduler import Scheduler
+from .streams import StreamingAMP, safe_join
 from .tls import listen as tls_listen
 from .status import DispycosStatus, Location
 
 
 class RemoteComputation:
-    """The scheduler's stand-in for a computation whose client is elsewhere."""
+    """
+    The scheduler's stand-in for a computation whose client is elsewhere.
+    Its pickled components pass through unread; its component files are
+    kept under the scheduler's C{dest_path} while it exists.
+    """
 
     log = Logger()
 
     def __init__(self, channel, components, files, options):
+        svc = channel.service
         self.channel = channel
         self._components_blob = components
-        self._files = pickle.loads(files) if files else []
+        self.id = uuid.uuid4().hex
+        self.files_dir = os.path.join(svc.dest_path, "computation-%s" % self.id)
+        self._files = []
+        self._sizes = {}
+        for item in files or ():
+            try:
+                name, size = str(item[0]), int(item[1])
+            except (TypeError, ValueError, IndexError):
+                raise FileTransferError("bad entry %r in the list of component files" % (item,))
+            path = safe_join(self.files_dir, name)
+            if svc.max_file_size and size > svc.max_file_size:
+                raise FileTransferError("component file %s is %d bytes, over the scheduler's --max_file_size "
+                                        "of %d bytes" % (name, size, svc.max_file_size))
+            self._files.append((name, path))
+            self._sizes[name] = size
         self.pulse_interval = min(max(float(options.get("pulse_interval", 10)), config.MinPulseInterval),
                                   config.MaxPulseInterval)
         self.client = options.get("client", "")
@@ -39,8 +63,8 @@ class RemoteComputation:
         self.server_setup = options.get("server_setup")
         self.disable_nodes = bool(options.get("disable_nodes"))
         self.disable_servers = bool(options.get("disable_servers"))
-        self.id = None
         self.key = None
+        self.queued = False
         self._pending_schedule = True
         self.closed = False
         self.status_task = None
@@ -109,12 +133,25 @@ class RemoteComputation:
             self._send("failed", reason=str(exc))
             self.channel.service.scheduler.release(self)
 
+    def check_files(self):
+        """Every announced component file arrived whole (L{FileTransferError} otherwise)."""
+        for name, path in self._files:
+            try:
+                size = os.path.getsize(path)
+            except OSError:
+                size = None
+            if size != self._sizes[name]:
+                raise FileTransferError("component file %s has not arrived at the scheduler" % (name,))
+
     @defer.inlineCallbacks
     def close(self, await_async=False, terminate=False, reason="closed"):
         if self.closed:
             return
         self.closed = True
-        yield self.channel.service.scheduler.release(self, terminate=True)
+        try:
+            yield self.channel.service.scheduler.release(self, terminate=True)
+        finally:
+            shutil.rmtree(self.files_dir, ignore_errors=True)
         self._send("closed", reason=reason)
 
 
@@ -124,13 +161,22 @@ class _NoComputation:
     status_task = None
 
 
-class ClientChannel(DispycosAMP):
-    """One client's connection to the shared scheduler."""
+class ClientChannel(StreamingAMP):
+    """One client's connection to the shared scheduler (it streams its component files here)."""
 
     def __init__(self, svc):
-        super().__init__(svc.reactor, keyring=svc.keyring, location="")
+        super().__init__(svc.reactor, self._file_root, svc.max_file_size, keyring=svc.keyring, location="")
         self.service = svc
         self.computations = {}
+
+    def _file_root(self, dest, computation):
+        comp = self.computations.get(computation)
+        if dest == "blob":
+            return self.service.dest_path
+        if dest != "scheduler" or comp is None or comp.queued or comp.closed:
+            raise FileTransferError("the scheduler takes component files of this client's staged computations only")
+        os.makedirs(comp.files_dir, exist_ok=True)
+        return comp.files_dir
 
     def connectionLost(self, reason):
         super().connectionLost(reason)
@@ -148,9 +194,17 @@ class ClientChannel(DispycosAMP):
     @commands.Submit.responder
     def _submit(self, components, files, options):
         comp = RemoteComputation(self, components, files, options)
-        self.service.scheduler.submit(comp)
         self.computations[comp.id] = comp
         return {"computation": comp.id}
+
+    @commands.Enqueue.responder
+    def _enqueue(self, computation):
+        comp = self._comp(computation)
+        if not comp.queued:
+            comp.check_files()
+            comp.queued = True
+            self.service.scheduler.submit(comp)
+        return {}
 
     @commands.Place.responder
     def _place(self, computation, cpu, where, server):
@@ -214,8 +268,12 @@ class SchedulerService(service.Service):
 
     def __init__(self, reactor, hosts=("127.0.0.1",), tcp_port=config.SchedulerPort, secret="", nodes=(),
                  zombie_period=None, udp_port=config.SchedulerPort, ext_hosts=(), stdin_commands=False,
-                 http_port=None, **scheduler_options):
+                 http_port=None, name=None, dest_path=None, max_file_size=0, **scheduler_options):
         self.reactor = reactor
+        self.scheduler_name = name or socket.gethostname()
+        self._dest_path = dest_path
+        self.dest_path = None  # set once listening: <dest_path>/scheduler-<port>
+        self.max_file_size = max_file_size
         self.hosts = list(hosts)
         self.tcp_port = tcp_port
         self.secret = secret
@@ -239,8 +297,10 @@ class SchedulerService(service.Service):
 
     def startService(self):
         super().startService()
+        self.log.info("dispycos scheduler {name} starting", name=self.scheduler_name)
         self.scheduler = Scheduler(nodes=self.nodes, secret=self.secret, reactor=self.reactor, private=False,
-                                   ip_addr=self.hosts[0] or "", udp_port=self.udp_port, **self.scheduler_options)
+                                   ip_addr=self.hosts[0] or "", udp_port=self.udp_port, name=self.scheduler_name,
+                                   zombie_period=self.zombie_period, **self.scheduler_options)
         factory = Factory.forProtocol(lambda: ClientChannel(self))
         port = self.tcp_port
         for host in self.hosts:
@@ -248,17 +308,23 @@ class SchedulerService(service.Service):
             self.listening.append(p)
             port = p.getHost().port
         self.port = port
+        # Everything the scheduler writes (clients' component files) goes under --dest_path.
+        self.dest_path = os.path.join(self._dest_path or config.default_dest_path(), "scheduler-%d" % port)
+        shutil.rmtree(self.dest_path, ignore_errors=True)
+        os.makedirs(self.dest_path, exist_ok=True)
         self.scheduler.advertise = (self.ext_hosts[0] if self.ext_hosts else self.hosts[0], port)
         self._reaper = task.LoopingCall(self._reap_zombies)
         self._reaper.clock = self.reactor
         self._reaper.start(config.MinPulseInterval, now=False)
-        self.log.info("dispycos scheduler listening at {h}:{p}", h=self.hosts[0] or "0.0.0.0", p=port)
+        self.log.info("dispycos scheduler {name} listening at {h}:{p}", name=self.scheduler_name,
+                      h=self.hosts[0] or "0.0.0.0", p=port)
         if self.http_port is not None:
             from .httpd import HTTPServer
 
             host = self.hosts[0] if self.hosts[0] not in ("", "0.0.0.0") else "127.0.0.1"
             tls = self.scheduler.tls
             self.monitor = HTTPServer(_NoComputation(), host=host, port=self.http_port, reactor=self.reactor,
+                                      name=self.scheduler_name,
                                       certfile=self.scheduler_options.get("certfile") if tls.cert else None,
                                       keyfile=self.scheduler_options.get("keyfile") if tls.cert else None)
         if self.stdin_commands:
@@ -269,8 +335,8 @@ class SchedulerService(service.Service):
 
     def _reap_zombies(self):
         comp = self.scheduler.active
-        if not isinstance(comp, RemoteComputation):
-            return
+        if not isinstance(comp, RemoteComputation) or self.zombie_period == 0:
+            return  # --zombie_period 0: clients are never closed for their silence
         limit = self.zombie_period or config.MissedPulses * comp.pulse_interval
         silent = self.reactor.seconds() - comp.last_seen
         if silent > limit:
@@ -288,8 +354,9 @@ class SchedulerService(service.Service):
         """A short text for the C{status} command."""
         s = self.scheduler
         active = s.active.id if s.active is not None else None
-        return "active computation: %s; queued: %d; nodes: %d; servers: %d" % (
-            active, len(s.queue), sum(1 for l in s.links.values() if l.state == "connected"), len(s.servers))
+        return "scheduler %s at %s:%s: active computation: %s; queued: %d; nodes: %d; servers: %d" % (
+            self.scheduler_name, self.hosts[0] or "0.0.0.0", self.port, active, len(s.queue),
+            sum(1 for l in s.links.values() if l.state == "connected"), len(s.servers))
 
     @defer.inlineCallbacks
     def stopService(self):
@@ -307,4 +374,6 @@ class SchedulerService(service.Service):
             if isinstance(comp, RemoteComputation):
                 yield comp.close(reason="scheduler stopping")
             yield self.scheduler.close()
+        if self.dest_path is not None:
+            shutil.rmtree(self.dest_path, ignore_errors=True)
         yield service.Service.stopService(self)

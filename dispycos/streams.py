@@ -53,6 +53,20 @@ def safe_target(root, name, subdir=""):
     return target
 
 
+def safe_join(root, name):
+    """
+    C{root}/C{name}, refusing names that are absolute or escape C{root}.
+
+    @raise FileTransferError: for such names.
+    """
+    if not name or os.path.isabs(name) or "\x00" in name:
+        raise FileTransferError("refused file name %r" % (name,))
+    path = os.path.realpath(os.path.join(root, name))
+    if not path.startswith(os.path.realpath(root) + os.sep):
+        raise FileTransferError("refused file name %r: outside the destination" % (name,))
+    return path
+
+
 class _Incoming:
     def __init__(self, sid, target, size, digest, overwrite):
         self.id = sid

@@ -40,6 +40,15 @@ class Options(UnderscoreOptions):
 
 
     def postOptions(self):
+        from . import config
+        from twisted.python import usage
+
+        try:
+            self["max_file_size"] = config.parse_size(self["max_file_size"])
+        except ValueError:
+            raise usage.UsageError("--max_file_size: not a size: %r" % self["max_file_size"])
+        if self["zombie_period"] is not None and self["zombie_period"] < 0:
+            raise usage.UsageError("--zombie_period must not be negative")
         self.check_security("clients could run code on every node",
                             "the dispycos scheduler runs WITHOUT A SECRET on a non-loopback address")
 
@@ -48,9 +57,10 @@ def makeService(options, reactor=None):
     """The shared scheduler's service, from parsed L{Options}."""
     if reactor is None:
         from twisted.internet import reactor
+    from .scripts import for_twistd
     from .shared import SchedulerService
 
-    return SchedulerService(
+    return for_twistd(SchedulerService(
         reactor,
         hosts=options["ip_addr"],
         tcp_port=options["tcp_port"],
@@ -64,4 +74,7 @@ def makeService(options, reactor=None):
         cafile=options["cafile"],
         stdin_commands=True if options["stdin_commands"] else (False if options["daemon"] else "auto"),
         http_port=options["http_port"],
-    )
+        name=options["name"],
+        dest_path=options["dest_path"],
+        max_file_size=options["max_file_size"],
+    ), options)

@@ -93,6 +93,10 @@ def outcome_result(outcome, task=None):
     return Failure(TaskAbandoned("task %s was abandoned (%s)" % (task, value or "server lost"), task))
 
 
+#: C{receive(alarm_value=...)} not given.
+_NO_ALARM = object()
+
+
 # -- thread awareness ------------------------------------------------------
 
 
@@ -530,17 +534,26 @@ class Task(_TaskAPI):
     # -- inside the task ----------------------------------------------
 
     @blocking_in_thread
-    def receive(self, timeout=None):
+    def receive(self, timeout=None, alarm_value=_NO_ALARM):
         """
-        Deferred firing with the next message in the mailbox; errbacks with
-        L{TimeoutError} after C{timeout} seconds. From a worker thread it
-        blocks and returns the message.
+        Deferred firing with the next message in the mailbox. After
+        C{timeout} seconds without one it fires with C{alarm_value} when that
+        is given (as in pycos), else errbacks with L{TimeoutError}. From a
+        worker thread it blocks and returns the message.
         """
         if self.mailbox:
             return defer.succeed(self.mailbox.popleft())
         d = defer.Deferred(lambda d: self._receivers.remove(d) if d in self._receivers else None)
         self._receivers.append(d)
-        return with_timeout(d, timeout, self.reactor, "receive")
+        d = with_timeout(d, timeout, self.reactor, "receive")
+        if alarm_value is not _NO_ALARM and timeout is not None:
+
+            def alarm(f):
+                f.trap(TimeoutError)
+                return alarm_value
+
+            d.addErrback(alarm)
+        return d
 
     recv = receive
 

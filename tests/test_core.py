@@ -144,7 +144,7 @@ async def test_three_function_kinds(node):
         assert rtask.location in await comp.servers()
         assert await rtask.finish() == 9
         # a function that is not a component travels by value
-        assert await comp.run_async_result(lambda x: x + 1, 1) == 2 if hasattr(comp, "run_async_result") else True
+        assert await (await comp.run_async(lambda x: x + 1, 1)).result() == 2
         assert await comp.run_result(lambda x: x - 1, 1) == 0
         # pycos aliases
         rt = await comp.rtask(gen_square, 2)
@@ -305,7 +305,6 @@ async def test_server_killed_abandons_task_and_is_replaced(fresh_node):
     async with Session(node, [slow, where_am_i]) as comp:
         servers = await comp.servers()
         rtask = await comp.run(slow, 60)
-        pid, _ = await comp.run_result_at(rtask.location, where_am_i) if False else (None, None)
         victims = node.server_pids()
         assert len(victims) == 2
         # find the pid of the server running the task

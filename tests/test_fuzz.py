@@ -417,7 +417,7 @@ def udp_packets(draw, key, marker_pickle, reply_port):
     if kind == "signed odd fields":
         odd = dict(msg, nonce=draw(st.sampled_from([None, 5, "n" + str(draw(st.integers()))])),
                    ts=draw(st.sampled_from([None, "now", -1e300, 1e300, float("inf"), time.time()])),
-                   version=draw(st.sampled_from([config.ProtocolVersion, 0, 2, "1", None])))
+                   version=draw(st.sampled_from([config.ProtocolVersion, 0, config.ProtocolVersion + 1, str(config.ProtocolVersion), None])))
         return signed(key, json.dumps(odd).encode())
     if kind == "oversized":
         return discovery.encode(key, dict(msg, pad="p" * draw(st.integers(discovery.MAX_PACKET, 60000))))

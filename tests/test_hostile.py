@@ -319,12 +319,12 @@ def malformed_inputs(marker):
         "value length lies": struct.pack("!H", 8) + b"_command" + struct.pack("!H", 65535) + b"Hello" + payload,
         "Hello, bad integer": box(b"Hello", 1, version="one", role="scheduler", computation="", location="",
                                   nonce=b"n" * 32),
-        "Hello, bad UTF-8": box(b"Hello", 1, version=1, role=b"\xff\xfe", computation="", location="",
+        "Hello, bad UTF-8": box(b"Hello", 1, version=config.ProtocolVersion, role=b"\xff\xfe", computation="", location="",
                                 nonce=b"n" * 32),
-        "Hello, missing nonce": box(b"Hello", 1, version=1, role="scheduler", computation="", location=""),
+        "Hello, missing nonce": box(b"Hello", 1, version=config.ProtocolVersion, role="scheduler", computation="", location=""),
         "Hello, wrong version": box(b"Hello", 1, version=99, role="scheduler", computation="", location="",
                                     nonce=b"n" * 32),
-        "Hello, short nonce": box(b"Hello", 1, version=1, role="scheduler", computation="", location="",
+        "Hello, short nonce": box(b"Hello", 1, version=config.ProtocolVersion, role="scheduler", computation="", location="",
                                   nonce=b"n"),
         "pickle in Reserve": box(b"Reserve", 1, computation="x", key=b"k" * 32, cpus=0, components=payload,
                                  files=payload, client="127.0.0.1:1"),
@@ -368,7 +368,7 @@ async def test_silent_or_partial_handshake_dropped_after_deadline(hnode):
             raws = [RawAMP(host, port) for _ in range(3)]
             try:
                 raws[1].send(struct.pack("!H", 8) + b"_command")  # a partial box
-                raws[2].send(box(b"Hello", 1, version=1, role="scheduler", computation="", location="",
+                raws[2].send(box(b"Hello", 1, version=config.ProtocolVersion, role="scheduler", computation="", location="",
                                  nonce=b"n" * 32))  # a Hello, then nothing
                 started = time.monotonic()
                 closed = [r.read_until_closed(config.HandshakeTimeout + 5) for r in raws]
@@ -478,7 +478,7 @@ async def test_preauth_box_over_4096_bytes_in_one_read_is_dropped(hnode):
     def abuse():
         raw = RawAMP(*addr_of(hnode))
         try:
-            raw.send(box(b"Hello", 1, version=1, role="scheduler", computation="", location="L" * 50000,
+            raw.send(box(b"Hello", 1, version=config.ProtocolVersion, role="scheduler", computation="", location="L" * 50000,
                          nonce=auth.new_nonce()))
             try:
                 answer = raw.wait(b"1", 5)
@@ -559,9 +559,9 @@ async def test_unknown_and_out_of_order_commands(hnode):
             # Hello twice: the second one counts; the handshake then completes.
             raw = RawAMP(host, port)
             try:
-                raw.call(b"Hello", version=1, role="scheduler", computation="", location="", nonce=auth.new_nonce())
+                raw.call(b"Hello", version=config.ProtocolVersion, role="scheduler", computation="", location="", nonce=auth.new_nonce())
                 mine = auth.new_nonce()
-                r = raw.call(b"Hello", version=1, role="scheduler", computation="", location="", nonce=mine)
+                r = raw.call(b"Hello", version=config.ProtocolVersion, role="scheduler", computation="", location="", nonce=mine)
                 r = raw.call(b"Authenticate", proof=auth.connector_proof(key, r[b"nonce"], mine, "scheduler"))
                 out["Hello twice, then Authenticate"] = b"_answer" in r
                 # Unknown command after authentication: that call fails, the link stays.
@@ -580,7 +580,7 @@ async def test_unknown_and_out_of_order_commands(hnode):
                              files=b"", client="127.0.0.1:1")
                 out["Reserve while busy -> error"] = r.get(b"_error_code") == b"DISPYCOS"
                 # Hello again after authentication: fatal for this link only.
-                r = raw.call(b"Hello", version=1, role="scheduler", computation="", location="", nonce=mine)
+                r = raw.call(b"Hello", version=config.ProtocolVersion, role="scheduler", computation="", location="", nonce=mine)
                 out["Hello after auth -> AUTH"] = r.get(b"_error_code") == b"AUTH"
                 out["Hello after auth -> dropped"] = raw.read_until_closed(5)
             finally:
@@ -614,36 +614,44 @@ def partial_files(root):
     return found
 
 
+def _truncate_streams(node, label, connect, dest, computation, out, prepare=False):
+    """Open a file and a blob stream on a fresh link, send part of each, hang up."""
+    for purpose in ("file", "blob"):
+        raw = connect()
+        try:
+            if prepare and purpose == "file":  # a node takes files only for a computation this link holds
+                r = raw.call(b"Prepare", computation=computation, files=b'[["sub/cut-file.bin", 600000]]')
+                assert b"_answer" in r, r
+            r = raw.call(b"StreamOpen", purpose=purpose, name="cut-%s.bin" % purpose, dir="sub",
+                         dest=dest, size=10 * 60000, sha256=b"\0" * 32, overwrite="True",
+                         computation=computation)
+            sid = r[b"stream"]
+            for i in range(3):
+                r = raw.call(b"StreamChunk", stream=sid, offset=i * 60000, data=b"y" * 60000)
+                assert b"_answer" in r, r
+            if purpose == "file":
+                out["%s file: partial file while open" % label] = bool(partial_files(node.dest))
+            else:  # a blob is gathered in memory: no file at all
+                out["%s blob: no file while open" % label] = not partial_files(node.dest)
+        finally:
+            raw.close()  # mid-way
+        deadline = time.monotonic() + 10
+        while partial_files(node.dest) and time.monotonic() < deadline:
+            time.sleep(0.05)
+        out["%s %s: nothing left after disconnect" % (label, purpose)] = not partial_files(node.dest)
+
+
 @pytest_twisted.ensureDeferred
 async def test_truncated_streams_leave_no_partial_file(hnode):
+    out = {}
+    # On a node (free: this raw scheduler link holds it for its own computation).
+    await threads.deferToThread(_truncate_streams, hnode, "node", lambda: scheduler_link(hnode), "node",
+                                "cut-test", out, prepare=True)
     async with Session(hnode) as comp:
         servers = await comp.servers()
 
         def abuse():
-            out = {}
-            links = [("server", lambda: peer_link(comp, servers[0]), "server"),
-                     ("node", lambda: scheduler_link(hnode), "node")]
-            for label, connect, dest in links:
-                for purpose in ("file", "blob"):
-                    raw = connect()
-                    try:
-                        r = raw.call(b"StreamOpen", purpose=purpose, name="cut-%s.bin" % purpose, dir="sub",
-                                     dest=dest, size=10 * 60000, sha256=b"\0" * 32, overwrite="True",
-                                     computation=comp.id)
-                        sid = r[b"stream"]
-                        for i in range(3):
-                            r = raw.call(b"StreamChunk", stream=sid, offset=i * 60000, data=b"y" * 60000)
-                            assert b"_answer" in r, r
-                        if purpose == "file":
-                            out["%s file: partial file while open" % label] = bool(partial_files(hnode.dest))
-                        else:  # a blob is gathered in memory: no file at all
-                            out["%s blob: no file while open" % label] = not partial_files(hnode.dest)
-                    finally:
-                        raw.close()  # mid-way
-                    deadline = time.monotonic() + 10
-                    while partial_files(hnode.dest) and time.monotonic() < deadline:
-                        time.sleep(0.05)
-                    out["%s %s: nothing left after disconnect" % (label, purpose)] = not partial_files(hnode.dest)
+            _truncate_streams(hnode, "server", lambda: peer_link(comp, servers[0]), "server", comp.id, out)
             # A chunk out of place fails that call only, and removes the partial file.
             raw = peer_link(comp, servers[0])
             try:

@@ -418,8 +418,7 @@ async def test_zombie_period_releases_idle_computation():
                 await comp.schedule(timeout=30)
                 assert await comp.run_results(square, range(2)) == [0, 1]
                 await wait_for(lambda: "zombie" in node.output(), timeout=20)
-                await wait_for(lambda: "computation %s closed" % comp.id in node.output()
-                               if hasattr(comp, "id") else "closed" in node.output(), timeout=20)
+                await wait_for(lambda: "computation %s closed" % comp.id in node.output(), timeout=20)
             finally:
                 await comp.close()
             # The node is free again: another computation gets it.

@@ -172,16 +172,16 @@ def make_node(clock, tmp_path, **kw):
 
 def fake_active(node, computation="c1"):
     node.active = {"computation": computation, "key": b"", "components": b"", "proto": FakeProto(),
-                   "host": "127.0.0.1", "slots": {}, "client": "x", "served": True}
+                   "host": "127.0.0.1", "slots": {}, "client": "x", "served": True, "initialized": True,
+                   "files": {}, "setup": {}, "server_args": {}, "node_globals": None}
     return node.active
 
 
 def reserve_error(node):
-    d = node.reserve(FakeProto(), "c2", b"", 0, b"", b"", "client")
-    failures = []
-    d.addErrback(failures.append)
-    assert failures, "reserve was accepted"
-    return failures[0].value
+    """What a scheduler asking to hold the node for computation c2 (its first command) gets."""
+    with pytest.raises(DispycosError) as refused:
+        node.prepare(FakeProto(), "c2", [])
+    return refused.value
 
 
 def test_node_follows_overnight_window(tmp_path):

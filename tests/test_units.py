@@ -787,7 +787,7 @@ def test_computation_accepts_functions_classes_and_files(tmp_path):
     data.write_bytes(b"payload")
     comp = Computation([comp_fn, comp_gen, CompClass, str(data)])
     assert set(comp._code) == {"comp_fn", "comp_gen", "CompClass"}
-    assert [content for _, content in comp._files] == [b"payload"]
+    assert comp._files == [("data.txt", os.path.abspath(str(data)))]  # streamed from there when scheduled
     assert isinstance(comp._components_blob, bytes)
     # a single component needs no list
     assert set(Computation(comp_fn)._code) == {"comp_fn"}

@@ -42,6 +42,10 @@ _common_errors = {
     errors.DispycosError: b"DISPYCOS",
 }
 
+# Subclasses before DispycosError: AMP reports the first class that matches.
+_file_errors = {errors.FileTransferError: b"FILE"}
+_file_errors.update(_common_errors)
+
 # -- session (every TCP link) ----------------------------------------------
 
 
@@ -88,10 +92,24 @@ class NodeInfo(amp.Command):
     ]
 
 
+class Prepare(amp.Command):
+    """
+    Scheduler → node: hold the node for a computation whose component files
+    (C{files}: C{[name, size]} pairs) the scheduler streams next, into the
+    node directory. Refused (the node is busy, quitting, outside its service
+    window, or a file is over its C{--max_file_size}) with the reason.
+    """
+
+    arguments = [(b"computation", amp.Unicode()), (b"files", JSON())]
+    response = []
+    errors = _file_errors
+
+
 class Reserve(amp.Command):
     """
-    Scheduler → node: set up a computation on (some of) the node's servers.
-    Answers with the servers' locations once every server is initialized.
+    Scheduler → node: set up a prepared computation on (some of) the node's
+    servers. Answers with the servers' locations once every server is
+    initialized.
     """
 
     arguments = [
@@ -99,7 +117,6 @@ class Reserve(amp.Command):
         (b"key", amp.String()),
         (b"cpus", amp.Integer()),
         (b"components", BigBytes()),
-        (b"files", BigBytes()),
         (b"client", amp.Unicode()),
         (b"node_setup", amp.Unicode(optional=True)),
         (b"server_setup", amp.Unicode(optional=True)),
@@ -310,15 +327,27 @@ class Close(amp.Command):
 
 
 class Submit(amp.Command):
-    """Client → scheduler: queue a computation; answers with its id at once."""
+    """
+    Client → scheduler: stage a computation (its pickled C{components}, which
+    the scheduler passes on unread; C{files}: C{[name, size]} of the
+    component files the client streams next); answers with its id at once.
+    """
 
     arguments = [
         (b"components", BigBytes()),
-        (b"files", BigBytes()),
+        (b"files", JSON()),
         (b"options", JSON()),
     ]
     response = [(b"computation", amp.Unicode())]
-    errors = _common_errors
+    errors = _file_errors
+
+
+class Enqueue(amp.Command):
+    """Client → scheduler: the staged computation's files are all there: queue it."""
+
+    arguments = [(b"computation", amp.Unicode())]
+    response = []
+    errors = _file_errors
 
 
 class ComputationEvent(amp.Command):
@@ -414,9 +443,7 @@ class Control(amp.Command):
 
 # -- streams (files, and payloads over the inline cap), any peer link ------------------
 
-# Subclasses before DispycosError: AMP reports the first class that matches.
-_stream_errors = {errors.FileTransferError: b"FILE"}
-_stream_errors.update(_common_errors)
+
 
 
 class StreamOpen(amp.Command):
@@ -438,7 +465,7 @@ class StreamOpen(amp.Command):
         (b"computation", amp.Unicode()),
     ]
     response = [(b"stream", amp.Integer())]
-    errors = _stream_errors
+    errors = _file_errors
 
 
 class StreamChunk(amp.Command):
@@ -446,7 +473,7 @@ class StreamChunk(amp.Command):
 
     arguments = [(b"stream", amp.Integer()), (b"offset", amp.Integer()), (b"data", BigBytes(cap=4 * 1024 * 1024, pieces=True))]
     response = []
-    errors = _stream_errors
+    errors = _file_errors
 
 
 class StreamClose(amp.Command):
@@ -454,7 +481,7 @@ class StreamClose(amp.Command):
 
     arguments = [(b"stream", amp.Integer())]
     response = [(b"path", amp.Unicode())]
-    errors = _stream_errors
+    errors = _file_errors
 
 
 class StreamAbort(amp.Command):

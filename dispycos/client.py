@@ -6,7 +6,6 @@ tasks. Every method returns a Deferred.
 
 import inspect
 import os
-import sys
 import tempfile
 import time
 import types
@@ -18,6 +17,7 @@ from . import config, serialize
 from .allocate import DispycosNodeAllocate, allocate_cpus
 from .errors import ComputationClosed, NoServerError, PicklingError, ScheduleError
 from .status import DispycosStatus, Location, Status, TaskInfo
+from .mapping import MapRun, run_results
 from .tasks import ABANDONED, OK, RemoteTask, Task, outcome_result
 
 _ANY_CALLABLE = (types.FunctionType, type)
@@ -96,6 +96,7 @@ class Computation:
         self._closing = False
         self._closed = False
         self._tasks = {}
+        self._code_refs = {}
         self._ready_timer = None
         self._exit_trigger = None
         self._scheduler_gone = None
@@ -309,74 +310,81 @@ class Computation:
 
     # -- remote tasks ---------------------------------------------------------------
 
-    def _code_for(self, fn):
+    def _function_ref(self, fn):
+        """
+        How a task names C{fn}: C{(name, None)} for a component, else
+        C{(code id, (code id, pickled function))}: the code travels once per
+        connection (L{commands.DefineCode}) and tasks name it by its id.
+        """
         name = _component_name(fn)
         if name is not None and self._code.get(name) is fn:
             return name, None
         if not callable(fn):
             raise TypeError("%r is not a function" % (fn,))
-        serialize.register_by_value(fn)
-        return "", serialize.dumps(fn, "function %s" % (name,))
+        known = self._code_refs.get(id(fn))
+        if known is None or known[0] is not fn:
+            serialize.register_by_value(fn)
+            blob = serialize.dumps(fn, "function %s" % (name,))
+            cid = len(self._code_refs) + 1
+            known = self._code_refs[id(fn)] = (fn, (cid, blob))
+        return known[1][0], known[1]
+
+    def _check_open(self):
+        if not self._active or self._closing:
+            raise ComputationClosed("computation is not scheduled" if not self._closing else "computation is closing")
+        if self._scheduler_gone is not None:
+            raise ComputationClosed("the scheduler is gone: %s" % (self._scheduler_gone,))
 
     def _run(self, where, fn, args, kwargs, cpu):
-        # Explicit callbacks rather than inlineCallbacks: this is the per-task path.
+        # Explicit callbacks, no generator: this is the per-task path.
         try:
-            if not self._active or self._closing:
-                raise ComputationClosed("computation is not scheduled" if not self._closing else "computation is closing")
-            if self._scheduler_gone is not None:
-                raise ComputationClosed("the scheduler is gone: %s" % (self._scheduler_gone,))
-            name, code = self._code_for(fn)
+            self._check_open()
+            ref, code = self._function_ref(fn)
             for obj in args:
                 serialize.register_by_value(type(obj))
             for obj in kwargs.values():
                 serialize.register_by_value(type(obj))
             # In parts: a large bytes argument is streamed from where it is, not copied.
-            argblob = serialize.dumps_parts((args, kwargs), "arguments of %s" % (_component_name(fn),))
-            if len(argblob) == 1:
-                argblob = argblob[0]
+            blob = serialize.dumps_parts((ref, args, kwargs), "arguments of %s" % (_component_name(fn),))
+            if len(blob) == 1:
+                blob = blob[0]
             if where is not None and not isinstance(where, Location):
                 where = str(where)
-            d = self._scheduler.place(self, cpu, where)
+            placed = self._scheduler.place(self, cpu, where)
         except Exception:
             return defer.fail()
-        return d.addCallback(self._placed, name, code, argblob, args, kwargs, cpu)
+        if isinstance(placed, defer.Deferred):
+            return placed.addCallback(self._send_task, fn, blob, code, args, kwargs, cpu)
+        return defer.succeed(self._send_task(placed, fn, blob, code, args, kwargs, cpu))
 
-    def _placed(self, entry, name, code, argblob, args, kwargs, cpu):
-        from .protocol import commands
-
-        d = self.runtime.call_with_payload(entry.location, commands.RunTask, "args", argblob, function=name, code=code)
-        return d.addCallbacks(self._created, self._not_created, callbackArgs=(entry, args, kwargs, cpu),
-                              errbackArgs=(entry, cpu))
-
-    def _not_created(self, failure, entry, cpu):
-        self._scheduler.task_done(entry, cpu)
-        return failure
-
-    def _created(self, r, entry, args, kwargs, cpu):
-        info = TaskInfo(None, args, kwargs, time.time())
-        rtask = RemoteTask(entry.location, r["task"], r["name"], computation=self, info=info)
-        info.task = rtask
+    def _send_task(self, entry, fn, blob, code, args, kwargs, cpu):
+        """Create the task on C{entry}'s server (one-way): its L{RemoteTask} at once."""
+        runtime = self.runtime
+        tid = runtime.next_remote_tid()
+        rtask = RemoteTask(entry.location, tid, getattr(fn, "__name__", "task"), computation=self)
         rtask._entry = entry
         rtask._cpu = cpu
-        self._tasks[(rtask.location, rtask.tid)] = rtask
-        self._status(Status.TaskCreated, info)
-        self.runtime.expect(rtask)
-        if r.get("outcome") is not None:
-            self.runtime._remote_outcome(rtask.location, rtask.tid, r["outcome"])
+        self._tasks[tid] = rtask
+        runtime.expect(rtask)
+        if self.status_task is not None:  # no record per task for nobody
+            rtask.info = TaskInfo(rtask, args, kwargs, time.time())
+            self._status(Status.TaskCreated, rtask.info)
+        runtime.send_task(entry.location, tid, blob, code)
         return rtask
 
     def _task_ended(self, rtask):
-        self._tasks.pop((rtask.location, rtask.tid), None)
+        self._tasks.pop(rtask.tid, None)
         if self._scheduler is not None:
             self._scheduler.task_done(rtask._entry, rtask._cpu)
         info = rtask.info
-        info.end_time = time.time()
-        kind, value = rtask.outcome
-        if kind == OK:
-            info.result = value
-        else:
-            info.exception = outcome_result(rtask.outcome, rtask).value
-        self._status(Status.TaskFinished, info)
+        if info is not None and self.status_task is not None:
+            info.end_time = time.time()
+            kind, value = rtask.outcome
+            if kind == OK:
+                info.result = value
+            else:
+                info.exception = outcome_result(rtask.outcome, rtask).value
+            self._status(Status.TaskFinished, info)
 
     def run_at(self, where, fn, *args, **kwargs):
         """
@@ -410,25 +418,29 @@ class Computation:
         """
         Deferred firing with the list of results of C{fn} over C{iterable}, in
         input order (a tuple item is the argument list). Errbacks with the
-        first failure.
+        first failure. Tasks go to servers in batches (see L{map}).
         """
-        items = [item if isinstance(item, tuple) else (item,) for item in iterable]
-        done = [0]
+        try:
+            self._check_open()
+        except ComputationClosed:
+            return defer.fail()
+        return run_results(self, fn, iterable)
 
-        def tick(result):
-            done[0] += 1
-            if progress:
-                sys.stderr.write("\r%s: %d/%d done" % (_component_name(fn), done[0], len(items)))
-                if done[0] == len(items):
-                    sys.stderr.write("\n")
-            return result
+    def map(self, fn, iterable, ordered=True, window=None):
+        """
+        An async iterator of the results of C{fn} over C{iterable} (a tuple
+        item is the argument list): in input order, or as they come when not
+        C{ordered}. The input is read lazily and at most C{window} tasks
+        (default: 4 x servers x batch size) are submitted and not yet yielded;
+        tasks go to servers in batches sized from their measured durations,
+        each batch one CPU task. The first failure ends the iteration with
+        that error (the map's other tasks are terminated)::
 
-        ds = [self.run_result(fn, *args).addBoth(tick) for args in items]
-        if not ds:
-            return defer.succeed([])
-        d = defer.gatherResults(ds, consumeErrors=True)
-        d.addErrback(lambda f: f.value.subFailure if isinstance(f.value, defer.FirstError) else f)
-        return d
+            async for result in comp.map(compute, range(1000000)):
+                ...
+        """
+        self._check_open()
+        return MapRun(self, fn, iterable, ordered=ordered, window=window)
 
     # pycos names
     rtask_at = run_at

@@ -25,7 +25,9 @@ from .status import Location
 from .streams import StreamingAMP, send_blob
 from .tls import connect as tls_connect
 from .tls import listen as tls_listen
-from .tasks import ABANDONED, set_reactor_thread, decode_outcome, encode_outcome, error_outcome, outcome_result, with_timeout
+from .protocol.transport import write_now
+from .tasks import (ABANDONED, decode_outcome, decode_outcomes, encode_outcome, error_outcome, outcome_result,
+                    set_reactor_thread, with_timeout)
 
 #: How many finished tasks' outcomes a process keeps for C{WaitTask}.
 KEEP_FINISHED = 10000
@@ -33,6 +35,8 @@ KEEP_FINISHED = 10000
 KEEP_BYTES = 64 * 1024 * 1024
 #: Payloads larger than this travel as streams (blobs), not inline.
 INLINE_LIMIT = config.MaxInlineBytes - 4096
+#: The first id of tasks a process creates elsewhere (ids below are its own tasks').
+REMOTE_TIDS = 1 << 40
 
 _current = None
 
@@ -70,6 +74,8 @@ class PeerAMP(StreamingAMP):
         )
         self.runtime = runtime
         self.peer_loc = None
+        #: Ids of code (L{commands.DefineCode}) sent on this connection.
+        self.sent_codes = set()
 
     def authenticated_as_listener(self):
         self.runtime._accepted(self)
@@ -117,11 +123,44 @@ class PeerAMP(StreamingAMP):
 
     # -- tasks -------------------------------------------------------------------------
 
-    @commands.RunTask.responder
-    def _run_task(self, function, code, args, args_blob=None):
-        if self.runtime.executor is None:
-            raise DispycosError("this process does not run tasks")
-        return self.runtime.executor(self, function, code, self.payload(args, args_blob))
+    @commands.RunTasks.responder
+    def _run_tasks(self, batch):
+        executor = self.runtime.executor
+        if executor is None:
+            self.log.warn("{peer} asked a process that runs no tasks to run some", peer=self._peer())
+            return {}
+        for tid, blob in unpack_items(batch):
+            executor.create(self, tid, blob)
+        return {}
+
+    @commands.RunTaskBlob.responder
+    def _run_task_blob(self, task, blob):
+        executor = self.runtime.executor
+        if executor is not None:
+            try:
+                data = self.payload(None, blob)
+            except Exception as e:
+                self.runtime.creation_failed(self, task, e)
+                return {}
+            executor.create(self, task, data)
+        return {}
+
+    @commands.DefineCode.responder
+    def _define_code(self, id, code):
+        self.runtime.codes[id] = code
+        return {}
+
+    @commands.RunGroup.responder
+    def _run_group(self, task, count, calls):
+        executor = self.runtime.executor
+        if executor is not None:
+            executor.create_group(self, task, count, calls)
+        return {}
+
+    @commands.GroupEnded.responder
+    def _group_ended(self, task, start, outcomes):
+        self.runtime.group_outcomes(task, start, outcomes)
+        return {}
 
     @commands.Messages.responder
     def _messages(self, batch):
@@ -172,8 +211,9 @@ class PeerAMP(StreamingAMP):
 
     @commands.TaskEnded.responder
     def _task_ended(self, batch):
+        outcome = self.runtime.remote_outcome
         for tid, blob in unpack_items(batch):
-            self.runtime._remote_outcome(self.peer_loc, tid, blob)
+            outcome(tid, blob)
         return {}
 
     @commands.TaskEndedBlob.responder
@@ -182,8 +222,8 @@ class PeerAMP(StreamingAMP):
             data = self.payload(None, blob)
         except Exception as e:
             self.log.warn("outcome of task {t} lost: {e}", t=task, e=e)
-            return {}
-        self.runtime._remote_outcome(self.peer_loc, task, data)
+            data = encode_outcome((ABANDONED, "its outcome was lost: %s" % (e,)))
+        self.runtime.remote_outcome(task, data)
         return {}
 
     @commands.WaitTask.responder
@@ -207,7 +247,7 @@ class PeerAMP(StreamingAMP):
     @commands.Terminate.responder
     def _terminate(self, task):
         rt = self.runtime
-        t = rt.tasks.get(task)
+        t = rt.tasks.get(task) or rt.groups.get(task)
         if t is not None:
             return t.terminate().addCallback(lambda _: {})
         if task in rt.finished:
@@ -241,7 +281,11 @@ class _WriteWatcher:
 
 
 class _Link:
-    """The connection (made or being made) to one location."""
+    """
+    The connection (made or being made) to one location, and what waits
+    for it: C{pending} one-way entries (sent in order once connected) and
+    C{serial} entries behind a large payload in flight (sent one at a time).
+    """
 
     def __init__(self, location):
         self.location = location
@@ -275,6 +319,12 @@ class Runtime:
         self.location = None
         self.tasks = {}
         self._tids = itertools.count(1)
+        #: Ids of tasks this process creates elsewhere (disjoint from the local ones).
+        self._remote_tids = itertools.count(REMOTE_TIDS)
+        #: Task groups (batches of a map) running here, by their first task id.
+        self.groups = {}
+        #: Code other processes defined for the tasks they create here: id -> pickled function.
+        self.codes = {}
         self.keys = {}
         self.default_computation = ""
         self.computation_of = {}
@@ -282,8 +332,9 @@ class Runtime:
         self.finished = OrderedDict()
         self._finished_sizes = {}
         self._finished_bytes = 0
+        #: Tasks (and groups of a map) this process created elsewhere, by id, until they end.
         self.remote = {}
-        self._early = OrderedDict()
+        self.remote_groups = {}
         self.executor = None
         self.lost_hooks = []
         self.threadpool = threadpool if threadpool is not None else reactor.getThreadPool()
@@ -346,24 +397,56 @@ class Runtime:
 
     # -- tasks ----------------------------------------------------------------
 
-    def register(self, task):
-        tid = next(self._tids)
+    def register(self, task, tid=None):
+        """Book C{task} under C{tid} (chosen by its creator elsewhere) or a new local id."""
+        if tid is None:
+            tid = next(self._tids)
         self.tasks[tid] = task
         return tid
 
+    def next_remote_tid(self):
+        """An id for a task this process creates in another process."""
+        return next(self._remote_tids)
+
+    def next_remote_tids(self, n):
+        """The first of C{n} consecutive ids for tasks this process creates elsewhere."""
+        first = next(self._remote_tids)
+        if n > 1:
+            self._remote_tids = itertools.count(first + n)
+        return first
+
     def task_done(self, task):
         self.tasks.pop(task.tid, None)
-        creator = getattr(task, "_creator", None)
+        if task._in_group:  # its group reports the outcome
+            return
+        creator = task._creator
         blob = encode_outcome(task.outcome) if creator is not None and creator.connected else None
         self._keep_finished(task.tid, task.outcome, len(blob) if blob is not None else 0)
         if blob is not None:
-            answer = getattr(task, "_answer", None)
-            if answer is not None and len(blob) <= INLINE_LIMIT:
-                answer["outcome"] = blob  # ended at once: goes with the RunTask answer
-            elif len(blob) > INLINE_LIMIT:
-                self._send_large_outcome(creator, task.tid, blob)
-            else:
-                creator.queue(commands.TaskEnded, task.tid, blob)
+            self.send_outcome(creator, task.tid, blob)
+
+    def send_outcome(self, proto, tid, blob):
+        """Push an encoded outcome to the task's creator."""
+        if len(blob) > INLINE_LIMIT:
+            self._send_large_outcome(proto, tid, blob)
+        else:
+            proto.queue(commands.TaskEnded, tid, blob)
+
+    def creation_failed(self, proto, tid, exc):
+        """Task C{tid} could not be created here: its creator learns it from its outcome."""
+        self.log.warn("task {tid} from {peer} not created: {e}", tid=tid, peer=proto._peer(), e=exc)
+        blob = encode_outcome(error_outcome(exc, ""))
+        self._keep_finished(tid, decode_outcome(blob), len(blob))
+        if proto.connected:
+            self.send_outcome(proto, tid, blob)
+
+    def flush_links(self):
+        """Write out what is queued on every connection now (before task code runs)."""
+        for link in self.links.values():
+            proto = link.proto
+            if proto is not None and proto.connected:
+                proto.flush()
+                write_now(proto.transport)
 
     def _keep_finished(self, tid, outcome, size):
         """
@@ -409,11 +492,34 @@ class Runtime:
         link.proto = proto
         link.connecting = False
         pending, link.pending = link.pending, []
-        for command, number, blob in pending:
-            proto.queue(command, number, blob)
+        for entry in pending:
+            self._put(proto, entry)
         waiters, link.waiters = link.waiters, []
         for d in waiters:
             d.callback(proto)
+
+    @staticmethod
+    def _put(proto, entry):
+        """Queue one pending entry on C{proto}: C{(command, number, blob)}, a code definition or a call."""
+        command, number, blob = entry
+        if command is commands.DefineCode:
+            if number not in proto.sent_codes:
+                proto.sent_codes.add(number)
+                proto.queue_call(commands.DefineCode, id=number, code=blob)
+        elif number is None:
+            proto.queue_call(command, **blob)
+        else:
+            proto.queue(command, number, blob)
+
+    def _send(self, link, entry):
+        """Send one one-way entry on C{link} now, or once it is connected, in order."""
+        proto = link.proto
+        if link.serial:
+            self._serialize(link, entry)
+        elif proto is not None and proto.connected:
+            self._put(proto, entry)
+        else:
+            link.pending.append(entry)
 
     def _lost(self, proto):
         loc = proto.peer_loc
@@ -434,9 +540,11 @@ class Runtime:
             link.proto.transport.abortConnection()
 
     def _abandon_at(self, loc, why):
-        for (where, tid), rt in list(self.remote.items()):
-            if where == loc and rt.outcome is None:
-                self._settle(rt, (ABANDONED, why))
+        lost = (ABANDONED, why)
+        for rt in [t for t in self.remote.values() if t.location == loc]:
+            self._settle(rt, lost)
+        for group in [g for g in self.remote_groups.values() if g.location == loc]:
+            group.abandoned(lost)
 
     def _connect(self, link):
         comp = self.computation_of.get(link.location, self.default_computation)
@@ -527,6 +635,31 @@ class Runtime:
         result = yield proto.callRemote(command, **kw)
         return result
 
+    # -- creating tasks elsewhere ---------------------------------------------------
+
+    def send_task(self, location, tid, blob, code=None):
+        """
+        Create task C{tid} at C{location} (one-way, batched): C{blob} is the
+        pickled C{(function, args, kwargs)} (bytes, or parts when large);
+        C{code} C{(id, pickled function)} goes first when the function is no
+        component. A failure to connect abandons the task (its outcome says so).
+        """
+        link = self._link(location)
+        if code is not None:
+            self._send(link, (commands.DefineCode, code[0], code[1]))
+        if isinstance(blob, list) or len(blob) > INLINE_LIMIT:
+            self._serialize(link, (commands.RunTaskBlob, tid, blob))
+        else:
+            self._send(link, (commands.RunTasks, tid, blob))
+
+    def send_group(self, location, group, calls, code=None):
+        """Create the tasks of C{group} (a L{dispycos.mapping.RemoteGroup}) at C{location}, run one after another."""
+        link = self._link(location)
+        self.remote_groups[group.tid] = group
+        if code is not None:
+            self._send(link, (commands.DefineCode, code[0], code[1]))
+        self._send(link, (commands.RunGroup, None, {"task": group.tid, "count": group.count, "calls": calls}))
+
     # -- what task references do --------------------------------------------------
 
     def send(self, ref, msg):
@@ -540,44 +673,62 @@ class Runtime:
             raise MailboxFull(reason)
         blob = serialize.dumps(msg, "message")
         link = self._link(ref.location)
-        if len(blob) > INLINE_LIMIT or link.serial:
+        if len(blob) > INLINE_LIMIT:
             # A large message streams first; later ones wait their turn (order).
-            self._serialize(link, ref.tid, blob, None)
-        elif link.proto is not None and link.proto.connected:
-            link.proto.queue(commands.Messages, ref.tid, blob)
+            self._serialize(link, (commands.Deliver, ref.tid, (blob, None)))
         else:
-            link.pending.append((commands.Messages, ref.tid, blob))
+            self._send(link, (commands.Messages, ref.tid, blob))
 
-    def _serialize(self, link, tid, blob, acked):
+    def _serialize(self, link, entry):
         """
-        Send behind a large message in flight on C{link}: one at a time, in
-        order. C{acked} (a Deferred) makes it a C{deliver}.
+        Send C{entry} behind a large payload in flight on C{link}: one at a
+        time, in order. A L{commands.Deliver} entry's blob is C{(message,
+        acked)}, C{acked} a Deferred (a C{deliver}) or None (a C{send}).
         """
-        link.serial.append((tid, blob, acked))
+        link.serial.append(entry)
         if len(link.serial) == 1:
             self._drain_serial(link)
 
     @defer.inlineCallbacks
     def _drain_serial(self, link):
         while link.serial:
-            tid, blob, acked = link.serial[0]
+            command, number, blob = link.serial[0]
             try:
                 proto = yield self.connection(link.location)
-                if len(blob) > INLINE_LIMIT:
-                    sid, _ = yield send_blob(proto, blob)
-                    r = yield proto.callRemote(commands.Deliver, task=tid, message=b"", message_blob=sid)
-                elif acked is not None:
-                    r = yield proto.callRemote(commands.Deliver, task=tid, message=blob)
+                if command is commands.Deliver:
+                    yield self._deliver_on(proto, number, *blob)
+                elif command is commands.RunTaskBlob:
+                    parts = blob if isinstance(blob, list) else [blob]
+                    if sum(map(len, parts)) > INLINE_LIMIT:
+                        sid, _ = yield send_blob(proto, parts)
+                        proto.queue_call(commands.RunTaskBlob, task=number, blob=sid)
+                    else:
+                        proto.queue(commands.RunTasks, number, b"".join(parts))
                 else:
-                    proto.queue(commands.Messages, tid, blob)
-                if acked is not None:
-                    acked.callback(r)
+                    self._put(proto, (command, number, blob))
             except Exception as e:
-                if acked is not None:
-                    acked.errback(e)
+                if command is commands.Deliver and blob[1] is not None:
+                    blob[1].errback(e)
+                elif command in (commands.RunTaskBlob, commands.RunTasks):
+                    rt = self.remote.get(number)
+                    if rt is not None:
+                        self._settle(rt, (ABANDONED, "it could not be sent to %s: %s" % (link.location, e)))
                 else:
                     self.log.warn("message to {loc} lost: {e}", loc=link.location, e=e)
             link.serial.pop(0)
+
+    @defer.inlineCallbacks
+    def _deliver_on(self, proto, tid, blob, acked):
+        if len(blob) > INLINE_LIMIT:
+            sid, _ = yield send_blob(proto, blob)
+            r = yield proto.callRemote(commands.Deliver, task=tid, message=b"", message_blob=sid)
+        elif acked is not None:
+            r = yield proto.callRemote(commands.Deliver, task=tid, message=blob)
+        else:
+            proto.queue(commands.Messages, tid, blob)
+            r = None
+        if acked is not None:
+            acked.callback(r)
 
     def drain(self, ref):
         """
@@ -611,7 +762,7 @@ class Runtime:
             return defer.fail(e)
         if len(blob) > INLINE_LIMIT or link.serial:
             d = defer.Deferred()
-            self._serialize(link, ref.tid, blob, d)
+            self._serialize(link, (commands.Deliver, ref.tid, (blob, d)))
         else:
             d = self.call(ref.location, commands.Deliver, task=ref.tid, message=blob)
         def delivered(_):
@@ -622,8 +773,8 @@ class Runtime:
         return with_timeout(d, timeout, self.reactor, "deliver to %s" % (ref,))
 
     def wait_task(self, ref, timeout=None):
-        known = self.remote.get((ref.location, ref.tid))
-        if known is not None:
+        known = self.remote.get(ref.tid)
+        if known is not None and known.location == ref.location:
             return known.result(timeout)
         if ref.location == self.location:
             if ref.tid in self.tasks:
@@ -639,6 +790,10 @@ class Runtime:
         d.addCallback(lambda p: p.callRemote(commands.WaitTask, task=ref.tid).addCallback(got, p))
         return with_timeout(d, timeout, self.reactor, "result of %s" % (ref,))
 
+    def terminate_group(self, group):
+        """Terminate what still runs of a group of tasks this process created."""
+        return self.call(group.location, commands.Terminate, task=group.tid).addCallback(lambda _: None)
+
     def terminate(self, ref):
         if ref.location == self.location and ref.tid in self.tasks:
             return self.tasks[ref.tid].terminate()
@@ -647,29 +802,30 @@ class Runtime:
     # -- outcomes of tasks this process created elsewhere ---------------------------
 
     def expect(self, rtask):
-        """Track C{rtask} (a L{RemoteTask} just created) for its pushed outcome."""
-        key = (rtask.location, rtask.tid)
-        self.remote[key] = rtask
-        blob = self._early.pop(key, None)
-        if blob is not None:
-            self._settle(rtask, decode_outcome(blob))
-        elif rtask.location not in self.links:
-            self._settle(rtask, (ABANDONED, "connection to %s lost" % (rtask.location,)))
+        """Track C{rtask} (a L{RemoteTask} about to be created) for its pushed outcome."""
+        self.remote[rtask.tid] = rtask
 
-    def _remote_outcome(self, loc, tid, blob):
-        rt = self.remote.get((loc, tid))
+    def remote_outcome(self, tid, blob):
+        rt = self.remote.get(tid)
         if rt is None:
-            self._early[(loc, tid)] = blob
-            while len(self._early) > KEEP_FINISHED:
-                self._early.popitem(last=False)
-            return
+            return  # ended already (terminated, abandoned), or not ours
         try:
             outcome = decode_outcome(blob)
         except Exception as e:
             outcome = (ABANDONED, "outcome could not be unpickled: %r" % (e,))
         self._settle(rt, outcome)
 
+    def group_outcomes(self, tid, start, blob):
+        group = self.remote_groups.get(tid)
+        if group is None:
+            return
+        try:
+            outcomes = decode_outcomes(blob)
+        except Exception as e:
+            group.abandoned((ABANDONED, "outcomes could not be unpickled: %r" % (e,)))
+            return
+        group.outcomes(start, outcomes)
+
     def _settle(self, rtask, outcome):
-        self.remote.pop((rtask.location, rtask.tid), None)
-        comp = rtask.computation
-        rtask._set_outcome(outcome, (lambda: comp._task_ended(rtask)) if comp is not None else None)
+        self.remote.pop(rtask.tid, None)
+        rtask._set_outcome(outcome)

@@ -78,6 +78,7 @@ class RemoteScheduler:
         self.runtime = current_runtime()
         self.proto = None
         self.comp = None
+        self._servers = set()
         self._pulser = None
         self._last_answer = None
         self._report = "scheduler %s not reached yet" % (location,)
@@ -174,9 +175,12 @@ class RemoteScheduler:
         comp = self.comp
         if comp is None:
             return
+        if isinstance(msg, DispycosStatus) and msg.status == Status.ServerInitialized:
+            self._servers.add(msg.info)
         if isinstance(msg, DispycosStatus) and msg.status in (
             Status.ServerAbandoned, Status.ServerDisconnected, Status.ServerClosed
         ):
+            self._servers.discard(msg.info)
             self.runtime._abandon_at(msg.info, "server %s %s" % (msg.info, msg.status.name))
             if msg.status != Status.ServerClosed:
                 self.runtime.drop(msg.info)
@@ -195,6 +199,10 @@ class RemoteScheduler:
             return Placed(loc, r["node"])
 
         return d.addCallback(placed)
+
+    def servers_now(self, comp):
+        """The servers of the computation (as its status messages told)."""
+        return list(self._servers)
 
     def task_done(self, placed, cpu):
         if self.proto is not None:

@@ -823,20 +823,34 @@ class Scheduler:
 
     def place(self, comp, cpu, where=None):
         """
-        Deferred firing with the L{ServerEntry} to run a task on: for a CPU
-        task one without a CPU task (waiting, first come first served, while
-        there is none), least loaded first.
+        The L{ServerEntry} to run a task on, booked for it: at once when one
+        is free (and no task waits ahead of it), else a Deferred firing with
+        it. A CPU task needs a server without a CPU task (waiting, first
+        come first served, while there is none); least loaded first.
         """
         if comp is not self.active:
             return defer.fail(ComputationClosed("computation is not active"))
         if where is not None and not self._known(where):
             return defer.fail(NoServerError("no server at %s" % (where,)))
+        queue = self.waiting_cpu if cpu and where is None else self.waiting
+        if not queue or queue is self.waiting:
+            p = _Placement(comp, cpu, where, None)
+            entry = self._pick(p)
+            if entry is not None:
+                self._book(p, entry)
+                return entry
         d = defer.Deferred()
-        (self.waiting_cpu if cpu and where is None else self.waiting).append(_Placement(comp, cpu, where, d))
+        queue.append(_Placement(comp, cpu, where, d))
         self._dispatch()
         if not d.called:
             self._fail_if_no_servers()
         return d
+
+    def servers_now(self, comp):
+        """The servers of C{comp} that take tasks (a list, at once)."""
+        if comp is not self.active:
+            return []
+        return [e for e in self.servers if e.ready]
 
     def _known(self, where):
         for entry in self.servers:
@@ -856,13 +870,17 @@ class Scheduler:
 
     def _pick(self, p):
         best, best_key = None, None
+        cpu = p.cpu
+        busy = {}  # node -> its servers running a CPU task
         for entry in self.servers:
-            if (not entry.ready or entry.suspended or entry.node.suspended or (p.cpu and entry.cpu_busy)
-                    or not self._matches(entry, p.where)):
+            if entry.cpu_busy:
+                busy[entry.node] = busy.get(entry.node, 0) + 1
+        for entry in self.servers:
+            if (not entry.ready or entry.suspended or (cpu and entry.cpu_busy) or entry.node.suspended
+                    or (p.where is not None and not self._matches(entry, p.where))):
                 continue
             node = entry.node
-            busy = sum(1 for e in node.servers.values() if e.cpu_busy)
-            key = (busy / max(len(node.servers), 1), entry.tasks)
+            key = (busy.get(node, 0) / max(len(node.servers), 1), entry.tasks)
             if best is None or key < best_key:
                 best, best_key = entry, key
         return best
@@ -872,11 +890,15 @@ class Scheduler:
         self.waiting, self.waiting_cpu = deque(), deque()
         return waiting
 
-    def _assign(self, p, entry):
+    @staticmethod
+    def _book(p, entry):
         if p.cpu:
             entry.cpu_busy = True
         entry.tasks += 1
         entry.tasks_submitted += 1
+
+    def _assign(self, p, entry):
+        self._book(p, entry)
         p.deferred.callback(entry)
 
     def _dispatch(self):

@@ -41,6 +41,10 @@ def _is_user_module(module):
     return not any(path.startswith(root + os.sep) for root in _installed_roots)
 
 
+#: Modules already looked at by L{register_by_value}: name -> registered (bool).
+_seen_modules = {"builtins": False}
+
+
 def register_by_value(obj):
     """
     Make cloudpickle ship the module of C{obj} by value when it is the client's
@@ -49,13 +53,22 @@ def register_by_value(obj):
     if isinstance(obj, types.ModuleType):
         module = obj
     else:
-        module = sys.modules.get(getattr(obj, "__module__", None) or "")
+        name = getattr(obj, "__module__", None) or ""
+        seen = _seen_modules.get(name)
+        if seen is not None:  # looked at before: no file system look-up again
+            return sys.modules.get(name) if seen else None
+        module = sys.modules.get(name)
+    if module is None:
+        return None
     if _is_user_module(module):
         try:
             cloudpickle.register_pickle_by_value(module)
         except ValueError:
+            _seen_modules[module.__name__] = False
             return None
+        _seen_modules[module.__name__] = True
         return module
+    _seen_modules[module.__name__] = False
     return None
 
 

@@ -26,7 +26,8 @@ from . import serialize
 from .errors import DispycosError, SetupError
 from .protocol import commands
 from .status import Location
-from .tasks import Task
+from .taskrunner import ServerGroup, Starter, resolve_function
+from .tasks import Task, _plain, error_outcome
 
 _FD_IN, _FD_OUT = 3, 4
 
@@ -98,7 +99,7 @@ class ServerControl(amp.AMP):
         self._busy.start(1.0, now=False)
 
     def _report_busy(self):
-        n = len(self.server.runtime.tasks)
+        n = len(self.server.runtime.tasks) + len(self.server.runtime.groups)
         if n or self.server.was_busy:
             self.callRemote(commands.Busy, tasks=n)
         self.server.was_busy = bool(n)
@@ -133,7 +134,10 @@ class Server:
         self.control = None
         self.server_dir = None
         self.was_busy = False
-        runtime.executor = self.execute
+        #: Functions of code (DefineCode) unpickled so far, by id.
+        self.functions = {}
+        self.starter = Starter(reactor, runtime)
+        runtime.executor = self
 
     def init(self, computation, key, components, node_dir, server_dir, location="", node_globals=None):
         try:
@@ -227,28 +231,42 @@ class Server:
         else:
             call()
 
-    def execute(self, proto, function, code, args):
-        if code is not None:
+    def create(self, proto, tid, blob):
+        """
+        Create task C{tid} for C{proto} from its pickled C{(function, args,
+        kwargs)}; it starts on a later reactor turn. A task that cannot be
+        created ends at once with that error.
+        """
+        runtime = self.runtime
+        try:
+            if tid in runtime.tasks or tid in runtime.finished:
+                raise DispycosError("task id %d is in use at %s" % (tid, runtime.location))
             try:
-                fn = serialize.loads(code)
+                ref, args, kwargs = serialize.loads(blob)
             except Exception as e:
-                raise DispycosError("the function could not be unpickled here: %s: %s" % (type(e).__name__, e))
-        else:
-            fn = self.components.get(function)
-            if fn is None:
-                raise DispycosError("%r is not a component of this computation" % (function,))
-        try:
-            a, kw = serialize.loads(args)
+                raise DispycosError("the task could not be unpickled here: %s: %s" % (type(e).__name__, e))
+            fn = resolve_function(self, proto, ref)
+            task = Task._create(runtime, fn, args, kwargs, tid=tid, creator=proto)
         except Exception as e:
-            raise DispycosError("arguments could not be unpickled: %s: %s" % (type(e).__name__, e))
-        task = Task._create(self.runtime, fn, a, kw)
-        task._creator = proto
-        task._answer = {"task": task.tid, "name": task.name}
+            runtime.creation_failed(proto, tid, e)
+            return
+        self.starter.enqueue(task)
+
+    def create_group(self, proto, tid, count, calls):
+        """Create the C{count} tasks of a group (a map's batch) from their pickled C{(function, [args, ...])}."""
         try:
-            task._start()
-        finally:
-            answer, task._answer = task._answer, None
-        return answer
+            ref, arglist = serialize.loads(calls)
+            if len(arglist) != count:
+                raise DispycosError("a group of %d tasks came with %d calls" % (count, len(arglist)))
+            fn = resolve_function(self, proto, ref)
+        except Exception as e:
+            self.runtime.log.warn("group {tid} from {peer} not created: {e}", tid=tid, peer=proto._peer(), e=e)
+            # One error for every task of the group (pickled once: the same object).
+            failed = _plain(error_outcome(e, ""))
+            proto.queue_call(commands.GroupEnded, task=tid, start=0,
+                             outcomes=serialize.dumps([failed] * count, "outcomes"))
+            return
+        self.starter.enqueue(ServerGroup(self, proto, tid, fn, arglist))
 
     @defer.inlineCallbacks
     def close(self, terminate):
@@ -257,7 +275,7 @@ class Server:
         terminated; else wait for them), flush, and leave.
         """
         self.closing = True
-        tasks = list(self.runtime.tasks.values())
+        tasks = list(self.runtime.tasks.values()) + list(self.runtime.groups.values())
         if terminate:
             ends = [t.terminate() for t in tasks]
         else:

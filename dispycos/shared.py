@@ -212,8 +212,10 @@ class ClientChannel(StreamingAMP):
         target = None
         if where:
             target = Location.parse(where, 0) if server else where
-        d = self.service.scheduler.place(comp, cpu, target)
-        return d.addCallback(lambda entry: {"location": str(entry.location), "node": entry.node_addr})
+        placed = self.service.scheduler.place(comp, cpu, target)
+        if not isinstance(placed, defer.Deferred):
+            return {"location": str(placed.location), "node": placed.node_addr}
+        return placed.addCallback(lambda entry: {"location": str(entry.location), "node": entry.node_addr})
 
     @commands.TaskDone.responder
     def _task_done(self, batch):

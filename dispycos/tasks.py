@@ -48,26 +48,30 @@ def error_outcome(exc, tb_text=None):
     return (ERROR, (type(exc).__name__, str(exc), tb_text, exc))
 
 
+def _plain(outcome):
+    """An outcome as it travels: an error's exception pickled apart (None when it cannot be)."""
+    kind, value = outcome
+    if kind != ERROR:
+        return outcome
+    name, text, tb_text, exc = value
+    try:
+        exc_blob = serialize.dumps(exc)
+        serialize.loads(exc_blob)
+    except Exception:
+        exc_blob = None
+    return (ERROR, (name, text, tb_text, exc_blob))
+
+
 def encode_outcome(outcome):
     """Pickle an outcome; a result or exception that cannot be pickled becomes an error."""
-    kind, value = outcome
-    if kind == ERROR:
-        name, text, tb_text, exc = value
-        try:
-            exc_blob = serialize.dumps(exc)
-            serialize.loads(exc_blob)
-        except Exception:
-            exc_blob = None
-        return serialize.dumps((ERROR, (name, text, tb_text, exc_blob)))
     try:
-        return serialize.dumps((kind, value), "task result")
+        return serialize.dumps(_plain(outcome), "task result")
     except PicklingError as e:
-        return encode_outcome(error_outcome(e))
+        return serialize.dumps(_plain(error_outcome(e)))
 
 
-def decode_outcome(blob):
-    """Inverse of L{encode_outcome} (the exception is unpickled when possible)."""
-    kind, value = serialize.loads(blob)
+def _decoded(outcome):
+    kind, value = outcome
     if kind == ERROR:
         name, text, tb_text, exc_blob = value
         exc = None
@@ -76,8 +80,27 @@ def decode_outcome(blob):
                 exc = serialize.loads(exc_blob)
             except Exception:
                 exc = None
-        value = (name, text, tb_text, exc)
-    return (kind, value)
+        return (kind, (name, text, tb_text, exc))
+    return outcome
+
+
+def decode_outcome(blob):
+    """Inverse of L{encode_outcome} (the exception is unpickled when possible)."""
+    return _decoded(serialize.loads(blob))
+
+
+def encode_outcomes(outcomes):
+    """Pickle a list of outcomes (of a group's tasks) in one go; what cannot be pickled becomes an error."""
+    plain = [_plain(o) for o in outcomes]
+    try:
+        return serialize.dumps(plain, "task results")
+    except PicklingError:
+        return serialize.dumps([serialize.loads(encode_outcome(o)) for o in outcomes], "task results")
+
+
+def decode_outcomes(blob):
+    """Inverse of L{encode_outcomes}."""
+    return [_decoded(o) for o in serialize.loads(blob)]
 
 
 def outcome_result(outcome, task=None):
@@ -381,13 +404,14 @@ class RemoteTask(TaskRef):
         self.outcome = None
         self._waiters = []
 
-    def _set_outcome(self, outcome, before_waiters=None):
-        """Record the outcome; call C{before_waiters()} (bookkeeping) before waking waiters."""
+    def _set_outcome(self, outcome):
+        """Record the outcome; the computation books it before waiters wake up."""
         if self.outcome is not None:
             return False
         self.outcome = outcome
-        if before_waiters is not None:
-            before_waiters()
+        comp = self.computation
+        if comp is not None:
+            comp._task_ended(self)
         waiters, self._waiters = self._waiters, []
         for d in waiters:
             d.callback(None)
@@ -401,7 +425,8 @@ class RemoteTask(TaskRef):
         terminated, L{TaskAbandoned} if its server or node was lost.
         """
         if self.outcome is not None:
-            return defer.succeed(None).addCallback(lambda _: outcome_result(self.outcome, self))
+            result = outcome_result(self.outcome, self)
+            return defer.fail(result) if isinstance(result, Failure) else defer.succeed(result)
         d = defer.Deferred(lambda d: self._waiters.remove(d) if d in self._waiters else None)
         self._waiters.append(d)
         d.addCallback(lambda _: outcome_result(self.outcome, self))
@@ -446,14 +471,24 @@ class Task(_TaskAPI):
         self._setup(current_runtime(), fn, args, kwargs)
         self._start()
 
+    _creator = None
+    _in_group = False
+
     @classmethod
-    def _create(cls, runtime, fn, args, kwargs, on_done=None):
+    def _create(cls, runtime, fn, args, kwargs, on_done=None, tid=None, creator=None, in_group=False):
+        """
+        A task not started yet (L{_start}); C{tid} is the id its C{creator}
+        (a connection) chose, and a task C{in_group} leaves reporting its
+        outcome to its group.
+        """
         self = cls.__new__(cls)
-        self._setup(runtime, fn, args, kwargs)
+        self._creator = creator
+        self._in_group = in_group
+        self._setup(runtime, fn, args, kwargs, tid)
         self._on_done = on_done
         return self
 
-    def _setup(self, runtime, fn, args, kwargs):
+    def _setup(self, runtime, fn, args, kwargs, tid=None):
         if not callable(fn):
             raise TypeError("%r is not callable" % (fn,))
         self._rt = runtime
@@ -461,7 +496,7 @@ class Task(_TaskAPI):
         self.args = args
         self.kwargs = dict(kwargs)
         self.name = getattr(fn, "__name__", "task")
-        self.tid = runtime.register(self)
+        self.tid = runtime.register(self, tid)
         self.start_time = time.time()
         self.mailbox = deque()
         self._receivers = deque()
@@ -482,7 +517,12 @@ class Task(_TaskAPI):
         """Where this task runs (this process's listening location)."""
         return self._rt.location
 
+    _started = False
+
     def _start(self):
+        if self._started or self.outcome is not None:
+            return  # terminated before it started
+        self._started = True
         fn = self.fn
         if inspect.isgeneratorfunction(fn) or inspect.iscoroutinefunction(fn):
             try:
@@ -497,6 +537,9 @@ class Task(_TaskAPI):
 
     def _in_thread(self):
         self._thread = threading.get_ident()
+        if getattr(self, "_terminating", False):
+            self._thread = None
+            return (TERMINATED, None)
         try:
             return (OK, self.fn(*self.args, **self.kwargs))
         except TaskTerminated:
@@ -671,11 +714,14 @@ class Task(_TaskAPI):
     def terminate(self):
         """Terminate the task; the Deferred fires once it has ended."""
         if self.outcome is None:
-            if self._runner is not None:
+            if not self._started:
+                self._done((TERMINATED, None))
+            elif self._runner is not None:
                 self._runner.terminate()
-            elif self._thread is not None:
-                self._terminating = True
-                _async_raise(self._thread, TaskTerminated)
+            else:
+                self._terminating = True  # a thread task not running yet sees it first thing
+                if self._thread is not None:
+                    _async_raise(self._thread, TaskTerminated)
         if self.outcome is not None:
             return defer.succeed(None)
         d = defer.Deferred()

@@ -586,7 +586,7 @@ class FakeRuntime:
     def _lost(self, proto):
         pass
 
-    def _remote_outcome(self, loc, tid, blob):
+    def remote_outcome(self, tid, blob):
         self.outcomes.append((tid, blob))
 
 
@@ -753,6 +753,19 @@ def test_batches_of_several_commands_and_tasks_keep_their_order():
     assert srt.outcomes == [(9, b"outcome-9"), (10, b"outcome-10")]
 
 
+def test_queued_items_of_different_commands_keep_their_order():
+    """One-way items go out in the order queued: a task's creation before the messages sent to it."""
+    clock, client, server, pump, srt = peers()
+    task = srt.tasks[1] = FakeTask()
+    client.queue(commands.Messages, 1, serialize.dumps("a"))
+    client.queue(commands.TaskEnded, 9, b"outcome-9")
+    client.queue(commands.Messages, 1, serialize.dumps("b"))
+    client.queue(commands.Messages, 1, serialize.dumps("c"))
+    pump.flush()
+    assert server.received == [b"Messages", b"TaskEnded", b"Messages"]
+    assert task.got == ["a", "b", "c"] and srt.outcomes == [(9, b"outcome-9")]
+
+
 def test_callremote_flushes_queued_messages_first():
     clock, client, server, pump, srt = peers()
     task = srt.tasks[1] = FakeTask()
@@ -801,7 +814,7 @@ def test_flush_on_a_closed_connection_drops_the_batch_quietly():
     assert not client.connected
     assert client._flush_call is None  # cancelled with the connection
     client.flush()
-    assert client._batches == {}
+    assert client._batches == []
     assert task.got == []
 
 
@@ -845,7 +858,7 @@ def test_an_oversized_task_outcome_still_reaches_the_creator():  # streamed as a
     d = client.handshake(KEY, "peer", "c1")
     pump.flush()
     result_of(d)
-    task = SimpleNamespace(tid=7, outcome=(OK, b"r" * (config.MaxInlineBytes + 1)), _creator=client)
+    task = SimpleNamespace(tid=7, outcome=(OK, b"r" * (config.MaxInlineBytes + 1)), _creator=client, _in_group=False)
     rt.tasks[7] = task
     try:
         rt.task_done(task)

@@ -21,8 +21,10 @@ from .arguments import pack_items
 _OPEN_COMMANDS = (b"Hello", b"Authenticate")
 
 
-#: Flush a batch at once when it holds this many bytes.
+#: Flush what is queued at once when it holds this many bytes.
 BATCH_BYTES = 256 * 1024
+#: Largest batch in one box.
+BATCH_BOX = 4 * 1024 * 1024
 
 
 def _buffered(transport):
@@ -77,7 +79,7 @@ class DispycosAMP(amp.AMP):
         self.computation = ""
         self._pending_proof = None
         self._deadline = None
-        self._batches = {}
+        self._batches = []
         self._batch_size = 0
         self._flush_call = None
         self.lost = defer.Deferred()
@@ -346,44 +348,55 @@ class DispycosAMP(amp.AMP):
         """
         @raise PayloadTooLarge: when C{blob} alone exceeds the inline cap.
 
-        Queue C{(number, blob)} for the one-way batch C{command}; batches go out
-        on the next reactor turn (or at once when large), in order with every
-        other command on this connection.
+        Queue C{(number, blob)} for the one-way batch C{command}. What is
+        queued goes out on the next reactor turn (or at once when large), in
+        the order queued: consecutive items of one command share a box.
         """
         if len(blob) + 12 > config.MaxInlineBytes:
             raise PayloadTooLarge("a message of %d bytes exceeds the inline cap of %d bytes"
                                   % (len(blob), config.MaxInlineBytes))
-        self._batches.setdefault(command, []).append((number, blob))
-        self._batch_size += len(blob) + 12
+        self._batches.append((command, number, blob))
+        self._schedule_flush(len(blob) + 12)
+
+    def queue_call(self, command, **kw):
+        """Queue the one-way C{command} with arguments C{kw}, in order with L{queue}d items."""
+        self._batches.append((command, None, kw))
+        self._schedule_flush(1024)
+
+    def _schedule_flush(self, size):
+        self._batch_size += size
         if self._batch_size >= BATCH_BYTES:
             self.flush()
         elif self._flush_call is None:
             self._flush_call = self.reactor.callLater(0, self.flush)
 
     def flush(self):
-        """Send every queued batch now."""
+        """Send everything queued now, in order."""
         if self._flush_call is not None:
             if self._flush_call.active():
                 self._flush_call.cancel()
             self._flush_call = None
         if not self._batches:
             return
-        batches, self._batches, self._batch_size = self._batches, {}, 0
+        queued, self._batches, self._batch_size = self._batches, [], 0
         if not self.connected:
             return
-        for command, items in batches.items():
-            # Split so one box stays well inside the inline cap; an item that
-            # alone exceeds it is dropped (its sender was told when queueing).
-            chunk, size = [], 0
-            for item in items:
-                n = len(item[1]) + 12
-                if n > config.MaxInlineBytes:
-                    self.log.warn("dropped a {n}-byte item over the inline cap", n=n)
-                    continue
-                if chunk and size + n > 4 * 1024 * 1024:
+        # Consecutive items of one command go in one box, split so one box
+        # stays well inside the inline cap.
+        command, chunk, size = None, [], 0
+        for cmd, number, blob in queued:
+            if number is None:  # a one-way call of its own
+                if chunk:
                     amp.AMP.callRemote(self, command, batch=pack_items(chunk))
                     chunk, size = [], 0
-                chunk.append(item)
-                size += n
-            if chunk:
+                amp.AMP.callRemote(self, cmd, **blob)
+                continue
+            n = len(blob) + 12
+            if chunk and (cmd is not command or size + n > BATCH_BOX):
                 amp.AMP.callRemote(self, command, batch=pack_items(chunk))
+                chunk, size = [], 0
+            command = cmd
+            chunk.append((number, blob))
+            size += n
+        if chunk:
+            amp.AMP.callRemote(self, command, batch=pack_items(chunk))

@@ -181,23 +181,50 @@ class ServerEvent(amp.Command):
 # -- peers of one computation (client ⇄ server, server ⇄ server) -------------
 
 
-class RunTask(amp.Command):
+class RunTasks(amp.Command):
     """
-    Create a task on a server: C{function} names a component, or C{code} is
-    the pickled function; C{args} is the pickled C{(args, kwargs)}.
+    One-way batch of task creations: C{(task id, pickled (function, args,
+    kwargs))} pairs. The creator chooses the ids; C{function} is a
+    component's name or the id of code sent before with L{DefineCode}. A
+    task that cannot be created ends at once with an error outcome
+    (L{TaskEnded}).
     """
 
-    arguments = [
-        (b"function", amp.Unicode()),
-        (b"code", BigBytes(optional=True)),
-        (b"args", BigBytes()),
-        (b"args_blob", amp.Integer(optional=True)),
-    ]
-    # C{outcome}: the encoded outcome when the task ended before the answer
-    # went out (a generator or coroutine that never waited); it is then not
-    # sent again with C{TaskEnded}.
-    response = [(b"task", amp.Integer()), (b"name", amp.Unicode()), (b"outcome", BigBytes(optional=True))]
-    errors = _common_errors
+    arguments = [(b"batch", BigBytes())]
+    requiresAnswer = False
+
+
+class RunTaskBlob(amp.Command):
+    """One-way: create task C{task} whose pickled creation is the blob streamed as C{blob} (large arguments)."""
+
+    arguments = [(b"task", amp.Integer()), (b"blob", amp.Integer())]
+    requiresAnswer = False
+
+
+class DefineCode(amp.Command):
+    """One-way: the pickled function C{code} that later task creations on this connection name by C{id}."""
+
+    arguments = [(b"id", amp.Integer()), (b"code", BigBytes())]
+    requiresAnswer = False
+
+
+class RunGroup(amp.Command):
+    """
+    One-way: C{count} tasks of one function, ids C{task} .. C{task + count -
+    1}, run one after another as one CPU task (a batch of a map):
+    C{calls} is the pickled C{(function, [args, ...])}. Their outcomes come
+    back, in order, with L{GroupEnded}.
+    """
+
+    arguments = [(b"task", amp.Integer()), (b"count", amp.Integer()), (b"calls", BigBytes())]
+    requiresAnswer = False
+
+
+class GroupEnded(amp.Command):
+    """One-way: the pickled outcomes of tasks C{task + start} ... of group C{task}, in order."""
+
+    arguments = [(b"task", amp.Integer()), (b"start", amp.Integer()), (b"outcomes", BigBytes())]
+    requiresAnswer = False
 
 
 class Messages(amp.Command):

@@ -467,7 +467,7 @@ class Profiling:
 #: What the watchdog needs to report and clean up.
 _state = {"cluster": None}
 #: Seconds a workload may take in this driver before the watchdog ends it (full, quick).
-WATCHDOG = {"W1map": (540, 40), "W7": (240, 60)}
+WATCHDOG = {"W1map": (540, 100), "W7": (240, 50)}
 WATCHDOG_DEFAULT = (60, 40)
 
 

@@ -5,7 +5,9 @@ with the anchors venv. A LocalCluster of 2 worker processes x 1 thread on
 
     benchmarks/.anchors-venv/bin/python benchmarks/bench_dask.py --workload W2
 
-prints one line ``BENCH-RESULT {json}``. W3 uses a distributed.Queue (this
+prints one line ``BENCH-RESULT {json}``. W1: ``client.submit(noop, i,
+pure=False)`` one at a time, then ``.result()`` of each; W1rr:
+``client.gather(client.map(noop, range(n), pure=False))``. W3 uses a distributed.Queue (this
 dask has no Pub/Sub any more): the client puts, one running task gets.
 """
 
@@ -71,7 +73,8 @@ def run_workload(args):
 
         return common.measure_blocking(
             w, size, lambda fn, *a: client.submit(fn, *a, pure=False), lambda f, timeout: f.result(timeout=timeout),
-            noop, cpu_task, n_cpu=n_cpu, serial=serial, data=data, start_w3=start_w3)
+            noop, cpu_task, n_cpu=n_cpu, serial=serial, data=data, start_w3=start_w3,
+            map_all=lambda fn, it: client.gather(client.map(fn, it, pure=False)))
     finally:
         pids = common.descendants(os.getpid())
         try:

@@ -1,12 +1,15 @@
 """
 dispycos driver: one workload per process, run by benchmarks/run.py with this
-repository's virtualenv. A fresh node (2 servers) is started for the workload
-as tests/conftest.py does (``python -m dispycos.scripts -c 2 -i 127.0.0.1
---tcp_ports 0 ...``, stopped by PID), with a private Scheduler in this process.
+repository's virtualenv. Fresh nodes are started for the workload as
+tests/conftest.py does (``python -m dispycos.scripts -c 2 -i 127.0.0.1
+--tcp_ports 0 ...``, stopped by PID), with a private Scheduler in this process:
+one node of 2 servers, or for W7 8 nodes x 4 servers on 127.0.0.1 ... 127.0.0.8
+(quick: 2 x 2).
 
     python benchmarks/bench_dispycos.py --workload W2 [--quick]
 
-prints one line ``BENCH-RESULT {json}``.
+prints one line ``BENCH-RESULT {json}`` (W1map without ``Computation.map``:
+value null and ``"skipped": "no Computation.map"``).
 """
 
 import os
@@ -29,7 +32,7 @@ import common  # noqa: E402
 # -- task functions (this is __main__: dispycos ships them by value) ------------------
 
 
-def noop(task=None):
+def noop(i=None, task=None):
     """A no-op generator task (pycos style: runs on the server's reactor)."""
     return 0
     yield  # noqa: unreachable - makes this a generator function
@@ -57,19 +60,30 @@ def cpu_task(n):
     return x
 
 
-# -- the node -----------------------------------------------------------------------
+def cpu_gen(n, task=None):
+    """The W5g body: the same loop in a generator function that never yields (pycos style)."""
+    x = 0
+    for i in range(n):
+        x = (x + i * i) % 1000003
+    return x
+    yield  # noqa: unreachable - makes this a generator function
+
+
+COMPONENTS = [noop, plain_noop, receiver, cpu_task, cpu_gen]
+
+# -- the nodes ----------------------------------------------------------------------
 
 
 class Node:
-    """A dispycosnode child process (2 servers) on 127.0.0.1, stopped by PID."""
+    """A dispycosnode child process (C{cpus} servers) on C{ip}, stopped by PID."""
 
-    def __init__(self, cpus=2, workdir=None):
-        self.secret = secrets.token_hex(8)
+    def __init__(self, cpus=2, ip="127.0.0.1", secret=None, workdir=None):
+        self.secret = secret or secrets.token_hex(8)
         self.dest = tempfile.mkdtemp(prefix="dispycos-bench-node-", dir=workdir)
         env = dict(os.environ)
         env["DISPYCOS_SECRET"] = self.secret
         env["PYTHONPATH"] = os.pathsep.join([ROOT] + [p for p in env.get("PYTHONPATH", "").split(os.pathsep) if p])
-        cmd = [sys.executable, "-m", "dispycos.scripts", "-c", str(cpus), "-i", "127.0.0.1", "--tcp_ports", "0",
+        cmd = [sys.executable, "-m", "dispycos.scripts", "-c", str(cpus), "-i", ip, "--tcp_ports", "0",
                "--dest_path", self.dest, "--daemon"]
         self.log = open(os.path.join(self.dest, "node.log"), "wb")
         self._ready = threading.Event()
@@ -109,13 +123,45 @@ class Node:
         shutil.rmtree(self.dest, ignore_errors=True)
 
 
+class Cluster:
+    """
+    C{count} nodes of C{cpus} servers each, on 127.0.0.1, 127.0.0.2, ...
+    (all on loopback), sharing one secret; started together, stopped by PID.
+    """
+
+    def __init__(self, count=1, cpus=2, workdir=None):
+        if not 1 <= count <= 254:
+            raise ValueError("count must be 1..254 (addresses 127.0.0.1 ... 127.0.0.%d)" % count)
+        self.secret = secrets.token_hex(8)
+        self.nodes = []
+        try:
+            for k in range(count):
+                self.nodes.append(Node(cpus, "127.0.0.%d" % (k + 1), self.secret, workdir))
+        except BaseException:
+            self.stop()
+            raise
+
+    def wait_ready(self, timeout=60):
+        """The nodes' locations once every node is ready."""
+        return [node.wait_ready(timeout) for node in self.nodes]
+
+    def pids(self):
+        return [pid for node in self.nodes for pid in node.pids()]
+
+    def stop(self):
+        for node in self.nodes:
+            node.stop()
+
+
 # -- the workloads -------------------------------------------------------------------
 
 
-async def session(node, components):
+async def session(cluster, locations, components):
+    """A private Scheduler of the cluster's nodes (no discovery when there are several) and a scheduled Computation."""
     from dispycos import Computation, Scheduler
 
-    sched = Scheduler(nodes=[node.location], secret=node.secret)
+    options = {"discover": False} if len(locations) > 1 else {}
+    sched = Scheduler(nodes=locations, secret=cluster.secret, **options)
     comp = Computation(components)
     await comp.schedule(timeout=60)
     return sched, comp
@@ -128,103 +174,247 @@ async def close(sched, comp):
         await sched.close()
 
 
-async def run_workload(args, reactor):
+async def wait_servers(comp, reactor, want, timeout=120):
+    """Wait (bounded) until the computation uses C{want} servers."""
+    deadline = time.monotonic() + timeout
+    while True:
+        have = len(await comp.servers())
+        if have >= want:
+            return have
+        if time.monotonic() > deadline:
+            raise RuntimeError("only %d of %d servers ready after %s s" % (have, want, timeout))
+        await sleep(reactor, 0.1)
+
+
+class Context:
+    """What a workload function needs: the computation, the sizes, the reactor, W5's loop count and serial time."""
+
+    def __init__(self, comp, size, reactor, cluster, n_cpu=None, serial=None):
+        self.comp, self.size, self.reactor, self.cluster = comp, size, reactor, cluster
+        self.n_cpu, self.serial = n_cpu, serial
+
+
+class Clock:
+    """Wall and process CPU time from creation; L{extra} gives the fields the workloads record."""
+
+    def __init__(self):
+        self.t, self.cpu = time.perf_counter(), time.process_time()
+
+    def seconds(self):
+        return time.perf_counter() - self.t
+
+    def extra(self, tasks=None):
+        dt, cpu = self.seconds(), time.process_time() - self.cpu
+        out = {"seconds": dt, "client_cpu_seconds": cpu}
+        if tasks:
+            out["client_cpu_us_per_task"] = cpu / tasks * 1e6
+        return out
+
+
+async def w1(ctx, run=None):
+    """W1 (and W1a with C{run_async}): C{rt = await run(noop, i)} one at a time, then C{await rt.result()} of each."""
+    n = ctx.size["w1_tasks"]
+    run = run or ctx.comp.run
+    clock = Clock()
+    rtasks = []
+    for i in range(n):
+        rtasks.append(await run(noop, i))
+    t_submitted = clock.seconds()
+    results = [await rt.result() for rt in rtasks]
+    extra = clock.extra(n)
+    assert results == [0] * n, results[:5]
+    extra["submit_seconds"] = t_submitted
+    return n / extra["seconds"], extra
+
+
+async def w1a(ctx):
+    """W1a: W1 with async (I/O) tasks."""
+    return await w1(ctx, ctx.comp.run_async)
+
+
+async def w1g(ctx):
+    """W1g (the first edition's W1): submit all tasks concurrently, then gather the results."""
     from twisted.internet import defer
 
+    n = ctx.size["w1_tasks"]
+    clock = Clock()
+    rtasks = await defer.gatherResults([ctx.comp.run(noop, i) for i in range(n)], consumeErrors=True)
+    t_submitted = clock.seconds()
+    results = await defer.gatherResults([r.result() for r in rtasks], consumeErrors=True)
+    extra = clock.extra(n)
+    assert results == [0] * n, results[:5]
+    extra["submit_seconds"] = t_submitted
+    return n / extra["seconds"], extra
+
+
+async def run_results(ctx, n):
+    """C{await comp.run_results(noop, range(n))}: (tasks/s, extra)."""
+    clock = Clock()
+    results = await ctx.comp.run_results(noop, range(n))
+    extra = clock.extra(n)
+    assert results == [0] * n, results[:5]
+    return n / extra["seconds"], extra
+
+
+async def w1rr(ctx):
+    """W1rr: run_results of W1rr's size on the node's 2 servers."""
+    return await run_results(ctx, ctx.size["w1rr_tasks"])
+
+
+async def w7(ctx):
+    """W7: W1rr's measurement on every server of the cluster (8 nodes x 4 servers)."""
+    value, extra = await run_results(ctx, ctx.size["w7_tasks"])
+    extra.update(nodes=len(ctx.cluster.nodes), servers=len(await ctx.comp.servers()))
+    return value, extra
+
+
+async def w1map(ctx):
+    """W1map: C{async for r in comp.map(noop, range(n))}, every result consumed, with this process's peak RSS."""
+    n = ctx.size["w1map_tasks"]
+    count = 0
+    with common.PeakRSS() as mem:
+        clock = Clock()
+        async for r in ctx.comp.map(noop, range(n)):
+            count += r == 0
+        extra = clock.extra(n)
+    assert count == n, count
+    extra.update(mem.report())
+    return n / extra["seconds"], extra
+
+
+async def w2(ctx):
+    """W2: one no-op at a time, p50 round trip in ms (and a plain-function no-op for information)."""
+    size, comp = ctx.size, ctx.comp
+    lat = []
+    for i in range(size["w2_warmup"] + size["w2_calls"]):  # bounded
+        t = time.perf_counter()
+        r = await comp.run_result(noop)
+        if i >= size["w2_warmup"]:
+            lat.append(time.perf_counter() - t)
+    assert r == 0
+    value = common.p50(lat) * 1000
+    lat.sort()
+    extra = {"p90_ms": lat[int(len(lat) * 0.9)] * 1000, "min_ms": lat[0] * 1000}
+    # the same with a plain function (worker thread on the server), for information
+    lat = []
+    for i in range(size["w2_warmup"] + size["w2_calls"] // 2):
+        t = time.perf_counter()
+        await comp.run_result(plain_noop)
+        if i >= size["w2_warmup"]:
+            lat.append(time.perf_counter() - t)
+    extra["plain_fn_p50_ms"] = common.p50(lat) * 1000
+    return value, extra
+
+
+async def w3(ctx):
+    """W3: one-way messages to one remote task, rate until its result is back."""
+    n = ctx.size["w3_msgs"]
+    rtask = await ctx.comp.run_async(receiver, n)
+    t = time.perf_counter()
+    for i in range(n):
+        rtask.send(i)
+    t_sent = time.perf_counter() - t
+    count = await rtask.result(timeout=300)
+    dt = time.perf_counter() - t
+    assert count == n, count
+    return n / dt, {"seconds": dt, "send_loop_seconds": t_sent}
+
+
+async def w4(ctx):
+    """W4: one large bytes argument to the builtin C{len}."""
+    mib = ctx.size["w4_mib"]
+    data = b"\x5a" * (mib * 2**20)
+    t = time.perf_counter()
+    r = await ctx.comp.run_result(len, data)
+    dt = time.perf_counter() - t
+    assert r == len(data), r
+    return mib / dt, {"seconds": dt}
+
+
+def speedup(ctx, wall):
+    """W5/W5g's value and extra fields for a wall time."""
+    return ctx.serial / wall, {"serial_seconds": ctx.serial, "wall_seconds": wall, "cpu_iters": ctx.n_cpu}
+
+
+async def w5(ctx):
+    """W5: the CPU-bound plain function, all submitted concurrently (run_result each), gathered."""
+    from twisted.internet import defer
+
+    k = ctx.size["w5_tasks"]
+    t = time.perf_counter()
+    results = await defer.gatherResults([ctx.comp.run_result(cpu_task, ctx.n_cpu) for _ in range(k)],
+                                        consumeErrors=True)
+    wall = time.perf_counter() - t
+    assert len(results) == k
+    return speedup(ctx, wall)
+
+
+async def w5g(ctx):
+    """W5g: the CPU-bound generator function submitted as W1: C{await run} x k, then C{result()} x k."""
+    k = ctx.size["w5_tasks"]
+    t = time.perf_counter()
+    rtasks = []
+    for _ in range(k):
+        rtasks.append(await ctx.comp.run(cpu_gen, ctx.n_cpu))
+    results = [await rt.result() for rt in rtasks]
+    wall = time.perf_counter() - t
+    assert len(results) == k and results[0] == cpu_task(ctx.n_cpu), results
+    return speedup(ctx, wall)
+
+
+async def mem(ctx):
+    """MEM: RSS (value), USS and PSS of the node and its servers after a settle time."""
+    await sleep(ctx.reactor, ctx.size["mem_settle"])
+    return common.memory_report(ctx.cluster.pids())
+
+
+#: Workload name -> its measurement (W6 is timed by run_workload: it spans the node's start).
+MEASURE = {"W1": w1, "W1g": w1g, "W1a": w1a, "W1rr": w1rr, "W1map": w1map, "W2": w2, "W3": w3, "W4": w4,
+           "W5": w5, "W5g": w5g, "W7": w7, "MEM": mem}
+
+
+def cluster_shape(w, size):
+    """(nodes, servers per node) of workload C{w}."""
+    return (size["w7_nodes"], size["w7_servers"]) if w == "W7" else (1, 2)
+
+
+async def run_workload(args, reactor):
     # What the driver uses is imported before the clock starts, as the anchors' drivers do
     # (dispycos/__init__ imports its client side lazily).
     from dispycos import Computation, Scheduler  # noqa: F401
 
     w, size = args.workload, args.size
+    if w == "W1map" and not hasattr(Computation, "map"):
+        return None, {"skipped": "no Computation.map"}
     extra = {}
-    serial = None
-    if w == "W5":
-        n = args.cpu_iters or common.calibrate(size["w5_seconds"], cpu_task)
-        serial = common.serial_seconds(cpu_task, n, size["w5_tasks"])
+    n_cpu = serial = None
+    if w in ("W5", "W5g"):
+        n_cpu = args.cpu_iters or common.calibrate(size["w5_seconds"], cpu_task)
+        serial = common.serial_seconds(cpu_task, n_cpu, size["w5_tasks"])
+    count, cpus = cluster_shape(w, size)
     t_spawn = time.perf_counter()
-    node = _state["node"] = Node(workdir=args.workdir)
+    cluster = _state["cluster"] = Cluster(count, cpus, workdir=args.workdir)
     sched = comp = None
     try:
-        node.wait_ready()
+        locations = cluster.wait_ready()
         if w == "MEM":
-            extra["rss_mib_before_schedule"] = round(common.rss_of(node.pids())[0], 1)
-        sched, comp = await session(node, [noop, plain_noop, receiver, cpu_task])
+            extra["rss_mib_before_schedule"] = round(common.rss_of(cluster.pids())[0], 1)
+        sched, comp = await session(cluster, locations, COMPONENTS)
         first = await comp.run_result(noop)
         assert first == 0, first
-        prof = Profiling(node, w)  # does nothing unless $BENCH_PROFILE_DIR is set
+        if count > 1:
+            await wait_servers(comp, reactor, count * cpus)
+        prof = Profiling(cluster, w)  # does nothing unless $BENCH_PROFILE_DIR is set
         if w == "W6":
             value = time.perf_counter() - t_spawn
-        elif w in ("W1", "W1a"):
-            n = size["w1_tasks"]
-            run = comp.run if w == "W1" else comp.run_async
-            t, cpu = time.perf_counter(), time.process_time()
-            rtasks = await defer.gatherResults([run(noop) for _ in range(n)], consumeErrors=True)
-            t_submitted = time.perf_counter() - t
-            results = await defer.gatherResults([r.result() for r in rtasks], consumeErrors=True)
-            dt = time.perf_counter() - t
-            assert results == [0] * n
-            value = n / dt
-            extra.update(seconds=dt, submit_seconds=t_submitted, client_cpu_seconds=time.process_time() - cpu)
-        elif w == "W2":
-            lat = []
-            for i in range(size["w2_warmup"] + size["w2_calls"]):  # bounded
-                t = time.perf_counter()
-                r = await comp.run_result(noop)
-                if i >= size["w2_warmup"]:
-                    lat.append(time.perf_counter() - t)
-            assert r == 0
-            value = common.p50(lat) * 1000
-            lat.sort()
-            extra.update(p90_ms=lat[int(len(lat) * 0.9)] * 1000, min_ms=lat[0] * 1000)
-            # the same with a plain function (worker thread on the server), for information
-            lat = []
-            for i in range(size["w2_warmup"] + size["w2_calls"] // 2):
-                t = time.perf_counter()
-                await comp.run_result(plain_noop)
-                if i >= size["w2_warmup"]:
-                    lat.append(time.perf_counter() - t)
-            extra["plain_fn_p50_ms"] = common.p50(lat) * 1000
-        elif w == "W3":
-            n = size["w3_msgs"]
-            rtask = await comp.run_async(receiver, n)
-            t = time.perf_counter()
-            for i in range(n):
-                rtask.send(i)
-            t_sent = time.perf_counter() - t
-            count = await rtask.result(timeout=300)
-            dt = time.perf_counter() - t
-            assert count == n, count
-            value = n / dt
-            extra.update(seconds=dt, send_loop_seconds=t_sent)
-        elif w == "W4":
-            mib = size["w4_mib"]
-            data = b"\x5a" * (mib * 2**20)
-            t = time.perf_counter()
-            r = await comp.run_result(len, data)
-            dt = time.perf_counter() - t
-            assert r == len(data), r
-            value = mib / dt
-            extra["seconds"] = dt
-        elif w == "W5":
-            k = size["w5_tasks"]
-            t = time.perf_counter()
-            results = await defer.gatherResults([comp.run_result(cpu_task, n) for _ in range(k)], consumeErrors=True)
-            wall = time.perf_counter() - t
-            assert len(results) == k
-            value = serial / wall
-            extra.update(serial_seconds=serial, wall_seconds=wall, cpu_iters=n)
-        elif w == "MEM":
-            await sleep(reactor, size["mem_settle"])
-            mib, detail = common.rss_of(node.pids())
-            value = mib
-            extra.update(processes=detail, pss_mib=common.pss_total(detail))
         else:
-            raise ValueError(w)
+            value, more = await MEASURE[w](Context(comp, size, reactor, cluster, n_cpu, serial))
+            extra.update(more)
         prof.stop()
     finally:
         if comp is not None:
             await close(sched, comp)
-        node.stop()
+        cluster.stop()
     return value, extra
 
 
@@ -235,7 +425,7 @@ class Profiling:
     the warm-up task to the end of the measurement.
     """
 
-    def __init__(self, node, workload):
+    def __init__(self, cluster, workload):
         self.dir = os.environ.get("BENCH_PROFILE_DIR")
         self.spies = []
         self.profile = None
@@ -245,7 +435,7 @@ class Profiling:
 
         self.workload = workload
         pyspy = os.environ.get("BENCH_PYSPY")  # unset: profile_dispycos.py found no py-spy
-        for i, pid in enumerate([os.getpid()] + node.pids() if pyspy else []):
+        for i, pid in enumerate([os.getpid()] + cluster.pids() if pyspy else []):
             role = "client" if i == 0 else "node" if i == 1 else "server%d" % (i - 1)
             out = os.path.join(self.dir, "%s-%s.pyspy.txt" % (workload, role))
             self.spies.append(subprocess.Popen([pyspy, "record", "--pid", str(pid), "--rate", "500", "--format", "raw",
@@ -275,9 +465,14 @@ class Profiling:
 
 
 #: What the watchdog needs to report and clean up.
-_state = {"node": None}
-#: Seconds a workload may take in this driver before the watchdog ends it.
-WATCHDOG = {"full": 60, "quick": 40}
+_state = {"cluster": None}
+#: Seconds a workload may take in this driver before the watchdog ends it (full, quick).
+WATCHDOG = {"W1map": (540, 100), "W7": (240, 50)}
+WATCHDOG_DEFAULT = (60, 40)
+
+
+def watchdog_seconds(workload, quick):
+    return WATCHDOG.get(workload, WATCHDOG_DEFAULT)[1 if quick else 0]
 
 
 def watchdog(reactor, seconds):
@@ -302,8 +497,8 @@ def watchdog(reactor, seconds):
                                                    len(getattr(p, "_unprocessed", b"")), getattr(p, "paused", None)))
             sys.stderr.flush()
         finally:
-            if _state["node"] is not None:
-                _state["node"].stop()
+            if _state["cluster"] is not None:
+                _state["cluster"].stop()
             os._exit(3)
 
     return reactor.callLater(seconds, fire)
@@ -328,7 +523,7 @@ def main(argv=None):
     out = {}
 
     async def go(reactor):
-        dog = watchdog(reactor, WATCHDOG["quick" if args.quick else "full"])
+        dog = watchdog(reactor, watchdog_seconds(args.workload, args.quick))
         try:
             out["r"] = await run_workload(args, reactor)
         finally:
@@ -341,7 +536,10 @@ def main(argv=None):
         if e.code not in (0, None) or "r" not in out:
             raise
     value, extra = out["r"]
-    common.emit(args.workload, value, **extra)
+    if value is None:
+        common.skip(args.workload, extra["skipped"])
+    else:
+        common.emit(args.workload, value, **extra)
 
 
 if __name__ == "__main__":

@@ -4,8 +4,11 @@ workload per process, run by benchmarks/run.py with this repository's venv.
 
     python benchmarks/bench_mp.py --workload W2
 
-prints one line ``BENCH-RESULT {json}``. W3: a multiprocessing.Queue given to
-the workers at start; the parent puts, one pool task gets.
+prints one line ``BENCH-RESULT {json}``. W1: ``apply_async`` per task, then
+``get()`` of each; W1rr: ``pool.map`` (and ``apply_async`` per task as
+``mp_apply_async_tasks_s``); W1map: ``pool.imap(chunksize=1000)`` with this
+process's peak RSS; W3: a multiprocessing.Queue given to the workers at start;
+the parent puts, one pool task gets.
 """
 
 import multiprocessing
@@ -65,7 +68,9 @@ def run_workload(args):
         return common.measure_blocking(
             w, size, lambda fn, *a: pool.apply_async(fn, a), lambda r, timeout: r.get(timeout),
             noop, cpu_task, n_cpu=n_cpu, serial=serial, data=data,
-            start_w3=lambda n: (pool.apply_async(receiver, (n,)), q.put))
+            start_w3=lambda n: (pool.apply_async(receiver, (n,)), q.put),
+            map_all=pool.map, imap=lambda fn, it: pool.imap(fn, it, chunksize=1000),
+            per_task_key="mp_apply_async_tasks_s")
     finally:
         pool.terminate()
         pool.join()

@@ -7,7 +7,10 @@ client bind 127.0.0.1 and peer explicitly (``nodes=['127.0.0.1']``).
 
     unshare -n benchmarks/.anchors-venv/bin/python benchmarks/bench_pycos.py --lo-up --workload W2
 
-prints one line ``BENCH-RESULT {json}``.
+prints one line ``BENCH-RESULT {json}``. W1: ``yield client.rtask(noop, i)``
+one after another, then ``finish()`` of each (``yield rt()``); W5 and W5g are
+the same measurement (pycos tasks are generator functions). pycos has no
+W1g, W1rr, W1map or W7.
 """
 
 import os
@@ -26,7 +29,7 @@ import common  # noqa: E402
 # -- task functions (pycos ships their source: they must be self-contained) --------
 
 
-def noop(task=None):
+def noop(i=None, task=None):
     return 0
     yield
 
@@ -102,7 +105,7 @@ def run_workload(args):
     extra = {}
     serial = None
     n_cpu = None
-    if w == "W5":
+    if w in ("W5", "W5g"):
         n_cpu = args.cpu_iters or common.calibrate(size["w5_seconds"])
         serial = common.serial_seconds(common.cpu_loop, n_cpu, size["w5_tasks"])
     data = b"\x5a" * (size["w4_mib"] * 2**20) if w == "W4" else None
@@ -131,8 +134,8 @@ def run_workload(args):
                     submit = client.rtask if w == "W1" else client.io_rtask
                     t = time.perf_counter()
                     rtasks = []
-                    for _ in range(n):  # pycos style: each submission answers once the task runs
-                        rt = yield submit(noop)
+                    for i in range(n):  # pycos style: each submission answers once the task runs
+                        rt = yield submit(noop, i)
                         if not isinstance(rt, pycos.Task):
                             raise RuntimeError("pycos: rtask failed: %r" % (rt,))
                         rtasks.append(rt)
@@ -178,7 +181,7 @@ def run_workload(args):
                     assert r == len(data), r
                     extra["seconds"] = dt
                     return size["w4_mib"] / dt
-                if w == "W5":
+                if w in ("W5", "W5g"):  # cpu_task is a generator function: W5 is already W5g
                     k = size["w5_tasks"]
                     t = time.perf_counter()
                     rtasks = []
@@ -191,8 +194,8 @@ def run_workload(args):
                     return serial / wall
                 if w == "MEM":
                     yield task.sleep(size["mem_settle"])
-                    mib, detail = common.rss_of(node.pids())
-                    extra.update(processes=detail, pss_mib=common.pss_total(detail))
+                    mib, more = common.memory_report(node.pids())
+                    extra.update(more)
                     return mib
                 raise ValueError(w)
             finally:

@@ -19,23 +19,40 @@ RESULT_TAG = "BENCH-RESULT "
 
 #: Workload sizes. "quick" is a tiny size for the smoke test and trying things.
 SIZES = {
-    "full": {"w1_tasks": 2000, "w2_calls": 1000, "w2_warmup": 50, "w3_msgs": 20000, "w4_mib": 64,
-             "w5_tasks": 8, "w5_seconds": 0.5, "mem_settle": 2.0},
-    "quick": {"w1_tasks": 40, "w2_calls": 20, "w2_warmup": 2, "w3_msgs": 200, "w4_mib": 1,
-              "w5_tasks": 4, "w5_seconds": 0.02, "mem_settle": 0.2},
+    "full": {"w1_tasks": 2000, "w1rr_tasks": 20000, "w1map_tasks": 1000000, "w2_calls": 1000, "w2_warmup": 50,
+             "w3_msgs": 20000, "w4_mib": 64, "w5_tasks": 8, "w5_seconds": 0.5, "w7_nodes": 8, "w7_servers": 4,
+             "w7_tasks": 20000, "mem_settle": 2.0},
+    "quick": {"w1_tasks": 40, "w1rr_tasks": 200, "w1map_tasks": 2000, "w2_calls": 20, "w2_warmup": 2,
+              "w3_msgs": 200, "w4_mib": 1, "w5_tasks": 4, "w5_seconds": 0.02, "w7_nodes": 2, "w7_servers": 2,
+              "w7_tasks": 200, "mem_settle": 0.2},
 }
 
 #: Every workload, in the order they are run and printed:
 #: name -> (metric, unit, True when higher is better, description).
 WORKLOADS = {
-    "W1": ("tasks/s", "tasks/s", True, "2,000 no-op CPU tasks, submit all then gather"),
-    "W1a": ("tasks/s", "tasks/s", True, "2,000 no-op async (I/O) tasks, submit all then gather"),
+    "W1": ("tasks/s", "tasks/s", True, "2,000 no-op CPU tasks, each run awaited before the next, then each result"),
+    "W1g": ("tasks/s", "tasks/s", True, "2,000 no-op CPU tasks, all submitted concurrently, then gathered (old W1)"),
+    "W1a": ("tasks/s", "tasks/s", True, "2,000 no-op async (I/O) tasks, submitted as W1"),
+    "W1rr": ("tasks/s", "tasks/s", True, "run_results(noop, range(20,000)) on 2 servers"),
+    "W1map": ("tasks/s", "tasks/s", True, "map(noop, range(1,000,000)), every result consumed, client peak RSS"),
     "W2": ("p50 round trip", "ms", False, "one no-op task at a time, run + result, p50 of 1,000"),
     "W3": ("msgs/s", "msgs/s", True, "20,000 small one-way messages client -> one remote task"),
     "W4": ("MiB/s", "MiB/s", True, "one 64 MiB bytes argument, the task returns its length"),
-    "W5": ("speedup", "x", True, "8 CPU-bound ~0.5 s tasks on 2 servers: serial time / wall time"),
+    "W5": ("speedup", "x", True, "8 CPU-bound ~0.5 s plain-function tasks on 2 servers: serial time / wall time"),
+    "W5g": ("speedup", "x", True, "W5 with a generator function, submitted as W1 (run x 8, then result x 8)"),
     "W6": ("start + first result", "s", False, "spawn the node, first result of a trivial task"),
-    "MEM": ("idle RSS", "MiB", False, "RSS of node + 2 servers (all child processes), idle"),
+    "W7": ("tasks/s", "tasks/s", True, "run_results(noop, range(20,000)) on 8 nodes x 4 servers (127.0.0.1-8)"),
+    "MEM": ("idle RSS", "MiB", False, "RSS of node + 2 servers (all child processes), idle; USS and PSS beside"),
+}
+
+#: Values a workload reports besides its own (in its result's extra fields), shown as rows of
+#: their own: workload -> [(field, label, unit, True when higher is better)].
+DETAILS = {
+    "W1rr": [("mp_apply_async_tasks_s", "apply_async per task (mp)", "tasks/s", True)],
+    "W1map": [("peak_rss_mib", "client peak RSS", "MiB", False),
+              ("rss_growth_mib", "client RSS growth", "MiB", False)],
+    "W7": [("client_cpu_us_per_task", "client CPU per task", "us", False)],
+    "MEM": [("uss_mib", "idle USS", "MiB", False), ("pss_mib", "idle PSS", "MiB", False)],
 }
 
 
@@ -60,6 +77,11 @@ def emit(workload, value, **extra):
     out.update(extra)
     sys.stdout.write(RESULT_TAG + json.dumps(out) + "\n")
     sys.stdout.flush()
+
+
+def skip(workload, why):
+    """Print the result line of a workload this system cannot run here (value None, C{skipped} says why)."""
+    emit(workload, None, skipped=why)
 
 
 def p50(values):
@@ -208,7 +230,8 @@ def rss_bytes(pid):
 def rss_of(pids):
     """
     Sum of RSS in MiB and per-process details (psutil when present, else
-    /proc), with PSS (shared pages divided among their users) when readable.
+    /proc), with PSS (shared pages divided among their users) and USS (pages
+    of that process alone) when readable.
     """
     total, detail = 0, []
     try:
@@ -216,7 +239,7 @@ def rss_of(pids):
     except ImportError:
         psutil = None
     for pid in pids:
-        pss = None
+        full = None
         if psutil is not None:
             try:
                 p = psutil.Process(pid)
@@ -224,24 +247,91 @@ def rss_of(pids):
             except psutil.Error:
                 continue
             try:
-                pss = p.memory_full_info().pss
+                full = p.memory_full_info()
             except (psutil.Error, AttributeError):
-                pss = None
+                full = None
         else:
             rss, cmd = rss_bytes(pid), ""
         total += rss
         d = {"pid": pid, "rss_mib": round(rss / 2**20, 1), "cmd": cmd}
-        if pss is not None:
-            d["pss_mib"] = round(pss / 2**20, 1)
+        for field in ("pss", "uss"):
+            if getattr(full, field, None) is not None:
+                d[field + "_mib"] = round(getattr(full, field) / 2**20, 1)
         detail.append(d)
     return total / 2**20, detail
 
 
+def detail_total(detail, field):
+    """Sum of C{field} (C{"pss_mib"}, C{"uss_mib"}) of L{rss_of}'s details, or None when not known for every process."""
+    if not detail or any(field not in d for d in detail):
+        return None
+    return round(sum(d[field] for d in detail), 1)
+
+
 def pss_total(detail):
     """Sum of the PSS of L{rss_of}'s details in MiB, or None when not known for every process."""
-    if not detail or any("pss_mib" not in d for d in detail):
-        return None
-    return round(sum(d["pss_mib"] for d in detail), 1)
+    return detail_total(detail, "pss_mib")
+
+
+def memory_report(pids):
+    """
+    MEM's value and extra fields for the processes C{pids}: (RSS in MiB,
+    {"processes": per-process details, "pss_mib": ..., "uss_mib": ...}).
+    """
+    mib, detail = rss_of(pids)
+    return mib, {"processes": detail, "pss_mib": detail_total(detail, "pss_mib"),
+                 "uss_mib": detail_total(detail, "uss_mib")}
+
+
+class PeakRSS:
+    """
+    The peak RSS of this process over a C{with} block: /proc/self/statm
+    sampled every C{interval} s by a thread, and getrusage's ru_maxrss (the
+    lifetime peak: when it grew inside the block, it is the block's exact
+    peak). L{report} gives the fields W1map records.
+    """
+
+    def __init__(self, interval=0.05):
+        self.interval = interval
+        self.baseline = self.peak = 0
+        self._stop = None
+        self._thread = None
+
+    @staticmethod
+    def _maxrss():
+        import resource
+
+        return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024  # KiB on Linux
+
+    def _sample(self):
+        while not self._stop.wait(self.interval):  # ends with the block
+            self.peak = max(self.peak, rss_bytes(os.getpid()))
+
+    def __enter__(self):
+        import threading
+
+        self.baseline = self.peak = rss_bytes(os.getpid())
+        self._maxrss_before = self._maxrss()
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._sample, name="peak-rss", daemon=True)
+        self._thread.start()
+        return self
+
+    def __exit__(self, *exc):
+        self._stop.set()
+        self._thread.join(5)
+        self.peak = max(self.peak, rss_bytes(os.getpid()))
+        maxrss = self._maxrss()
+        if maxrss > self._maxrss_before:
+            self.peak = max(self.peak, maxrss)
+        self.maxrss_after = maxrss
+        return False
+
+    def report(self):
+        """{"peak_rss_mib", "baseline_rss_mib", "rss_growth_mib", "ru_maxrss_mib"}."""
+        mib = lambda b: round(b / 2**20, 1)
+        return {"peak_rss_mib": mib(self.peak), "baseline_rss_mib": mib(self.baseline),
+                "rss_growth_mib": mib(self.peak - self.baseline), "ru_maxrss_mib": mib(self.maxrss_after)}
 
 
 def wait_until(predicate, timeout, step=0.002, what="condition"):
@@ -255,24 +345,59 @@ def wait_until(predicate, timeout, step=0.002, what="condition"):
 # -- workloads of the systems with a blocking API (dask, multiprocessing) ------------
 
 
-def measure_blocking(w, size, submit, result, noop, cpu_task, n_cpu=None, serial=None, data=None, start_w3=None):
+def submit_then_collect(submit, result, fn, n):
+    """
+    W1 through a blocking API: C{submit(fn, i)} for i in range(C{n}), one
+    after another, then C{result(handle, timeout)} of each in order.
+    Returns (seconds, seconds the submissions took).
+    """
+    t = time.perf_counter()
+    handles = [submit(fn, i) for i in range(n)]
+    t_submitted = time.perf_counter() - t
+    results = [result(h, 300) for h in handles]
+    dt = time.perf_counter() - t
+    assert results == [0] * n, results[:5]
+    return dt, t_submitted
+
+
+def measure_blocking(w, size, submit, result, noop, cpu_task, n_cpu=None, serial=None, data=None, start_w3=None,
+                     map_all=None, imap=None, per_task_key=None):
     """
     Measure workload C{w} (not W6, which spans the cluster's start: the driver
     times it) through a blocking API: C{submit(fn, *args)} returns a handle,
     C{result(handle, timeout)} its value; C{start_w3(n)} starts the W3
     receiver of C{n} items and returns its handle and the function that puts
-    one. Returns (value, extra).
+    one; C{map_all(fn, iterable)} returns the list of results (W1rr; with
+    C{per_task_key}, W1rr's tasks are also run through C{submit}/C{result}
+    and their rate recorded under that name); C{imap(fn, iterable)} yields
+    the results one by one (W1map). Returns (value, extra).
     """
     extra = {}
     if w == "W1":
         n = size["w1_tasks"]
-        t = time.perf_counter()
-        handles = [submit(noop, i) for i in range(n)]
-        extra["submit_seconds"] = time.perf_counter() - t
-        results = [result(h, 300) for h in handles]
-        dt = time.perf_counter() - t
-        assert results == [0] * n
+        dt, extra["submit_seconds"] = submit_then_collect(submit, result, noop, n)
         extra["seconds"] = dt
+        return n / dt, extra
+    if w == "W1rr":
+        n = size["w1rr_tasks"]
+        t = time.perf_counter()
+        results = map_all(noop, range(n))
+        dt = time.perf_counter() - t
+        assert list(results) == [0] * n
+        extra["seconds"] = dt
+        if per_task_key:
+            extra[per_task_key] = n / submit_then_collect(submit, result, noop, n)[0]
+        return n / dt, extra
+    if w == "W1map":
+        n = size["w1map_tasks"]
+        count = 0
+        with PeakRSS() as mem:
+            t = time.perf_counter()
+            for r in imap(noop, range(n)):
+                count += r == 0
+            dt = time.perf_counter() - t
+        assert count == n, count
+        extra.update(seconds=dt, **mem.report())
         return n / dt, extra
     if w == "W2":
         lat = []
@@ -315,9 +440,7 @@ def measure_blocking(w, size, submit, result, noop, cpu_task, n_cpu=None, serial
         return serial / wall, extra
     if w == "MEM":
         time.sleep(size["mem_settle"])
-        mib, detail = rss_of(descendants(os.getpid()))
-        extra.update(processes=detail, pss_mib=pss_total(detail))
-        return mib, extra
+        return memory_report(descendants(os.getpid()))
     raise ValueError(w)
 
 

@@ -41,20 +41,55 @@ import common  # noqa: E402
 ANCHORS_VENV = os.path.join(HERE, ".anchors-venv")
 ANCHOR_PACKAGES = ["pycos==4.12.2", "dask[distributed]", "psutil", "matplotlib", "py-spy"]
 SYSTEMS = ["dispycos", "pycos", "dask", "mp"]
-#: Workloads a system does not have (no "async task" notion apart from CPU tasks).
-NOT_APPLICABLE = {("dask", "W1a"), ("mp", "W1a")}
-#: The issue's targets (vs pycos measured in the same run, or absolute).
+#: The systems that have a workload, where not all of them do (pycos has no run_results or map;
+#: dask and multiprocessing no async-task kind and no generator tasks; W1g and W7 are dispycos only).
+SYSTEMS_OF = {
+    "W1g": ("dispycos",),
+    "W1a": ("dispycos", "pycos"),
+    "W1rr": ("dispycos", "dask", "mp"),
+    "W1map": ("dispycos", "mp"),
+    "W5g": ("dispycos", "pycos"),
+    "W7": ("dispycos",),
+}
+
+
+def applicable(system, workload):
+    """True when C{system} has C{workload}."""
+    return system in SYSTEMS_OF.get(workload, SYSTEMS)
+
+
+def check(text, threshold, at_least=True, field="value", vs=None):
+    """
+    One target: dispycos's median of C{field} (C{"value"} or one of
+    common.DETAILS) is C{>= threshold} (C{at_least}) or C{<=}; with C{vs} =
+    (system, workload), the ratio (oriented so that > 1 is better) of
+    dispycos's value to that system's value of that workload, measured in the
+    same run, is checked instead.
+    """
+    return {"text": text, "threshold": threshold, "at_least": at_least, "field": field,
+            "vs": list(vs) if vs else None}
+
+
+#: The targets of SPEC 6.7 (vs pycos measured in the same run, or absolute), per workload.
 TARGETS = {
-    "W1": {"kind": "ratio_vs_pycos", "threshold": 5.0, "text": ">= 5x pycos tasks/s"},
-    "W2": {"kind": "ratio_vs_pycos", "threshold": 3.0, "text": "p50 <= 1/3 of pycos"},
-    "W3": {"kind": "ratio_vs_pycos", "threshold": 8.0, "text": ">= 8x pycos msgs/s"},
-    "W4": {"kind": "ratio_vs_pycos", "threshold": 1.5, "text": ">= 1.5x pycos MiB/s"},
-    "W5": {"kind": "absolute_min", "threshold": 1.85, "text": "speedup >= 1.85"},
-    "W6": {"kind": "ratio_vs_pycos", "threshold": 1.0, "text": "<= pycos seconds"},
-    "MEM": {"kind": "absolute_max", "threshold": 90.0, "text": "<= 90 MiB"},
+    "W1": [check(">= 6x pycos W1", 6.0, vs=("pycos", "W1"))],
+    "W1rr": [check(">= 20x pycos W1", 20.0, vs=("pycos", "W1")),
+             check(">= 1/2 of mp W1rr", 0.5, vs=("mp", "W1rr"))],
+    "W1map": [check("completes, client peak RSS <= 200 MiB", 200.0, at_least=False, field="peak_rss_mib")],
+    "W2": [check("p50 <= 1/4 of pycos", 4.0, vs=("pycos", "W2"))],
+    "W3": [check(">= 20x pycos msgs/s", 20.0, vs=("pycos", "W3"))],
+    "W4": [check(">= 3x pycos MiB/s", 3.0, vs=("pycos", "W4"))],
+    "W5": [check("speedup >= 1.85", 1.85)],
+    "W5g": [check("speedup >= 1.85", 1.85)],
+    "W6": [check("cold start >= 1.5x pycos (time <= 1/1.5)", 1.5, vs=("pycos", "W6"))],
+    "W7": [check("W7 / W1rr (2 servers) >= 1.0", 1.0, vs=("dispycos", "W1rr")),
+           check("client <= 40 us CPU per task", 40.0, at_least=False, field="client_cpu_us_per_task")],
+    "MEM": [check("node + 2 servers <= 90 MiB RSS", 90.0, at_least=False),
+            check("node + 2 servers <= 30 MiB USS", 30.0, at_least=False, field="uss_mib")],
 }
 #: Seconds a driver may take before it is stopped (full size; quick: a fifth).
 DRIVER_TIMEOUT = 300
+DRIVER_TIMEOUTS = {"W1map": 600}
 
 
 def log(msg):
@@ -178,7 +213,7 @@ def run_driver(system, python, workload, args, netns, workdir, cpu_iters):
     env = dict(os.environ)
     env["PYTHONPATH"] = os.pathsep.join([ROOT] + [p for p in env.get("PYTHONPATH", "").split(os.pathsep) if p])
     env.pop("PYTHONWARNINGS", None)
-    timeout = DRIVER_TIMEOUT // (5 if args.quick else 1)
+    timeout = DRIVER_TIMEOUTS.get(workload, DRIVER_TIMEOUT) // (5 if args.quick else 1)
     out_path = os.path.join(workdir, "driver.out")
     err_path = os.path.join(workdir, "driver.err")
     with open(out_path, "wb") as out, open(err_path, "wb") as err:
@@ -252,10 +287,12 @@ def fmt(v):
     return "%.3f" % v
 
 
-def ratio(workload, disp, anchor):
+def ratio(workload, disp, anchor, higher=None):
+    """dispycos vs anchor, oriented so that > 1 means dispycos is better (None when either is missing)."""
     if disp is None or anchor is None or disp <= 0 or anchor <= 0:
         return None
-    higher = common.WORKLOADS[workload][2]
+    if higher is None:
+        higher = common.WORKLOADS[workload][2]
     return disp / anchor if higher else anchor / disp
 
 
@@ -266,83 +303,128 @@ def table(headers, rows):
     return "\n".join([line(headers), sep] + [line(r) for r in rows])
 
 
+def row_key(workload, field):
+    """The key of a table row: the workload for its value, "W.field" for one of common.DETAILS."""
+    return workload if field == "value" else "%s.%s" % (workload, field)
+
+
+def table_rows(workloads):
+    """(key, workload, field, label, unit, higher is better) of every row: each workload's value, then its details."""
+    out = []
+    for w in workloads:
+        metric, unit, higher, _ = common.WORKLOADS[w]
+        out.append((w, w, "value", metric, unit, higher))
+        for field, label, unit, higher in common.DETAILS.get(w, ()):
+            out.append((row_key(w, field), w, field, label, unit, higher))
+    return out
+
+
+def measured(results, system, workload, field="value"):
+    """The values of C{field} in the trials of C{system} x C{workload} that have one (not failed, not skipped)."""
+    return [r[field] for r in results.get(system, {}).get(workload, [])
+            if r is not None and r.get(field) is not None]
+
+
+def skipped(results, system, workload):
+    """Why the trials of C{system} x C{workload} were skipped (the first reason), or None."""
+    for r in results.get(system, {}).get(workload, []):
+        if r is not None and r.get("skipped"):
+            return r["skipped"]
+    return None
+
+
+def evaluate(t, workload, medians):
+    """A copy of target C{t} of C{workload} with what was C{measured} and whether it was C{met} (None: unknown)."""
+    t = dict(t)
+    d = medians.get("dispycos", {}).get(row_key(workload, t["field"]))
+    if t["vs"]:
+        system, other = t["vs"]
+        v = ratio(workload, d, medians.get(system, {}).get(other))
+    else:
+        v = d
+    t["measured"] = v
+    t["met"] = None if v is None else (v >= t["threshold"] if t["at_least"] else v <= t["threshold"])
+    return t
+
+
 def summarize(results, systems, workloads):
+    """
+    Medians ({system: {row key: median}}), ratios ({row key: {anchor:
+    ratio}}) and targets ({workload: [evaluated targets]}).
+    """
+    rows = table_rows(workloads)
     medians = {s: {} for s in systems}
     for s in systems:
-        for w in workloads:
-            vals = [r["value"] for r in results.get(s, {}).get(w, []) if r is not None]
-            medians[s][w] = statistics.median(vals) if vals else None
+        for key, w, field, *_ in rows:
+            vals = measured(results, s, w, field)
+            medians[s][key] = statistics.median(vals) if vals else None
     ratios = {}
-    for w in workloads:
-        ratios[w] = {}
+    for key, w, field, _, _, higher in rows:
+        ratios[key] = {}
         for a in systems:
             if a != "dispycos":
-                r = ratio(w, medians.get("dispycos", {}).get(w), medians[a].get(w))
+                r = ratio(w, medians.get("dispycos", {}).get(key), medians[a].get(key), higher)
                 if r is not None:
-                    ratios[w][a] = r
-    targets = {}
-    for w in workloads:
-        t = TARGETS.get(w)
-        if t is None:
-            continue
-        t = dict(t)
-        d = medians.get("dispycos", {}).get(w)
-        if t["kind"] == "ratio_vs_pycos":
-            v = ratios[w].get("pycos")
-        else:
-            v = d
-        t["measured"] = v
-        if v is None:
-            t["met"] = None
-        elif t["kind"] == "absolute_max":
-            t["met"] = v <= t["threshold"]
-        else:
-            t["met"] = v >= t["threshold"]
-        targets[w] = t
+                    ratios[key][a] = r
+    targets = {w: [evaluate(t, w, medians) for t in TARGETS[w]] for w in workloads if w in TARGETS}
     return medians, ratios, targets
+
+
+def median_cell(results, system, w, key, field, medians):
+    """One cell of the medians table: median [min-max], or n/a, skipped, failed, -."""
+    if not applicable(system, w):
+        return "n/a"
+    vals = measured(results, system, w, field)
+    m = medians[system].get(key)
+    if m is None:
+        if skipped(results, system, w):
+            return "skipped" if field == "value" else "-"
+        tried = results.get(system, {}).get(w)
+        return "failed" if field == "value" and tried and all(r is None for r in tried) else "-"
+    if len(vals) > 1:
+        return "%s [%s-%s]" % (fmt(m), fmt(min(vals)), fmt(max(vals)))
+    return fmt(m)
+
+
+def target_cells(t):
+    """The target and met? cells of one evaluated target."""
+    if t["measured"] is None:
+        got = "-"
+    elif t["vs"]:
+        got = "%.2fx" % t["measured"]
+    else:
+        got = fmt(t["measured"])
+    return [t["text"], {True: "yes", False: "NO", None: "?"}[t["met"]] + " (%s)" % got]
 
 
 def report(medians, ratios, targets, systems, workloads, trials, results):
     out = []
-    headers = ["workload", "metric"] + systems
     rows = []
-    for w in workloads:
-        metric, unit, higher, _ = common.WORKLOADS[w]
-        row = [w, "%s (%s, %s)" % (metric, unit, "higher better" if higher else "lower better")]
-        for s in systems:
-            vals = [r["value"] for r in results.get(s, {}).get(w, []) if r is not None]
-            m = medians[s].get(w)
-            if (s, w) in NOT_APPLICABLE:
-                row.append("n/a")
-            elif m is None:
-                row.append("failed" if results.get(s, {}).get(w) else "-")
-            elif len(vals) > 1:
-                row.append("%s [%s-%s]" % (fmt(m), fmt(min(vals)), fmt(max(vals))))
-            else:
-                row.append(fmt(m))
-        rows.append(row)
+    for key, w, field, metric, unit, higher in table_rows(workloads):
+        name = w if field == "value" else "  %s" % key
+        row = [name, "%s (%s, %s)" % (metric, unit, "higher better" if higher else "lower better")]
+        rows.append(row + [median_cell(results, s, w, key, field, medians) for s in systems])
     out.append("Medians of %d trials [min-max]:\n" % trials)
-    out.append(table(headers, rows))
+    out.append(table(["workload", "metric"] + systems, rows))
     anchors = [s for s in systems if s != "dispycos"]
     if anchors:
         out.append("\nRatios dispycos vs anchor, oriented so that > 1 means dispycos is better "
-                   "(dispycos/anchor for rates and speedup, anchor/dispycos for times and memory):\n")
-        headers = ["workload"] + ["vs %s" % a for a in anchors] + ["target", "met?"]
+                   "(dispycos/anchor for rates and speedup, anchor/dispycos for times and memory); "
+                   "targets checked against the medians of this run:\n")
         rows = []
-        for w in workloads:
-            row = [w]
+        for key, w, field, *_ in table_rows(workloads):
+            row = [w if field == "value" else "  %s" % key]
             for a in anchors:
-                r = ratios[w].get(a)
-                row.append("n/a" if (a, w) in NOT_APPLICABLE else ("%.2f" % r if r is not None else "-"))
-            t = targets.get(w)
-            if t is None:
-                row += ["(none)", ""]
-            else:
-                got = "-" if t["measured"] is None else ("%.2fx" % t["measured"] if t["kind"] == "ratio_vs_pycos"
-                                                        else fmt(t["measured"]))
-                row += [t["text"], {True: "yes", False: "NO", None: "?"}[t["met"]] + " (%s)" % got]
+                r = ratios[key].get(a)
+                row.append("n/a" if not applicable(a, w) else ("%.2f" % r if r is not None else "-"))
+            mine = [t for t in targets.get(w, ()) if t["field"] == field]
+            if field != "value" and not mine and all(c in ("-", "n/a") for c in row[1:]):
+                continue  # a detail with neither ratio nor target: the medians table has it
+            row += target_cells(mine[0]) if mine else ["(none)" if field == "value" else "", ""]
             rows.append(row)
-        out.append(table(headers, rows))
+            for t in mine[1:]:
+                rows.append([""] * (1 + len(anchors)) + target_cells(t))
+        out.append(table(["workload"] + ["vs %s" % a for a in anchors] + ["target", "met?"], rows))
     return "\n".join(out)
 
 
@@ -388,7 +470,7 @@ def main(argv=None):
         notes.append("no private network namespace available: drivers run in the machine's namespace (loopback addresses only)")
     full_run = not args.quick and not args.only and set(systems) == set(SYSTEMS)
     size = common.SIZES["quick" if args.quick else "full"]
-    cpu_iters = common.calibrate(size["w5_seconds"]) if "W5" in workloads else 0
+    cpu_iters = common.calibrate(size["w5_seconds"]) if {"W5", "W5g"} & set(workloads) else 0
     load_before = os.getloadavg()
     started = time.time()
     info = versions(pythons)
@@ -404,7 +486,7 @@ def main(argv=None):
     try:
         for trial in range(args.trials):
             for wi, w in enumerate(workloads):
-                runnable = [s for s in systems if (s, w) not in NOT_APPLICABLE]
+                runnable = [s for s in systems if applicable(s, w)]
                 k = (trial + wi) % max(len(runnable), 1)
                 order = runnable[k:] + runnable[:k]  # alternate who goes first
                 for s in order:
@@ -413,9 +495,11 @@ def main(argv=None):
                     results[s][w].append(res)
                     if res is None:
                         errors.append({"system": s, "workload": w, "trial": trial, "error": err})
-                        log("  trial %d %-4s %-8s FAILED: %s" % (trial + 1, w, s, err))
+                        log("  trial %d %-5s %-8s FAILED: %s" % (trial + 1, w, s, err))
+                    elif res.get("skipped"):
+                        log("  trial %d %-5s %-8s skipped: %s" % (trial + 1, w, s, res["skipped"]))
                     else:
-                        log("  trial %d %-4s %-8s %12s %-8s (%.1f s)"
+                        log("  trial %d %-5s %-8s %12s %-8s (%.1f s)"
                             % (trial + 1, w, s, fmt(res["value"]), res["unit"], time.monotonic() - t))
     except KeyboardInterrupt:
         log("interrupted: reporting what was measured")
@@ -426,6 +510,11 @@ def main(argv=None):
     text = report(medians, ratios, targets, systems, workloads, args.trials, results)
     print()
     print(text)
+    for s in systems:
+        for w in workloads:
+            why = skipped(results, s, w)
+            if why:
+                notes.append("%s %s skipped: %s" % (s, w, why))
     for n in notes:
         print("note: " + n)
     if errors:
@@ -442,6 +531,9 @@ def main(argv=None):
         "workloads": workloads,
         "workload_info": {w: {"metric": m, "unit": u, "higher_is_better": h, "description": d}
                           for w, (m, u, h, d) in common.WORKLOADS.items() if w in workloads},
+        "rows": [{"key": key, "workload": w, "field": field, "metric": metric, "unit": unit, "higher_is_better": h}
+                 for key, w, field, metric, unit, h in table_rows(workloads)],
+        "systems_of": {w: [s for s in SYSTEMS if applicable(s, w)] for w in workloads},
         "trials": results,
         "medians": medians,
         "ratios": ratios,

@@ -669,7 +669,7 @@ class HTTPServer:
         """
         query = urllib.parse.parse_qs(urllib.parse.urlsplit(request.uri).query.decode("latin-1"))
         given = (query.get("token") or [""])[0]
-        if given and hmac.compare_digest(given.encode("latin-1"), self.token.encode()):
+        if given and hmac.compare_digest(given.encode("utf-8", "replace"), self.token.encode()):
             request.addCookie(self.cookie_name.encode(), self.token.encode(), path=b"/", httpOnly=True,
                               sameSite="strict", secure=request.isSecure() or None)
             return True

@@ -584,7 +584,7 @@ async def test_every_request_needs_the_token(capsys):
         requests = [("GET", ""), ("GET", "cluster.html"), ("GET", "monitor.js"), ("GET", "cluster_status"),
                     ("GET", "events"), ("HEAD", "events"), ("GET", "update"), ("POST", "update"),
                     ("POST", "terminate_tasks"), ("POST", "suspend_node")]
-        for token in (None, "wrong", fixed.token):  # none, a wrong one, another monitor's
+        for token in (None, "wrong", fixed.token, "%E2%82%AC%ff"):  # none, wrong ones, another monitor's
             for method, path in requests:
                 url = base + path + ("" if token is None else "?token=" + token)
                 fields = {"poll_sec": "3"} if method == "POST" else None

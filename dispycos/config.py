@@ -39,6 +39,10 @@ MaxBox = MaxInlineBytes + 1024 * 1024
 MaxBoxKeys = 4096
 #: Streams one connection may have open at once.
 MaxOpenStreams = 64
+#: Longest file or directory name a transfer may use (bytes of UTF-8, as file systems allow).
+MaxNameBytes = 255
+#: Most directory levels a transfer may reach below its destination.
+MaxPathDepth = 32
 #: Bytes queued for a peer that does not read before its connection is dropped.
 MaxOutgoingBuffer = 256 * 1024 * 1024
 #: Messages a task's mailbox holds; more are refused with an error to the sender
@@ -48,9 +52,15 @@ MaxMailbox = int(os.environ.get("DISPYCOS_MAX_MAILBOX", "1000000"))
 
 def default_dest_path():
     """
-    The default prefix under which nodes and clients keep computation files.
+    The default prefix under which nodes and schedulers keep computation
+    files: C{<tempdir>/dispycos-<uid>}, this user's own (L{paths.private_dir}
+    makes it 0700 and refuses one another user made first).
+
+    Not C{$XDG_RUNTIME_DIR}: that is a small memory file system, removed
+    when the user's last login session ends and unset for services, while
+    computation files can be large and a node outlives a login.
     """
-    return os.path.join(tempfile.gettempdir(), "dispycos")
+    return os.path.join(tempfile.gettempdir(), "dispycos-%d" % os.geteuid())
 
 
 def parse_size(text):

@@ -10,7 +10,8 @@ The file is JSON::
 C{options} holds every option of the command line (secret and name
 included; not C{config} and C{save_config} themselves) with the value it had
 after parsing, so loading the file gives the same options back. Since it can
-hold the secret, the file is written readable by its owner only.
+hold the secret, the file is written readable by its owner only, through a
+fresh temporary that nothing planted can redirect (L{paths.replace_file}).
 
 When loading, options given explicitly on the command line win over the
 file's values; repeatable options given on the command line replace the
@@ -18,7 +19,8 @@ file's list rather than extend it.
 """
 
 import json
-import os
+
+from . import paths
 
 FORMAT = "dispycosnode-config"
 VERSION = 1
@@ -36,18 +38,7 @@ def save(path, values):
     doc = {"format": FORMAT, "version": VERSION,
            "options": {k: v for k, v in sorted(values.items()) if k not in NOT_SAVED}}
     text = json.dumps(doc, indent=2, sort_keys=False) + "\n"
-    tmp = "%s.tmp-%d" % (path, os.getpid())
-    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
-    try:
-        with os.fdopen(fd, "w") as f:
-            f.write(text)
-        os.replace(tmp, path)
-    except BaseException:
-        try:
-            os.unlink(tmp)
-        except OSError:
-            pass
-        raise
+    paths.replace_file(path, text, 0o600)
 
 
 def load(path, known=None):

@@ -21,6 +21,15 @@ or a callable), so both see the same stream. Create it before
 C{comp.schedule()}; created later it still works, but knows only of what
 happens afterwards.
 
+Every request needs the monitor's access token, a random value (or the
+C{token} given): the monitor logs and prints its address with it
+(C{http://127.0.0.1:8181/?token=...}, also L{HTTPServer.url}). A request
+with the right C{token} query parameter is answered with the token as an
+HttpOnly, SameSite=Strict cookie (C{dispycos_monitor_<port>}), which serves
+instead from then on; without either, or with a wrong one: 403. So only who
+was shown the address (the user who started the monitor) can watch or act,
+other local users and other sites cannot.
+
 Any number of browsers may watch at once: every page fetches the full state
 from the JSON resources (C{/cluster_status}, C{/node_info}, C{/server_info})
 and re-fetches when C{/events} (server-sent events) announces a change, and
@@ -51,6 +60,10 @@ Resources (every answer is JSON unless said otherwise):
     POST /update  poll_sec=S show_task_args=true|false
                                          -> the settings; GET /update reads them
 
+At most C{max_streams} (32) C{/events} streams are served at once (more are
+refused with 503), and a stream whose browser does not read is dropped
+once more than L{MAX_UNSENT} bytes wait for it.
+
 Task ids are C{str(rtask)}: C{name/tid@addr:port}. State survives the
 computation's close: the resources answer with the final state until
 L{HTTPServer.shutdown}.
@@ -62,18 +75,22 @@ C{terminate()}.
 """
 
 import collections
+import hmac
 import ipaddress
 import json
 import mimetypes
 import os
+import secrets
 import socket
 import time
 import urllib.parse
 
 from twisted.internet import defer
+from twisted.internet.interfaces import IPushProducer
 from twisted.logger import Logger
 from twisted.protocols.policies import WrappingFactory
 from twisted.web import resource, server
+from zope.interface import implementer
 
 from .status import DispycosNodeAvailInfo, DispycosNodeInfo, DispycosStatus, Location, Status, TaskInfo
 from .tasks import Task
@@ -91,6 +108,10 @@ HISTORY_SAMPLES = 120
 RECENT_FINISHED = 20
 #: length of the text shown for one argument
 ARG_TEXT_LIMIT = 200
+#: C{/events} streams served at once (the default of C{max_streams})
+MAX_STREAMS = 32
+#: bytes that may wait for an C{/events} stream that does not read before it is dropped
+MAX_UNSENT = 1024 * 1024
 
 _CLOSED_STATES = ("Closed", "Disconnected", "Abandoned")
 
@@ -284,12 +305,74 @@ class _Update(_JSONResource):
         return _send_json(request, self.monitor.settings())
 
 
+@implementer(IPushProducer)
+class _EventStream:
+    """
+    One C{/events} response, registered as the producer of its connection:
+    written to while the connection takes data; while it is paused (its
+    send buffer full: the browser does not read) what comes is kept and
+    counted in C{unsent}, and once more than L{MAX_UNSENT} bytes wait, the
+    connection is aborted and the stream dropped.
+    """
+
+    def __init__(self, request, monitor):
+        self.request = request
+        self.monitor = monitor
+        self.paused = False
+        self.pending = collections.deque()
+        self.unsent = 0
+        request.registerProducer(self, True)
+
+    def write(self, data):
+        if self.request.finished or getattr(self.request, "_disconnected", False):
+            self.monitor._drop_stream(self)
+        elif self.paused:
+            self.pending.append(data)
+            self.unsent += len(data)
+            if self.unsent > MAX_UNSENT:
+                log.warn("monitor: an event stream has {n} bytes unsent (its browser does not read): dropped",
+                         n=self.unsent)
+                self.abort()
+        else:
+            self.request.write(data)
+
+    def pauseProducing(self):
+        self.paused = True
+
+    def resumeProducing(self):
+        self.paused = False
+        while self.pending and not self.paused:
+            data = self.pending.popleft()
+            self.unsent -= len(data)
+            self.request.write(data)
+
+    def stopProducing(self):
+        self.monitor._drop_stream(self)
+
+    def abort(self):
+        """Drop the stream and its connection at once (what waits for it is let go)."""
+        self.pending.clear()
+        self.unsent = 0
+        self.monitor._drop_stream(self)
+        transport = self.request.channel.transport if self.request.channel is not None else None
+        if transport is not None:
+            transport.abortConnection()
+
+    def finish(self):
+        """End the response (monitor shut down)."""
+        self.request.unregisterProducer()
+        if not self.request.finished and not getattr(self.request, "_disconnected", False):
+            self.request.finish()
+
+
 class _Events(_JSONResource):
     """C{GET /events}: server-sent events; every browser gets the whole stream."""
 
     def render_GET(self, request):
         if self.monitor._shut:
             return _send_json(request, {"error": "monitor shut down"}, 503)
+        if len(self.monitor._streams) >= self.monitor.max_streams:
+            return _send_json(request, {"error": "too many event streams (%d)" % self.monitor.max_streams}, 503)
         request.setHeader(b"content-type", b"text/event-stream; charset=utf-8")
         request.setHeader(b"cache-control", b"no-store")
         request.setHeader(b"x-accel-buffering", b"no")
@@ -430,7 +513,10 @@ class HTTPServer:
         monitor.
     @param name: a name shown with the cluster data (C{"name"}), such as a
         shared scheduler's C{-n}.
+    @param token: the access token every request needs (None: a random one).
+    @param max_streams: the most C{/events} streams served at once.
     @ivar port: the port listened on (the real one when C{port} is 0).
+    @ivar token: the access token.
     @ivar status_task: the callable installed as the computation's
         C{status_task}.
     """
@@ -438,12 +524,15 @@ class HTTPServer:
     keepalive_sec = 15
 
     def __init__(self, computation, host="127.0.0.1", port=8181, poll_sec=10, DocumentRoot=None, keyfile=None,
-                 certfile=None, show_task_args=True, reactor=None, allowed_hosts=(), name=None):
+                 certfile=None, show_task_args=True, reactor=None, allowed_hosts=(), name=None, token=None,
+                 max_streams=MAX_STREAMS):
         if reactor is None:
             from twisted.internet import reactor
         self.reactor = reactor
         self.host = host or ""
         self.name = name
+        self.token = token or secrets.token_urlsafe(24)
+        self.max_streams = max_streams
         if poll_sec < 1:
             log.warn("HTTPServer: poll_sec {p} is too small; using 1", p=poll_sec)
             poll_sec = 1
@@ -490,6 +579,7 @@ class HTTPServer:
         self._keepalive.start(self.keepalive_sec, now=False)
         log.info("Started HTTP{s} server at {host}:{port}", s="S" if self.scheme == "https" else "",
                  host=self.host or "*", port=self.port)
+        self._announce()
 
     def attach(self, computation):
         """
@@ -514,11 +604,24 @@ class HTTPServer:
 
     @property
     def url(self):
-        """The monitor's address, e.g. C{http://127.0.0.1:8181/}."""
+        """The monitor's address with its token, e.g. C{http://127.0.0.1:8181/?token=...}."""
         host = self.host if self.host not in ("", "0.0.0.0", "::") else "127.0.0.1"
         if ":" in host:
             host = "[%s]" % host
-        return "%s://%s:%d/" % (self.scheme, host, self.port)
+        return "%s://%s:%d/?token=%s" % (self.scheme, host, self.port, self.token)
+
+    def _announce(self):
+        """Log and print the address to open (only who sees it can use the monitor)."""
+        log.info("dispycos monitor at {url}", url=self.url)
+        try:
+            print("dispycos monitor at %s" % self.url, flush=True)
+        except Exception:
+            pass
+
+    @property
+    def cookie_name(self):
+        """The cookie that carries the token (one per port: cookies do not tell ports apart)."""
+        return "dispycos_monitor_%d" % self.port
 
     @property
     def poll_sec(self):
@@ -559,11 +662,27 @@ class HTTPServer:
             pass
         return host in self._allowed_hosts or host.endswith(".localhost")
 
+    def _authorized(self, request):
+        """
+        True when C{request} carries the token: as its C{token} query
+        parameter (then it gets the cookie) or in the cookie.
+        """
+        query = urllib.parse.parse_qs(urllib.parse.urlsplit(request.uri).query.decode("latin-1"))
+        given = (query.get("token") or [""])[0]
+        if given and hmac.compare_digest(given.encode("utf-8", "replace"), self.token.encode()):
+            request.addCookie(self.cookie_name.encode(), self.token.encode(), path=b"/", httpOnly=True,
+                              sameSite="strict", secure=request.isSecure() or None)
+            return True
+        cookie = request.getCookie(self.cookie_name.encode())
+        return bool(cookie) and hmac.compare_digest(cookie, self.token.encode())
+
     def _refuse(self, request):
         """Why C{request} is refused, or None."""
         host = (request.getHeader(b"host") or b"").decode("latin-1").strip()
         if host and not self._host_allowed(host):
             return "unknown host name %r (give it in allowed_hosts)" % (host,)
+        if not self._authorized(request):
+            return "missing or wrong access token: open the address the monitor printed (with ?token=...)"
         if request.method in (b"GET", b"HEAD"):
             return None
         fetch_site = (request.getHeader(b"sec-fetch-site") or b"").decode("latin-1").lower()
@@ -723,32 +842,30 @@ class HTTPServer:
             return
         text = "id: %d\nevent: %s\ndata: %s\n\n" % (self.seq, name, json.dumps(data, default=str))
         payload = text.encode("utf-8")
-        for request in list(self._streams):
-            self._write(request, payload)
+        for stream in list(self._streams):
+            self._write(stream, payload)
 
-    def _write(self, request, payload):
-        if request.finished or getattr(request, "_disconnected", False):
-            self._drop_stream(request)
-            return
+    def _write(self, stream, payload):
         try:
-            request.write(payload)
+            stream.write(payload)
         except Exception:
-            self._drop_stream(request)
+            self._drop_stream(stream)
 
     def _add_stream(self, request):
-        self._streams.append(request)
-        request.notifyFinish().addBoth(lambda _: self._drop_stream(request))
+        stream = _EventStream(request, self)
+        self._streams.append(stream)
+        request.notifyFinish().addBoth(lambda _: self._drop_stream(stream))
         hello = {"type": "hello", "seq": self.seq, "time": time.time(), "poll_sec": self.poll_sec,
                  "show_task_args": self.show_task_args, "computation": self.computation_status}
-        request.write(("retry: 3000\nevent: hello\ndata: %s\n\n" % json.dumps(hello)).encode("utf-8"))
+        stream.write(("retry: 3000\nevent: hello\ndata: %s\n\n" % json.dumps(hello)).encode("utf-8"))
 
-    def _drop_stream(self, request):
-        if request in self._streams:
-            self._streams.remove(request)
+    def _drop_stream(self, stream):
+        if stream in self._streams:
+            self._streams.remove(stream)
 
     def _send_keepalive(self):
-        for request in list(self._streams):
-            self._write(request, b": keepalive\n\n")
+        for stream in list(self._streams):
+            self._write(stream, b": keepalive\n\n")
 
     # -- data for the pages -------------------------------------------------------------
 
@@ -927,10 +1044,9 @@ class HTTPServer:
             self.computation.status_task = self._previous
         if self._keepalive.running:
             self._keepalive.stop()
-        for request in list(self._streams):
+        for stream in list(self._streams):
             try:
-                if not request.finished and not getattr(request, "_disconnected", False):
-                    request.finish()
+                stream.finish()
             except Exception:
                 pass
         self._streams = []

@@ -7,7 +7,6 @@ process per CPU, sets a computation up on them and wipes it afterwards.
 import ipaddress
 import os
 import platform
-import shutil
 import socket
 
 from twisted.application import service
@@ -15,7 +14,7 @@ from twisted.internet import defer, task
 from twisted.internet.protocol import Factory
 from twisted.logger import Logger
 
-from . import config
+from . import config, paths
 from .discovery import Discovery
 from .errors import DispycosError, FileTransferError, SetupError
 from .streams import StreamingAMP, safe_join
@@ -220,6 +219,8 @@ class NodeService(service.Service):
 
     def startService(self):
         super().startService()
+        # Refused (UnsafePathError) unless this user's alone: see dispycos.paths.
+        self.dest_path = paths.private_dir(self.dest_path)
         factory = Factory.forProtocol(lambda: NodeProtocol(self))
         port = self.ports[0]
         for host in self.hosts:
@@ -227,9 +228,7 @@ class NodeService(service.Service):
             self.listening.append(p)
             port = p.getHost().port
         self.port = port
-        self.node_dir = os.path.join(self.dest_path, "node-%d" % self.port)
-        shutil.rmtree(self.node_dir, ignore_errors=True)
-        os.makedirs(self.node_dir, exist_ok=True)
+        self.node_dir = paths.fresh_dir(self.dest_path, "node-%d" % self.port)
         bind = self.hosts[0] if len(self.hosts) == 1 else ""
         for i in range(1, self.cpus + 1):
             slot = ServerSlot(self, i, bind, self.ports[i] if i < len(self.ports) else 0, self.spawner)
@@ -268,10 +267,7 @@ class NodeService(service.Service):
         except Exception:
             pass
         if self.ready_file:
-            tmp = self.ready_file + ".tmp"
-            with open(tmp, "w") as f:
-                f.write("%s:%d\n" % (addr, self.port))
-            os.replace(tmp, self.ready_file)
+            paths.replace_file(self.ready_file, "%s:%d\n" % (addr, self.port))
         self.announce()
 
     # -- discovery ----------------------------------------------------------------
@@ -317,7 +313,7 @@ class NodeService(service.Service):
             except Exception:
                 self.log.failure("releasing computation at stop")
         yield defer.DeferredList([s.stop(terminate=True, grace=config.ServerKillGrace) for s in self.slots], consumeErrors=True)
-        shutil.rmtree(self.node_dir, ignore_errors=True)
+        paths.remove_tree(self.node_dir)
         self._remove_pid_file()
         yield service.Service.stopService(self)
 
@@ -506,15 +502,8 @@ class NodeService(service.Service):
         return {"servers": servers, "node_dir": self.node_dir}
 
     def _wipe_node_dir(self):
-        for entry in os.listdir(self.node_dir):
-            path = os.path.join(self.node_dir, entry)
-            if os.path.isdir(path) and not os.path.islink(path):
-                shutil.rmtree(path, ignore_errors=True)
-            else:
-                try:
-                    os.unlink(path)
-                except OSError:
-                    pass
+        """Empty the node directory; links in it (or a link swapped in for it) are removed, never followed."""
+        paths.wipe_tree(self.node_dir)
 
     @defer.inlineCallbacks
     def release(self, computation, terminate):

@@ -9,15 +9,25 @@ features that act before the node starts: C{--save_config}/C{--config}
 Pid file: C{<dest_path>/dispycosnode.pid}, one per C{--dest_path} (so two
 nodes on one host need distinct C{--dest_path}s), JSON::
 
-    {"pid": 1234, "create_time": 1700000000.12, "name": "...", "port": 9706,
-     "servers": [{"index": 1, "pid": 1235, "create_time": ...}, ...]}
+    {"pid": 1234, "create_time": 1700000000.12, "uid": 1000,
+     "cmdline": ["/usr/bin/python3", "-m", "dispycos.scripts", ...],
+     "name": "...", "port": 9706,
+     "servers": [{"index": 1, "pid": 1235, "create_time": ..., "uid": ..., "cmdline": [...]}, ...]}
 
-The node writes it at start and whenever a server process is replaced, and
-removes it when it stops. At start, if the file names a live process (same
-pid and creation time, "dispycos" in its command line) the node refuses to
-start, unless C{--clean} is given: then the recorded processes are sent
-SIGTERM, given some seconds, then SIGKILL, and the file is removed. A file
-naming no live process is stale and removed silently.
+The node writes it at start and whenever a server process is replaced
+(through a fresh temporary, see L{paths.replace_file}), and removes it when
+it stops. At start, if the file names a live process of this node's making
+(same pid, creation time, user and exact command line as recorded) the node
+refuses to start, unless C{--clean} is given: then those processes are sent
+SIGTERM, given some seconds, then SIGKILL, and the file is removed. A
+process that differs in any of the four is not this node's (a reused pid, a
+forged or old record) and is never touched; a file that is a link or not
+this user's is not read. A file naming no live process is stale and removed
+silently.
+
+The C{--dest_path} (by default L{config.default_dest_path}) must be this
+user's alone (L{paths.private_dir}): otherwise the node exits at once (2)
+with one line on stderr.
 """
 
 import json
@@ -26,7 +36,7 @@ import sys
 
 from twisted.python import usage
 
-from . import config, configfile
+from . import config, configfile, paths
 from .node import NodeService, expand_ports
 from .options import UnderscoreOptions
 from .service_window import ServiceWindow, ServiceWindowError
@@ -59,7 +69,9 @@ class Options(UnderscoreOptions):
         ["cpus", "c", 0, "Number of servers: 0 = all CPUs, N > 0 = N, N < 0 = all but N.", int],
         ["name", "n", None, "Name of the node (default: host name)."],
         ["dest_path", None, None, "Directory under which computation files (and the pid file) are kept."],
-        ["secret", "s", None, "Shared secret schedulers must prove (default: $DISPYCOS_SECRET or none)."],
+        ["secret", "s", None, "Shared secret schedulers must prove (visible to every local user: prefer "
+                              "--secret_file; default: $DISPYCOS_SECRET or none)."],
+        ["secret_file", None, None, "Read the secret from the first line of this file (keep it chmod 600)."],
         ["max_file_size", None, "0", "Largest file accepted (bytes; suffix k, m, g, t)."],
         ["ready_file", None, None, "Write host:port here once every server is ready."],
         ["certfile", None, None, "TLS certificate (PEM; may hold the key too): every link of this node uses TLS."],
@@ -98,8 +110,14 @@ class Options(UnderscoreOptions):
         return [n for n in names if n not in configfile.NOT_SAVED]
 
     def saved_values(self):
-        """The options as --save_config writes them."""
-        return {name: self[name] for name in self.option_names()}
+        """
+        The options as --save_config writes them (a secret read from
+        C{--secret_file} is not copied: the file's path is saved instead).
+        """
+        values = {name: self[name] for name in self.option_names()}
+        if self.secret_source == "file":
+            values["secret"] = None
+        return values
 
     def _load_config(self):
         try:
@@ -172,61 +190,76 @@ def pid_file_path(dest_path):
     return os.path.join(dest_path or config.default_dest_path(), PID_FILE_NAME)
 
 
-def _create_time(pid):
+def process_record(pid):
+    """
+    What identifies process C{pid} in a pid file: its pid, creation time,
+    real uid and command line (only the pid without psutil, or when it is gone).
+    """
+    record = {"pid": pid}
     try:
         import psutil
 
-        return psutil.Process(pid).create_time()
+        proc = psutil.Process(pid)
+        with proc.oneshot():
+            record.update(create_time=proc.create_time(), uid=proc.uids().real, cmdline=proc.cmdline())
     except Exception:
-        return None
+        pass
+    return record
 
 
 def write_pid_file(path, node):
-    """Record C{node}'s process and its server processes in C{path} (atomically)."""
-    record = {
-        "pid": os.getpid(),
-        "create_time": _create_time(os.getpid()),
-        "name": node.name,
-        "port": node.port,
-        "servers": [
-            {"index": s.index, "pid": s.pid, "create_time": _create_time(s.pid)}
-            for s in node.slots if s.running and s.pid
-        ],
-    }
-    os.makedirs(os.path.dirname(path) or ".", exist_ok=True)
-    tmp = "%s.tmp-%d" % (path, os.getpid())
-    with open(tmp, "w") as f:
-        json.dump(record, f)
-    os.replace(tmp, path)
+    """Record C{node}'s process and its server processes in C{path} (atomically, see L{paths.replace_file})."""
+    record = process_record(os.getpid())
+    record.update(name=node.name, port=node.port, servers=[
+        dict(process_record(s.pid), index=s.index) for s in node.slots if s.running and s.pid])
+    paths.replace_file(path, json.dumps(record))
+
+
+def _read_pid_file(path):
+    """The record in C{path}: None when there is none; {} when it is unreadable, a link or not this user's."""
+    if not os.path.lexists(path):
+        return None
+    f = paths.open_private_file(path)
+    if f is None:
+        return {}
+    try:
+        with f:
+            record = json.load(f)
+    except (OSError, ValueError):
+        return {}
+    return record if isinstance(record, dict) else {}
 
 
 def remove_pid_file(path):
     """Remove C{path} if it is this process's pid file."""
-    try:
-        with open(path) as f:
-            record = json.load(f)
-        if record.get("pid") == os.getpid():
+    record = _read_pid_file(path)
+    if record and record.get("pid") == os.getpid():
+        try:
             os.unlink(path)
-    except (OSError, ValueError, AttributeError):
-        pass
+        except OSError:
+            pass
 
 
 def _live_process(entry):
-    """The psutil process of a pid file entry, if it still runs (and is dispycos)."""
+    """
+    The psutil process of a pid file entry if it still runs and is the very
+    process recorded: same pid, creation time, real uid (this user's) and
+    command line. None otherwise.
+    """
     import psutil
 
     try:
         pid = int(entry["pid"])
         if pid == os.getpid() or pid <= 0:
             return None
+        created, uid, cmdline = float(entry["create_time"]), int(entry["uid"]), entry["cmdline"]
+        if uid != os.getuid() or not isinstance(cmdline, list):
+            return None
         proc = psutil.Process(pid)
-        created = entry.get("create_time")
-        if created is not None and abs(proc.create_time() - float(created)) > 1.0:
-            return None
-        if proc.status() == psutil.STATUS_ZOMBIE:
-            return None
-        if "dispycos" not in " ".join(proc.cmdline()):
-            return None
+        with proc.oneshot():
+            if (abs(proc.create_time() - created) > 0.01 or proc.uids().real != uid or proc.cmdline() != cmdline
+                    or proc.status() == psutil.STATUS_ZOMBIE):
+                return None
         return proc
     except (psutil.Error, KeyError, TypeError, ValueError):
         return None
@@ -234,15 +267,9 @@ def _live_process(entry):
 
 def leftover_processes(path):
     """C{(record, processes)}: the pid file's content and its processes that still run."""
-    try:
-        with open(path) as f:
-            record = json.load(f)
-    except FileNotFoundError:
-        return None, []
-    except (OSError, ValueError):
-        return {}, []
-    if not isinstance(record, dict):
-        return {}, []
+    record = _read_pid_file(path)
+    if not record:
+        return record, []
     entries = [record] + [e for e in record.get("servers") or [] if isinstance(e, dict)]
     procs = [p for p in (_live_process(e) for e in entries) if p is not None]
     return record, procs
@@ -337,13 +364,12 @@ def makeService(options, reactor=None):
             raise usage.UsageError("cannot save configuration to %s: %s" % (options["save_config"], e.strerror or e))
         print("dispycosnode: configuration saved to %s" % options["save_config"])
         raise SystemExit(0)
-    pid_file = pid_file_path(options["dest_path"])
     try:
+        dest_path = options.private_dest_path()
+        pid_file = pid_file_path(dest_path)
         check_pid_file(pid_file, clean=options["clean"])
     except usage.UsageError as e:
-        # One line on stderr, from the console script and from twistd alike.
-        print("dispycosnode: %s" % e, file=sys.stderr)
-        raise SystemExit(2)
+        options.fail("dispycosnode", e)
     # Without --daemon the node reads stdin if it is a terminal when it starts.
     stdin_commands = True if options["stdin_commands"] else (False if options["daemon"] else "auto")
     from .scripts import for_twistd
@@ -355,7 +381,7 @@ def makeService(options, reactor=None):
         ports=options["ports"],
         secret=options["secret"],
         node_name=options["name"],
-        dest_path=options["dest_path"],
+        dest_path=dest_path,
         ext_hosts=options["ext_ip_addr"],
         debug=options["debug"],
         twisted_tls=options["twisted_tls"],

@@ -50,6 +50,7 @@ class UnderscoreOptions(usage.Options):
         """
         import os
 
+        self._take_secret()
         if self["secret"] is None:
             self["secret"] = os.environ.get("DISPYCOS_SECRET", "")
         if not self["ip_addr"]:
@@ -74,6 +75,53 @@ class UnderscoreOptions(usage.Options):
                 TLS(self["certfile"], self["keyfile"], self["cafile"])
             except TLSConfigError as e:
                 raise usage.UsageError(str(e))
+
+    #: Where the secret came from: "file" (--secret_file), "command line" (-s), or None.
+    secret_source = None
+
+    def _take_secret(self):
+        """
+        The secret of C{-s} (with a warning: every local user can read a
+        command line) or of C{--secret_file} (with a warning when others can
+        read the file); C{-s} on the command line wins over a C{--config}
+        file's C{secret_file}.
+        """
+        from . import paths
+
+        on_command_line = "secret" in self.given
+        if on_command_line and "secret_file" in self.given:
+            raise usage.UsageError("give the secret with -s/--secret or --secret_file, not both")
+        if on_command_line:
+            self.secret_source = "command line"
+            print("WARNING: -s/--secret puts the secret where every local user can read it "
+                  "(/proc/*/cmdline); use --secret_file FILE or $DISPYCOS_SECRET instead", file=sys.stderr)
+        elif self["secret_file"]:
+            try:
+                self["secret"] = paths.read_secret_file(self["secret_file"])
+            except ValueError as e:
+                raise usage.UsageError(str(e))
+            self.secret_source = "file"
+            exposed = paths.exposed_secret_file(self["secret_file"])
+            if exposed:
+                print("WARNING: %s" % exposed, file=sys.stderr)
+
+    def private_dest_path(self):
+        """
+        C{--dest_path} (or the default) made or checked private to this user
+        (L{paths.private_dir}); L{usage.UsageError} when it is not.
+        """
+        from . import config, paths
+
+        try:
+            return paths.private_dir(self["dest_path"] or config.default_dest_path(), "--dest_path")
+        except paths.UnsafePathError as e:
+            raise usage.UsageError(str(e))
+
+    @staticmethod
+    def fail(prog, error):
+        """End the program at once (2) with C{error} on one line of stderr, from the console script and twistd alike."""
+        print("%s: %s" % (prog, error), file=sys.stderr)
+        raise SystemExit(2)
 
     def opt_ip_addr(self, value):
         """Address to listen on (repeatable)."""

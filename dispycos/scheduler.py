@@ -24,6 +24,7 @@ from .tls import TLS
 from .tls import connect as tls_connect
 from .status import DispycosNodeAvailInfo, DispycosNodeInfo, DispycosStatus, Location, Status
 from .streams import send_file
+from .paths import read_secret_file  # (kept importable from here)
 
 
 class _NodeClient(DispycosAMP):
@@ -228,15 +229,6 @@ class NodeLink:
             self._retry.cancel()
         if self.proto is not None and self.proto.connected:
             self.proto.transport.loseConnection()
-
-
-def read_secret_file(path):
-    """The secret kept in file C{path} (its first line)."""
-    try:
-        with open(path, encoding="utf-8") as f:
-            return f.readline().rstrip("\r\n")
-    except OSError as e:
-        raise ValueError("cannot read the secret file %s: %s" % (path, e.strerror or e))
 
 
 def _local_address_for(nodes):

@@ -70,6 +70,16 @@ class _ControlAMP(amp.AMP):
         return {}
 
 
+def server_environment(environ=None):
+    """
+    The environment a server process starts with: the node's, less every
+    C{DISPYCOS_*SECRET*} variable (servers and their tasks never see the
+    node's secret: a task could read it from its environment).
+    """
+    environ = os.environ if environ is None else environ
+    return {k: v for k, v in environ.items() if not (k.startswith("DISPYCOS_") and "SECRET" in k)}
+
+
 class ServerSlot(ProcessProtocol):
     """
     One server process of a node (and its successors after restarts).
@@ -124,7 +134,7 @@ class ServerSlot(ProcessProtocol):
         for option, path in zip(("--certfile", "--keyfile", "--cafile"), getattr(self.node, "tls_files", ())):
             if path:
                 argv += [option, os.path.abspath(path)]
-        env = dict(os.environ)
+        env = server_environment()
         env["PYTHONPATH"] = os.pathsep.join(p for p in sys.path if p)
         spawn = self._spawner or reactor.spawnProcess
         spawn(self, sys.executable, argv, env=env, childFDs={0: "w", 1: "r", 2: "r", 3: "w", 4: "r"})

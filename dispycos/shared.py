@@ -16,7 +16,7 @@ from twisted.internet import defer, task
 from twisted.internet.protocol import Factory
 from twisted.logger import Logger
 
-from . import config
+from . import config, paths
 from .errors import ComputationClosed, DispycosError, FileTransferError
 from .protocol import auth, commands
 from .protocol.arguments import unpack_items
@@ -311,9 +311,9 @@ class SchedulerService(service.Service):
             port = p.getHost().port
         self.port = port
         # Everything the scheduler writes (clients' component files) goes under --dest_path.
-        self.dest_path = os.path.join(self._dest_path or config.default_dest_path(), "scheduler-%d" % port)
-        shutil.rmtree(self.dest_path, ignore_errors=True)
-        os.makedirs(self.dest_path, exist_ok=True)
+        # (Under a directory of this user's alone: see dispycos.paths.)
+        parent = paths.private_dir(self._dest_path or config.default_dest_path())
+        self.dest_path = paths.fresh_dir(parent, "scheduler-%d" % port)
         self.scheduler.advertise = (self.ext_hosts[0] if self.ext_hosts else self.hosts[0], port)
         self._reaper = task.LoopingCall(self._reap_zombies)
         self._reaper.clock = self.reactor
@@ -377,5 +377,5 @@ class SchedulerService(service.Service):
                 yield comp.close(reason="scheduler stopping")
             yield self.scheduler.close()
         if self.dest_path is not None:
-            shutil.rmtree(self.dest_path, ignore_errors=True)
+            paths.remove_tree(self.dest_path)
         yield service.Service.stopService(self)

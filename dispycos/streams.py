@@ -6,7 +6,10 @@ the inline cap.
 The sender keeps a window of acknowledged chunks in flight; the receiver
 writes to a partial file beside the destination, checks size and SHA-256 at
 close and renames it into place atomically, so a file is never held whole in
-memory and an interrupted stream leaves no file behind. A blob (a large
+memory and an interrupted stream leaves no file behind. Names are checked up
+front (L{check_name}, L{split_dir}); the receiver reaches the directory
+without following links and creates the partial file with
+C{O_EXCL|O_NOFOLLOW}, so nothing planted is followed or overwritten. A blob (a large
 argument, message or result) is gathered in memory as the pieces it arrived
 in, and unpickled from them.
 """
@@ -15,11 +18,13 @@ import collections
 import hashlib
 import itertools
 import os
+import secrets
+import stat
 
 from twisted.internet import defer
 from twisted.logger import Logger
 
-from . import config
+from . import config, paths
 from .errors import FileTransferError
 from .protocol import commands
 from .protocol.base import DispycosAMP
@@ -32,64 +37,184 @@ WINDOW = 8
 _ids = itertools.count(1)
 
 
-def safe_target(root, name, subdir=""):
-    """
-    The path for C{name} in C{root}/C{subdir}, refusing anything that would
-    land outside C{root} (C{..}, absolute paths, links out of it).
+def _shown(text, limit=60):
+    """C{text} for a message: its repr, cut after C{limit} characters."""
+    return repr(text) if len(text) <= limit else repr(text[:limit]) + "..."
 
-    @raise FileTransferError: for such names.
+
+def check_name(name, what="file name"):
     """
-    if not name or name != os.path.basename(name) or name in (".", "..") or "\x00" in name:
-        raise FileTransferError("refused file name %r" % (name,))
-    if subdir and (os.path.isabs(subdir) or "\x00" in subdir):
-        raise FileTransferError("refused directory %r: it must be relative" % (subdir,))
-    real_root = os.path.realpath(root)
-    directory = os.path.realpath(os.path.join(real_root, subdir or ""))
-    if directory != real_root and not directory.startswith(real_root + os.sep):
-        raise FileTransferError("refused directory %r: outside the destination" % (subdir,))
-    target = os.path.join(directory, name)
-    if os.path.islink(target) or (os.path.exists(target) and not os.path.realpath(target).startswith(real_root + os.sep)):
-        raise FileTransferError("refused %r: a link" % (name,))
-    return target
+    C{name} when it is a single file or directory name (no C{/}, not C{.}
+    or C{..}, at most L{config.MaxNameBytes} bytes).
+
+    @raise FileTransferError: otherwise.
+    """
+    if not name or "/" in name or "\x00" in name or name in (".", ".."):
+        raise FileTransferError("refused %s %s" % (what, _shown(name)))
+    size = len(name.encode("utf-8", "surrogateescape"))
+    if size > config.MaxNameBytes:
+        raise FileTransferError("refused %s %s: %d bytes long, over the limit of %d"
+                                % (what, _shown(name), size, config.MaxNameBytes))
+    return name
+
+
+def split_dir(subdir):
+    """
+    The names of the relative directory C{subdir} (C{a/b/../c}: C{["a", "c"]}),
+    refusing up front an absolute or escaping one, a name over
+    L{config.MaxNameBytes} bytes and more than L{config.MaxPathDepth} levels.
+
+    @raise FileTransferError: for such directories.
+    """
+    if not subdir:
+        return []
+    if os.path.isabs(subdir) or "\x00" in subdir:
+        raise FileTransferError("refused directory %s: it must be relative" % _shown(subdir))
+    parts = [p for p in os.path.normpath(subdir).split("/") if p != "."]
+    if parts and parts[0] == "..":
+        raise FileTransferError("refused directory %s: outside the destination" % _shown(subdir))
+    if len(parts) > config.MaxPathDepth:
+        raise FileTransferError("refused directory %s: %d levels deep, over the limit of %d"
+                                % (_shown(subdir), len(parts), config.MaxPathDepth))
+    for part in parts:
+        check_name(part, "directory name")
+    return parts
 
 
 def safe_join(root, name):
     """
-    C{root}/C{name}, refusing names that are absolute or escape C{root}.
+    C{root}/C{name}, refusing names that are absolute or escape C{root}
+    (by C{..} or by links), and names too long or too deep (L{split_dir}).
 
     @raise FileTransferError: for such names.
     """
     if not name or os.path.isabs(name) or "\x00" in name:
-        raise FileTransferError("refused file name %r" % (name,))
-    path = os.path.realpath(os.path.join(root, name))
+        raise FileTransferError("refused file name %s" % _shown(name or ""))
+    directory, base = os.path.split(os.path.normpath(name))
+    parts = split_dir(directory) + [check_name(base)]
+    path = os.path.realpath(os.path.join(root, *parts))
     if not path.startswith(os.path.realpath(root) + os.sep):
-        raise FileTransferError("refused file name %r: outside the destination" % (name,))
+        raise FileTransferError("refused file name %s: outside the destination" % _shown(name))
     return path
 
 
+def _open_parts(root, parts, created=None):
+    """
+    A descriptor of C{root}/C{parts}, walked one directory at a time with
+    C{O_NOFOLLOW}: a link on the way (planted or swapped in) raises
+    C{NotADirectoryError}, it is never followed. With C{created} (a list),
+    missing directories are made and noted there (as parts).
+    """
+    fd = os.open(root, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
+    try:
+        for i, part in enumerate(parts):
+            sub, made = paths.open_dir(fd, part, create=created is not None)
+            os.close(fd)
+            fd = sub
+            if made:
+                created.append(parts[: i + 1])
+    except BaseException:
+        os.close(fd)
+        raise
+    return fd
+
+
 class _Incoming:
-    def __init__(self, sid, target, size, digest, overwrite):
+    """
+    A file being received: C{.dispycos-partial-<pid>-<sid>-<random>} in its
+    directory, created with C{O_EXCL|O_NOFOLLOW} there (a descriptor of
+    the directory, reached without following links), renamed over the
+    target once complete. Discarded, it leaves nothing: neither the partial
+    file nor the directories made for it.
+    """
+
+    def __init__(self, sid, root, parts, name, size, digest, overwrite):
         self.id = sid
-        self.target = target
+        self.root = root
+        self.parts = parts
+        self.name = name
+        self.target = os.path.join(os.path.realpath(root), *parts, name)
         self.size = size
         self.digest = digest
         self.overwrite = overwrite
         self.received = 0
         self.sha = hashlib.sha256()
-        directory = os.path.dirname(target)
-        os.makedirs(directory, exist_ok=True)
-        self.partial = os.path.join(directory, ".dispycos-partial-%d-%d" % (os.getpid(), sid))
-        self.file = open(self.partial, "wb")
+        self.created = []
+        self.file = None
+        self.made = False  # the partial file is ours (only then is it removed)
+        # Unpredictable too: a name planted ahead cannot even make the transfer fail.
+        self.partial = ".dispycos-partial-%d-%d-%s" % (os.getpid(), sid, secrets.token_hex(4))
+        self.dir_fd = _open_parts(root, parts, self.created)
+        try:
+            self.check_target()
+            fd = os.open(self.partial, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC, 0o666,
+                         dir_fd=self.dir_fd)
+            self.made = True
+            self.file = os.fdopen(fd, "wb")
+        except BaseException:
+            self.discard()
+            raise
 
-    def discard(self):
+    def check_target(self):
+        """Refuse (L{FileTransferError}) a link at the target, or an existing file without overwrite."""
+        try:
+            st = os.stat(self.name, dir_fd=self.dir_fd, follow_symlinks=False)
+        except FileNotFoundError:
+            return
+        if stat.S_ISLNK(st.st_mode):
+            raise FileTransferError("refused %s: a link" % _shown(self.name))
+        if not self.overwrite:
+            raise FileTransferError("%s exists (give overwrite=True to replace it)" % (self.target,))
+
+    def land(self):
+        """Close the partial file and rename it over the target (a link there is replaced, not followed)."""
         try:
             self.file.close()
-        except OSError:
-            pass
-        try:
-            os.unlink(self.partial)
-        except OSError:
-            pass
+            if self.received != self.size or self.sha.digest() != self.digest:
+                raise FileTransferError("stream %d: %d of %d bytes, or digest mismatch"
+                                        % (self.id, self.received, self.size))
+            self.check_target()
+            os.replace(self.partial, self.name, src_dir_fd=self.dir_fd, dst_dir_fd=self.dir_fd)
+        except OSError as e:
+            self.discard()
+            raise FileTransferError("cannot write %s: %s" % (self.target, e.strerror or e))
+        except BaseException:
+            self.discard()
+            raise
+        self._close_dir()
+        return self.target
+
+    def discard(self):
+        """Remove the partial file and the directories made for it (when empty)."""
+        if self.file is not None:
+            try:
+                self.file.close()
+            except OSError:
+                pass
+        if self.dir_fd is not None:
+            if self.made:
+                try:
+                    os.unlink(self.partial, dir_fd=self.dir_fd)
+                except OSError:
+                    pass
+            self._close_dir()
+        for parts in reversed(self.created):
+            try:
+                fd = _open_parts(self.root, parts[:-1])
+            except OSError:
+                continue
+            try:
+                os.rmdir(parts[-1], dir_fd=fd)
+            except OSError:
+                pass
+            finally:
+                os.close(fd)
+        self.created = []
+
+    def _close_dir(self):
+        if self.dir_fd is not None:
+            os.close(self.dir_fd)
+            self.dir_fd = None
 
 
 class _IncomingBlob:
@@ -185,16 +310,18 @@ class StreamReceiver:
             # gathered there (TCP keeps it intact; files are what get digests).
             self.open[sid] = _IncomingBlob(sid, size)
             return sid
-        elif purpose == "file":
-            target = safe_target(self.roots(dest, computation), name, subdir)
-            if os.path.exists(target) and not overwrite:
-                raise FileTransferError("%s exists (give overwrite=True to replace it)" % (target,))
-        else:
+        elif purpose != "file":
             raise FileTransferError("unknown stream purpose %r" % (purpose,))
+        # Refused up front: nothing is created for a name no file may have.
+        parts = split_dir(subdir)
+        check_name(name)
+        root = self.roots(dest, computation)
         try:
-            self.open[sid] = _Incoming(sid, target, size, sha256, overwrite)
+            self.open[sid] = _Incoming(sid, root, parts, name, size, sha256, overwrite)
+        except NotADirectoryError:
+            raise FileTransferError("refused directory %s: a link or a file is on the way" % _shown(subdir))
         except OSError as e:
-            raise FileTransferError("cannot write %s: %s" % (target, e))
+            raise FileTransferError("cannot write %s in %s: %s" % (_shown(name), root, e.strerror or e))
         return sid
 
     def chunk(self, sid, offset, data):
@@ -227,15 +354,7 @@ class StreamReceiver:
             if s.received != s.size:
                 raise FileTransferError("stream %d: %d of %d bytes" % (sid, s.received, s.size))
             return s
-        s.file.close()
-        if s.received != s.size or s.sha.digest() != s.digest:
-            s.discard()
-            raise FileTransferError("stream %d: %d of %d bytes, or digest mismatch" % (sid, s.received, s.size))
-        if os.path.exists(s.target) and not s.overwrite:
-            s.discard()
-            raise FileTransferError("%s exists" % (s.target,))
-        os.replace(s.partial, s.target)
-        return s.target
+        return s.land()
 
     def abort(self, sid):
         s = self.open.pop(sid, None)

@@ -25,7 +25,9 @@ class Options(UnderscoreOptions):
         ["name", "n", None, "Name of the scheduler."],
         ["dest_path", None, None, "Directory for computation files."],
         ["max_file_size", None, "0", "Largest file accepted."],
-        ["secret", "s", None, "Shared secret of clients and nodes (default: $DISPYCOS_SECRET or none)."],
+        ["secret", "s", None, "Shared secret of clients and nodes (visible to every local user: prefer "
+                              "--secret_file; default: $DISPYCOS_SECRET or none)."],
+        ["secret_file", None, None, "Read the secret from the first line of this file (keep it chmod 600)."],
         ["certfile", None, None, "TLS certificate."],
         ["keyfile", None, None, "TLS key."],
         ["cafile", None, None, "CA to verify peers against."],
@@ -57,9 +59,15 @@ def makeService(options, reactor=None):
     """The shared scheduler's service, from parsed L{Options}."""
     if reactor is None:
         from twisted.internet import reactor
+    from twisted.python import usage
+
     from .scripts import for_twistd
     from .shared import SchedulerService
 
+    try:
+        dest_path = options.private_dest_path()
+    except usage.UsageError as e:
+        options.fail("dispycos", e)
     return for_twistd(SchedulerService(
         reactor,
         hosts=options["ip_addr"],
@@ -75,6 +83,6 @@ def makeService(options, reactor=None):
         stdin_commands=True if options["stdin_commands"] else (False if options["daemon"] else "auto"),
         http_port=options["http_port"],
         name=options["name"],
-        dest_path=options["dest_path"],
+        dest_path=dest_path,
         max_file_size=options["max_file_size"],
     ), options)

@@ -144,8 +144,10 @@ class _OneConnection(ClientFactory):
 def make_certificates(directory, names=(SERVICE_NAME,), days=3650):
     """
     Make a private CA and one certificate (signed by it, for C{names}) in
-    C{directory}: C{ca.pem}, C{ca.key}, C{dispycos.pem}, C{dispycos.key}.
-    Returns their paths. (C{python -m dispycos.tls DIRECTORY} does this.)
+    C{directory}: C{ca.pem}, C{ca.key}, C{dispycos.pem}, C{dispycos.key}
+    (the keys created mode 0600). Returns their paths. Files already there
+    are not overwritten (C{FileExistsError}). (C{python -m dispycos.tls
+    DIRECTORY} does this.)
     """
     import datetime
     import ipaddress
@@ -182,22 +184,24 @@ def make_certificates(directory, names=(SERVICE_NAME,), days=3650):
             .add_extension(x509.ExtendedKeyUsage([ExtendedKeyUsageOID.SERVER_AUTH, ExtendedKeyUsageOID.CLIENT_AUTH]),
                            critical=False)
             .sign(ca_key, hashes.SHA256()))
-    paths = {}
-
-    def write(name, data):
-        path = os.path.join(directory, name)
-        with open(path, "wb") as f:
-            f.write(data)
-        paths[name] = path
-
     pem = serialization.Encoding.PEM
     nokey = serialization.NoEncryption()
-    write("ca.pem", ca.public_bytes(pem))
-    write("ca.key", ca_key.private_bytes(pem, serialization.PrivateFormat.PKCS8, nokey))
-    write("dispycos.pem", cert.public_bytes(pem))
-    write("dispycos.key", key.private_bytes(pem, serialization.PrivateFormat.PKCS8, nokey))
-    for name in ("ca.key", "dispycos.key"):
-        os.chmod(paths[name], 0o600)
+    files = {
+        "ca.pem": (ca.public_bytes(pem), 0o644),
+        "ca.key": (ca_key.private_bytes(pem, serialization.PrivateFormat.PKCS8, nokey), 0o600),
+        "dispycos.pem": (cert.public_bytes(pem), 0o644),
+        "dispycos.key": (key.private_bytes(pem, serialization.PrivateFormat.PKCS8, nokey), 0o600),
+    }
+    paths = {name: os.path.join(directory, name) for name in files}
+    there = [p for p in paths.values() if os.path.lexists(p)]
+    if there:
+        raise FileExistsError("make_certificates: %s already exist(s): not overwritten" % ", ".join(there))
+    for name, (data, mode) in files.items():
+        # Created with their final mode (a key is never readable by others,
+        # not even for a moment), and never through a planted link.
+        fd = os.open(paths[name], os.O_CREAT | os.O_EXCL | os.O_WRONLY | os.O_NOFOLLOW | os.O_CLOEXEC, mode)
+        with os.fdopen(fd, "wb") as f:
+            f.write(data)
     return paths
 
 

@@ -1,6 +1,7 @@
 """
 ``client1.py`` with the browser monitor: the same jobs on the servers of a
-cluster, watched at http://127.0.0.1:8181/ while they run.
+cluster, watched at the address the monitor prints
+(``http://127.0.0.1:8181/?token=...``) while they run.
 
 The monitor (``dispycos.httpd.HTTPServer``) is created before
 ``schedule()`` so it hears of every node, server and task. Each
@@ -37,7 +38,6 @@ async def main(reactor):
     async with dispycos.default_cluster(cpus=2):
         computation = dispycos.Computation([compute])
         monitor = dispycos.httpd.HTTPServer(computation, port=port)
-        print("monitor at %s" % monitor.url, flush=True)
         await computation.schedule(timeout=60)
         for i in range(njobs):
             rtask = await computation.run(compute, round(random.uniform(1, 3), 2))

@@ -9,8 +9,9 @@ that is not a number is refused; ``quit`` (or end of input) closes the
 computation with ``close(await_async=True)``, which waits for the jobs still
 running before the monitor stops.
 
-While it runs, open the printed address (http://127.0.0.1:8181/ by default)
-in a browser: the Cluster page shows the node and its task counts, the
+While it runs, open the address the monitor prints (``dispycos monitor at
+http://127.0.0.1:8181/?token=...``; only who has the token gets in) in a
+browser: the Cluster page shows the node and its task counts, the
 Server pages the running jobs with their arguments (and can terminate them).
 
     python examples/httpd1.py                       # a private 2-server cluster
@@ -80,7 +81,6 @@ async def main(reactor):
     async with dispycos.default_cluster(cpus=2):
         computation = dispycos.Computation([compute, Job], pulse_interval=dispycos.MinPulseInterval)
         monitor = dispycos.httpd.HTTPServer(computation, port=port)  # before schedule()
-        print("monitor at %s" % monitor.url, flush=True)
         await computation.schedule(timeout=60)
         client = dispycos.Task(notes)
         lines = defer.DeferredQueue()

@@ -5,7 +5,8 @@ browser monitor both see every status message.
 The computation is created with a local task as its ``status_task``; the
 monitor (``dispycos.httpd.HTTPServer``), created next, installs itself in
 front of it and forwards every message, so this client still prints when
-each remote task is created and when it ends, while the browser shows the
+each remote task is created and when it ends, while the browser (at the
+address the monitor prints, ``http://127.0.0.1:8181/?token=...``) shows the
 same events.
 
 Every line typed on standard input starts an asynchronous task that sleeps
@@ -77,7 +78,6 @@ async def main(reactor):
         status_task = dispycos.Task(status_proc)
         computation = dispycos.Computation([pause], status_task=status_task)
         monitor = dispycos.httpd.HTTPServer(computation, port=port)  # chains to status_task
-        print("monitor at %s" % monitor.url, flush=True)
         await computation.schedule(timeout=60)
         lines = defer.DeferredQueue()
         stdio.StandardIO(Lines(lines))

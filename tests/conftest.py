@@ -51,6 +51,42 @@ def stop_node_process(proc, log, dest, grace=15):
     shutil.rmtree(dest, ignore_errors=True)
 
 
+def default_dest_path(env):
+    """The default --dest_path of a child with environment C{env}."""
+    return os.path.join(env.get("TMPDIR") or tempfile.gettempdir(), "dispycos-%d" % os.geteuid())
+
+
+#: The unprivileged user attacks run as (nobody).
+NOBODY = 65534
+
+
+def run_as_nobody(code, *args, timeout=60, env=None):
+    """
+    Run the Python C{code} (with C{sys.argv[1:]} = C{args}) as user nobody
+    (C{setpriv}, no groups), with this checkout and the venv's packages on
+    its path; the completed process (text output). Skips without root.
+    """
+    if os.geteuid() != 0 or not shutil.which("setpriv"):
+        pytest.skip("needs root and setpriv to run an attacker as another user")
+    child_env = {"PATH": "/usr/bin:/bin", "PYTHONPATH": os.pathsep.join([ROOT] + [p for p in sys.path if p])}
+    child_env.update(env or {})
+    cmd = ["setpriv", "--reuid=%d" % NOBODY, "--regid=%d" % NOBODY, "--clear-groups", sys.executable, "-c", code]
+    return subprocess.run(cmd + [str(a) for a in args], capture_output=True, text=True, timeout=timeout,
+                          env=child_env, cwd="/")
+
+
+@pytest.fixture
+def shared_tmp():
+    """
+    A directory like /tmp (mode 1777, so user nobody may write in it),
+    removed with everything in it at the end.
+    """
+    path = tempfile.mkdtemp(prefix="dispycos-test-shared-")
+    os.chmod(path, 0o1777)
+    yield path
+    shutil.rmtree(path, ignore_errors=True)
+
+
 class Session:
     """A private scheduler connected to one node, and a computation on it (async with)."""
 
@@ -70,14 +106,16 @@ class Session:
 class NodeProcess:
     """A dispycosnode started for a test; C{stop()} ends it by its PID."""
 
-    def __init__(self, cpus=2, secret=None, args=(), command=None, host="127.0.0.1", env=None):
+    def __init__(self, cpus=2, secret=None, args=(), command=None, host="127.0.0.1", env=None, ready_file=None,
+                 dest_path=True):
         self.secret = secrets.token_hex(8) if secret is None else secret
         self.dest = tempfile.mkdtemp(prefix="dispycos-test-node-")
-        self.ready_file = os.path.join(self.dest, "ready")
+        self.ready_file = ready_file or os.path.join(self.dest, "ready")
         self.log_path = os.path.join(self.dest, "node.log")
         cmd = command or [sys.executable, "-m", "dispycos.scripts"]
-        cmd = list(cmd) + ["-c", str(cpus), "-i", host, "--tcp_ports", "0",
-                           "--dest_path", self.dest, "--ready_file", self.ready_file, "--daemon"] + list(args)
+        # dest_path=False: the node's default --dest_path (its node directory is then not under self.dest).
+        cmd = list(cmd) + ["-c", str(cpus), "-i", host, "--tcp_ports", "0", "--ready_file", self.ready_file,
+                           "--daemon"] + (["--dest_path", self.dest] if dest_path else []) + list(args)
         env = dict(env_for_children(), **(env or {}))
         env["DISPYCOS_SECRET"] = self.secret
         self.log = open(self.log_path, "wb")
@@ -101,7 +139,7 @@ class NodeProcess:
         except Exception:
             self.stop()
             raise
-        self.node_dir = os.path.join(self.dest, "node-%d" % self.port)
+        self.node_dir = os.path.join(self.dest if dest_path else default_dest_path(env), "node-%d" % self.port)
 
     def output(self):
         try:

@@ -8,6 +8,7 @@ tests/test_httpd_browser.py.)
 """
 
 import datetime
+import http.cookiejar
 import ipaddress
 import json
 import os
@@ -24,8 +25,8 @@ import pytest
 import pytest_twisted
 from twisted.internet import defer, error, reactor, ssl
 from twisted.internet.protocol import Protocol
-from twisted.web.client import (Agent, BrowserLikePolicyForHTTPS, FileBodyProducer, ResponseDone, ResponseFailed,
-                                 ResponseNeverReceived)
+from twisted.web.client import (Agent, BrowserLikePolicyForHTTPS, CookieAgent, FileBodyProducer, ResponseDone,
+                                 ResponseFailed, ResponseNeverReceived)
 from twisted.web.http_headers import Headers
 
 import dispycos
@@ -49,9 +50,19 @@ def quick_job(n, task=None):
 # -- HTTP helpers ------------------------------------------------------------------
 
 
-async def http(method, url, fields=None, headers=None, agent=None, timeout=20):
-    """(code, headers, body bytes) of one request; C{fields}: a form (list of pairs or dict)."""
+#: The cookies the monitors set (as a browser keeps them): every request through L{http} sends them.
+JAR = http.cookiejar.CookieJar()
+
+
+async def http(method, url, fields=None, headers=None, agent=None, timeout=20, cookies=True):
+    """
+    (code, headers, body bytes) of one request; C{fields}: a form (list of
+    pairs or dict). With C{cookies}, those of L{JAR} go along (and it keeps
+    what the answer sets).
+    """
     agent = agent or Agent(reactor)
+    if cookies:
+        agent = CookieAgent(agent, JAR)
     hdrs = Headers()
     for k, v in (headers or {}).items():
         hdrs.addRawHeader(k, v)
@@ -85,6 +96,25 @@ class BodyReader(Protocol):
             self.done.errback(reason)
 
 
+def base_of(monitor):
+    """The monitor's address without its token."""
+    return monitor.url.partition("?")[0]
+
+
+async def login(monitor, agent=None):
+    """
+    Open the address the monitor printed, as its user does: the token comes
+    back as an HttpOnly, SameSite=Strict cookie (kept in L{JAR}). Returns
+    the address without the token.
+    """
+    code, headers, body = await http("GET", monitor.url, agent=agent)
+    assert code == 200 and b"<!DOCTYPE html>" in body, (code, body)
+    [cookie] = [c for c in headers.getRawHeaders("set-cookie") if c.startswith(monitor.cookie_name + "=")]
+    assert cookie.split(";")[0] == "%s=%s" % (monitor.cookie_name, monitor.token)
+    assert {"httponly", "samesite=strict", "path=/"} <= {a.strip().lower() for a in cookie.split(";")}, cookie
+    return base_of(monitor)
+
+
 async def get_json(url, **kw):
     code, headers, body = await http("GET", url, **kw)
     assert code == 200, (code, body)
@@ -113,12 +143,14 @@ class Monitored:
 
     @property
     def url(self):
-        return self.monitor.url
+        """The monitor's address without the token (the cookie serves instead, after L{login})."""
+        return base_of(self.monitor)
 
     async def __aenter__(self):
         await self.comp.schedule(timeout=30)
         if self.after:
             self.monitor = dispycos.httpd.HTTPServer(self.comp, **self.monitor_kw)
+        await login(self.monitor)
         return self
 
     async def __aexit__(self, *exc):
@@ -140,6 +172,7 @@ async def test_json_resources_while_tasks_run_and_after_close(node):
     async with Monitored(node, [long_job, quick_job], poll_sec=3) as m:
         url = m.url
         assert url == "http://127.0.0.1:%d/" % m.monitor.port and m.monitor.port > 0
+        assert m.monitor.url == url + "?token=" + m.monitor.token
         rtasks = [await m.comp.run_async(long_job, i, "label-%d" % i, seconds=60) for i in range(3)]
         assert await m.comp.run_results(quick_job, [1, 2]) == [2, 4]
         servers = await m.comp.servers()
@@ -332,7 +365,7 @@ class EventReader(Protocol):
 
     def events(self):
         out = []
-        for block in self.data.decode().split("\n\n"):
+        for block in self.data.decode().split("\n\n")[:-1]:  # (the last one may be still arriving)
             fields = {}
             for line in block.split("\n"):
                 if line and not line.startswith(":") and ":" in line:
@@ -347,7 +380,7 @@ class EventReader(Protocol):
 
 
 async def open_stream(url):
-    response = await Agent(reactor).request(b"GET", (url + "events").encode()).addTimeout(10, reactor)
+    response = await CookieAgent(Agent(reactor), JAR).request(b"GET", (url + "events").encode()).addTimeout(10, reactor)
     assert response.code == 200
     assert response.headers.getRawHeaders("content-type")[0].startswith("text/event-stream")
     reader = EventReader()
@@ -422,21 +455,24 @@ async def test_https_with_a_generated_certificate(tmp_path):
     comp = Computation([quick_job])  # not scheduled: the monitor answers all the same
     monitor = dispycos.httpd.HTTPServer(comp, port=0, certfile=certfile, keyfile=keyfile)
     try:
-        assert monitor.url == "https://127.0.0.1:%d/" % monitor.port
+        assert monitor.url == "https://127.0.0.1:%d/?token=%s" % (monitor.port, monitor.token)
         agent = Agent(reactor, contextFactory=BrowserLikePolicyForHTTPS(trustRoot=ssl.Certificate.loadPEM(pem)))
-        status = await get_json(monitor.url + "cluster_status", agent=agent)
+        code, headers, _ = await http("GET", monitor.url, agent=agent)
+        assert code == 200 and "Secure" in headers.getRawHeaders("set-cookie")[0]  # the cookie stays on https
+        url = await login(monitor, agent)
+        status = await get_json(url + "cluster_status", agent=agent)
         assert status["nodes"] == [] and status["computation"] == "Created"
-        code, _, body = await http("GET", monitor.url, agent=agent)
+        code, _, body = await http("GET", url, agent=agent)
         assert code == 200 and b"dispycos" in body
-        code, settings = await post_json(monitor.url + "update", {"poll_sec": "5"}, agent=agent,
+        code, settings = await post_json(url + "update", {"poll_sec": "5"}, agent=agent,
                                          origin="https://127.0.0.1:%d" % monitor.port)
         assert code == 200 and settings["poll_sec"] == 5
-        code, _ = await post_json(monitor.url + "update", {"poll_sec": "5"}, agent=agent,
+        code, _ = await post_json(url + "update", {"poll_sec": "5"}, agent=agent,
                                   origin="http://127.0.0.1:%d" % monitor.port)
         assert code == 403  # the http:// origin is another site
         # an agent that does not trust the certificate is refused
         with pytest.raises(ResponseNeverReceived) as refused:
-            await http("GET", monitor.url + "cluster_status", timeout=5)
+            await http("GET", monitor.url, timeout=5)
         assert "certificate verify failed" in str(refused.value.reasons[0].value)
         # and plain HTTP gets no answer
         with pytest.raises((ResponseNeverReceived, ResponseFailed)):
@@ -446,7 +482,7 @@ async def test_https_with_a_generated_certificate(tmp_path):
         both.write_bytes(open(certfile, "rb").read() + open(keyfile, "rb").read())
         other = dispycos.httpd.HTTPServer(Computation([quick_job]), port=0, certfile=str(both))
         try:
-            assert (await get_json(other.url + "cluster_status", agent=agent))["nodes"] == []
+            assert (await get_json(await login(other, agent) + "cluster_status", agent=agent))["nodes"] == []
         finally:
             await other.shutdown(wait=False)
     finally:
@@ -460,28 +496,29 @@ async def test_pages_and_document_root(tmp_path):
     monitor = dispycos.httpd.HTTPServer(comp, port=0, poll_sec=0.2)
     try:
         assert monitor.poll_sec == 1  # at least a second
+        url = await login(monitor)
         for page in ("", "cluster.html", "node.html?host=127.0.0.1", "server.html?location=127.0.0.1:1"):
-            code, headers, body = await http("GET", monitor.url + page)
+            code, headers, body = await http("GET", url + page)
             assert code == 200 and b"<!DOCTYPE html>" in body and b'src="monitor.js"' in body
             assert headers.getRawHeaders("content-security-policy")
             assert headers.getRawHeaders("x-frame-options") == ["DENY"]
             assert b"http://" not in body and b"https://" not in body  # nothing from elsewhere
-        code, headers, body = await http("GET", monitor.url + "monitor.js")
+        code, headers, body = await http("GET", url + "monitor.js")
         assert code == 200 and b"EventSource" in body and "javascript" in headers.getRawHeaders("content-type")[0]
-        code, headers, _ = await http("GET", monitor.url + "monitor.css")
+        code, headers, _ = await http("GET", url + "monitor.css")
         assert code == 200 and headers.getRawHeaders("content-type")[0].startswith("text/css")
         for path in ("cluster_status", "events", "cluster.html"):
-            code, _, body = await http("HEAD", monitor.url + path)
+            code, _, body = await http("HEAD", url + path)
             assert code == 200 and body == b"", path
-        code, headers, _ = await http("DELETE", monitor.url + "cluster_status")
+        code, headers, _ = await http("DELETE", url + "cluster_status")
         assert code == 405 and "GET" in headers.getRawHeaders("allow")[0]
         for missing in ("nosuch.html", "../setup.py", "%2e%2e/httpd.py"):
-            code, _, _ = await http("GET", monitor.url + missing)
+            code, _, _ = await http("GET", url + missing)
             assert code == 404, missing
         # status messages are forwarded to the status_task the computation had
         comp._status(Status.NodeDiscovered, dispycos.DispycosNodeInfo("n1", "10.1.1.1", 4, "test-os"))
         assert seen and seen[-1].status == Status.NodeDiscovered
-        assert (await get_json(monitor.url + "node_info?host=n1"))["status"] == "Discovered"
+        assert (await get_json(url + "node_info?host=n1"))["status"] == "Discovered"
     finally:
         await monitor.shutdown(wait=False)
     assert comp.status_task == seen.append
@@ -493,7 +530,7 @@ async def test_pages_and_document_root(tmp_path):
     try:
         code, _, body = await http("GET", monitor.url)
         assert code == 200 and body == b"<p>my own cluster page</p>"
-        assert (await get_json(monitor.url + "cluster_status"))["nodes"] == []
+        assert (await get_json(base_of(monitor) + "cluster_status"))["nodes"] == []
     finally:
         await monitor.shutdown(wait=False)
     with pytest.raises(ValueError):
@@ -507,17 +544,215 @@ async def test_attach_to_the_next_computation():
     second = Computation([quick_job], status_task=second_seen.append)
     monitor = dispycos.httpd.HTTPServer(first, port=0)
     try:
+        url = await login(monitor)
         first._status(Status.NodeInitialized, dispycos.DispycosNodeInfo("n1", "10.1.1.1", 4, "test-os"))
-        assert [n["addr"] for n in (await get_json(monitor.url + "cluster_status"))["nodes"]] == ["10.1.1.1"]
+        assert [n["addr"] for n in (await get_json(url + "cluster_status"))["nodes"]] == ["10.1.1.1"]
         monitor.attach(second)
         assert first.status_task == first_seen.append and second.status_task == monitor.status_task
-        assert (await get_json(monitor.url + "cluster_status"))["nodes"] == []
+        assert (await get_json(url + "cluster_status"))["nodes"] == []
         second._status(Status.NodeInitialized, dispycos.DispycosNodeInfo("n2", "10.1.1.2", 2, "test-os"))
-        assert [n["addr"] for n in (await get_json(monitor.url + "cluster_status"))["nodes"]] == ["10.1.1.2"]
+        assert [n["addr"] for n in (await get_json(url + "cluster_status"))["nodes"]] == ["10.1.1.2"]
         assert len(first_seen) == 1 and len(second_seen) == 1
     finally:
         await monitor.shutdown(wait=False)
     assert second.status_task == second_seen.append
+
+
+# -- the access token; the event streams' limits ------------------------------------------------
+
+
+@pytest_twisted.ensureDeferred
+async def test_every_request_needs_the_token(capsys):
+    from twisted.logger import globalLogPublisher
+
+    logged = []
+    globalLogPublisher.addObserver(logged.append)
+    try:
+        monitor = dispycos.httpd.HTTPServer(Computation([quick_job]), port=0)
+    finally:
+        globalLogPublisher.removeObserver(logged.append)
+    fixed = dispycos.httpd.HTTPServer(Computation([quick_job]), port=0, token="a-fixed-token")
+    try:
+        # printed and logged at start, with the token; random and long enough not to be guessed
+        printed = capsys.readouterr().out
+        assert "dispycos monitor at %s\n" % monitor.url in printed and "dispycos monitor at %s\n" % fixed.url in printed
+        assert any(e.get("url") == monitor.url for e in logged)
+        assert len(monitor.token) >= 32 and monitor.token != fixed.token
+        assert fixed.url == "http://127.0.0.1:%d/?token=a-fixed-token" % fixed.port
+        base = base_of(monitor)
+        same_site = {"origin": base.rstrip("/")}
+        requests = [("GET", ""), ("GET", "cluster.html"), ("GET", "monitor.js"), ("GET", "cluster_status"),
+                    ("GET", "events"), ("HEAD", "events"), ("GET", "update"), ("POST", "update"),
+                    ("POST", "terminate_tasks"), ("POST", "suspend_node")]
+        for token in (None, "wrong", fixed.token, "%E2%82%AC%ff"):  # none, wrong ones, another monitor's
+            for method, path in requests:
+                url = base + path + ("" if token is None else "?token=" + token)
+                fields = {"poll_sec": "3"} if method == "POST" else None
+                code, headers, body = await http(method, url, fields, headers=same_site, cookies=False)
+                assert code == 403 and not headers.getRawHeaders("set-cookie"), (token, method, path, code)
+                if method != "HEAD":
+                    assert "access token" in json.loads(body)["error"]
+            code, _, _ = await http("GET", base + "cluster_status", cookies=False,
+                                    headers={"cookie": "%s=%s" % (monitor.cookie_name, token or "")})
+            assert code == 403, token
+        assert monitor.poll_sec == 10  # no POST got through
+        # the token in the query: answered, and the cookie given; the cookie alone serves then
+        code, headers, _ = await http("GET", base + "cluster_status?token=" + monitor.token, cookies=False)
+        assert code == 200 and headers.getRawHeaders("set-cookie")[0].startswith(monitor.cookie_name + "=")
+        cookie = {"cookie": "%s=%s" % (monitor.cookie_name, monitor.token)}
+        code, _, body = await http("POST", base + "update", {"poll_sec": "3"}, headers=dict(cookie, **same_site),
+                                   cookies=False)
+        assert code == 200 and json.loads(body)["poll_sec"] == 3
+        code, _, _ = await http("HEAD", base + "events", headers=cookie, cookies=False)
+        assert code == 200
+        # the fixed token works the same way
+        assert (await get_json(await login(fixed) + "cluster_status"))["nodes"] == []
+    finally:
+        await monitor.shutdown(wait=False)
+        await fixed.shutdown(wait=False)
+
+
+ATTACKER = """
+import json, sys, urllib.error, urllib.request
+base, task = sys.argv[1:]
+tries = [("GET", "cluster_status", None), ("GET", "server_info?location=x", None), ("GET", "events", None),
+         ("POST", "terminate_tasks", {"task": task}), ("POST", "update", {"show_task_args": "true"}),
+         ("POST", "suspend_node", {"host": "127.0.0.1"}), ("GET", "cluster_status?token=guess", None)]
+out = {}
+for method, path, form in tries:
+    data = urllib.parse.urlencode(form).encode() if form else None
+    try:
+        with urllib.request.urlopen(urllib.request.Request(base + path, data=data, method=method), timeout=10) as r:
+            out[method + " " + path] = r.status
+    except urllib.error.HTTPError as e:
+        out[method + " " + path] = e.code
+print(json.dumps(out))
+"""
+
+
+@pytest_twisted.ensureDeferred
+async def test_another_local_user_can_neither_watch_nor_act(node):
+    from twisted.internet import threads
+
+    from .conftest import run_as_nobody
+
+    async with Monitored(node, [long_job], show_task_args=False) as m:
+        rtask = await m.comp.run_async(long_job, 1, "password=hunter2", seconds=60)
+        await wait_for(lambda: str(rtask) in m.monitor.tasks, timeout=10)
+        r = await threads.deferToThread(run_as_nobody, ATTACKER, m.url, str(rtask))
+        assert r.returncode == 0, r.stderr
+        assert set(json.loads(r.stdout).values()) == {403}, r.stdout
+        assert "hunter2" not in r.stdout
+        # nothing happened: the task runs on, the node is not suspended, the arguments stay hidden
+        assert rtask.outcome is None and str(rtask) in m.monitor.tasks
+        assert m.monitor.nodes["127.0.0.1"].status == "Initialized" and m.monitor.show_task_args is False
+        # while its user, with the token, sees and acts
+        srv = await get_json(m.url + "server_info?location=%s" % rtask.location)
+        assert [t["task"] for t in srv["tasks"]] == [str(rtask)]
+        code, done = await post_json(m.url + "terminate_tasks", [("task", str(rtask))], origin=m.url.rstrip("/"))
+        assert code == 200 and done == [str(rtask)]
+
+
+def raw_stream(monitor, rcvbuf=None):
+    """A socket that asks for /events with the cookie and then never reads (unless the test does)."""
+    import socket
+
+    sock = socket.socket()
+    if rcvbuf:
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, rcvbuf)
+    sock.connect(("127.0.0.1", monitor.port))
+    sock.sendall(b"GET /events HTTP/1.1\r\nHost: 127.0.0.1:%d\r\nCookie: %s=%s\r\n\r\n"
+                 % (monitor.port, monitor.cookie_name.encode(), monitor.token.encode()))
+    return sock
+
+
+def read_until_reset(sock, limit=64 * 1024 * 1024, timeout=30):
+    """Read what the monitor sent until it cut the connection: True if it did (bounded in bytes and time)."""
+    import socket
+
+    deadline = time.monotonic() + timeout
+    got = 0
+    while got < limit and time.monotonic() < deadline:
+        sock.settimeout(max(0.1, deadline - time.monotonic()))
+        try:
+            data = sock.recv(1 << 20)
+        except socket.timeout:
+            return False
+        except ConnectionResetError:
+            return True
+        if not data:
+            return True
+        got += len(data)
+    return False
+
+
+@pytest_twisted.ensureDeferred
+async def test_event_streams_are_capped(monkeypatch):
+    monitor = dispycos.httpd.HTTPServer(Computation([quick_job]), port=0)
+    socks = []
+    try:
+        assert monitor.max_streams == 32
+        url = await login(monitor)
+        socks = [raw_stream(monitor) for _ in range(32)]
+        await wait_for(lambda: len(monitor._streams) == 32, timeout=20)
+        code, _, body = await http("GET", url + "events")
+        assert code == 503 and "too many event streams" in json.loads(body)["error"]
+        assert len(monitor._streams) == 32
+        socks.pop().close()  # one goes: another may come
+        await wait_for(lambda: len(monitor._streams) == 31, timeout=20)
+        reader = await open_stream(url)
+        await wait_for(lambda: any(e == "hello" for e, _ in reader.events()), timeout=10)
+        assert len(monitor._streams) == 32
+    finally:
+        for sock in socks:
+            sock.close()
+        await monitor.shutdown(wait=False)
+    small = dispycos.httpd.HTTPServer(Computation([quick_job]), port=0, max_streams=1)
+    try:
+        url = await login(small)
+        reader = await open_stream(url)
+        code, _, _ = await http("GET", url + "events")
+        assert code == 503
+    finally:
+        await small.shutdown(wait=False)
+
+
+@pytest_twisted.ensureDeferred
+async def test_a_stream_that_does_not_read_is_dropped_past_1_mib_unsent():
+    import psutil
+    from twisted.internet import threads
+
+    comp = Computation([quick_job])
+    monitor = dispycos.httpd.HTTPServer(comp, port=0)
+    stalled = []
+    try:
+        url = await login(monitor)
+        reader = await open_stream(url)  # a browser that reads
+        stalled = [raw_stream(monitor, rcvbuf=4096) for _ in range(20)]  # twenty that never do
+        await wait_for(lambda: len(monitor._streams) == 21, timeout=20)
+        rss = psutil.Process().memory_info().rss
+        most_unsent, sent = 0, 0
+        for batch in range(400):  # at most ~40 MiB of events, until every stalled stream is gone
+            for i in range(30):  # ~100 KiB of events per turn of the reactor
+                sent += 1
+                comp._status(Status.NodeDiscovered, dispycos.DispycosNodeInfo(
+                    "n", "node-%d-%s" % (sent, "x" * 3000), 1, "test-os"))
+            most_unsent = max([most_unsent] + [s.unsent for s in monitor._streams])
+            await sleep(0)
+            if len(monitor._streams) == 1:
+                break
+        assert len(monitor._streams) == 1 and monitor._streams[0].request is not None, len(monitor._streams)
+        assert most_unsent <= dispycos.httpd.MAX_UNSENT
+        assert psutil.Process().memory_info().rss - rss < 100 * 1024 * 1024  # not 20 copies of the flood
+        # the stalled ones were cut off; the reading one got every event, and goes on
+        assert all(await defer.gatherResults([threads.deferToThread(read_until_reset, s) for s in stalled]))
+        await wait_for(lambda: sum(1 for e, d in reader.events() if d.get("type") == "node") == sent, timeout=30)
+        await post_json(url + "update", {"poll_sec": "4"})
+        await wait_for(lambda: any(e == "settings" for e, _ in reader.events()), timeout=10)
+    finally:
+        for sock in stalled:
+            sock.close()
+        await monitor.shutdown(wait=False)
 
 
 # -- the examples ----------------------------------------------------------------------------
@@ -574,14 +809,24 @@ def fetch_json(url):
         return json.load(r)
 
 
+#: The line every monitor prints at start: its address and its token.
+MONITOR_LINE = r"dispycos monitor at (http://127\.0\.0\.1:\d+/)\?token=([\w-]+)$"
+
+
+def fetch_with_token(line, path):
+    """C{path} of the monitor that printed C{line} (a match of L{MONITOR_LINE}), with its token."""
+    base, token = line.groups()
+    return fetch_json(base + path + ("&" if "?" in path else "?") + "token=" + token)
+
+
 def test_example_httpd1(node):
     ex = Example(node, "httpd1.py")
     try:
-        url = ex.wait_for(r"monitor at (http://127\.0\.0\.1:\d+/)").group(1)
+        monitor = ex.wait_for(MONITOR_LINE)
         ex.wait_for(r"^enter seconds for a job")
         ex.send("1\nnot-a-number\n2\n")
         ex.wait_for(r"^  job 1: 2\.0 seconds, task (\S+)")
-        status = fetch_json(url + "cluster_status")
+        status = fetch_with_token(monitor, "cluster_status")
         assert status["tasks_submitted"] == 2 and status["nodes"][0]["addr"] == "127.0.0.1"
         ex.send("quit\n")  # close(await_async=True): both jobs end normally
     finally:
@@ -595,14 +840,14 @@ def test_example_httpd1(node):
 def test_example_httpd2(node):
     ex = Example(node, "httpd2.py")
     try:
-        url = ex.wait_for(r"monitor at (http://127\.0\.0\.1:\d+/)").group(1)
+        monitor = ex.wait_for(MONITOR_LINE)
         ex.wait_for(r"^press Enter")
         ex.send("0.5\n")
         short = ex.wait_for(r"^    task (\S+) done: 0\.5$").group(1)
         ex.send("60\n")
         long = ex.wait_for(r"^  task (\S+) created \(sleeps 60\.0 s\)$").group(1)
         server = long.rpartition("@")[2]
-        info = fetch_json(url + "server_info?location=" + server)
+        info = fetch_with_token(monitor, "server_info?location=" + server)
         assert [t["task"] for t in info["tasks"]] == [long] and info["tasks"][0]["args"] == "60.0"
         ex.send("quit\n")  # plain close(): the running task is terminated
     finally:
@@ -615,7 +860,7 @@ def test_example_httpd2(node):
 def test_example_client1_monitor(node):
     ex = Example(node, "client1_monitor.py", 4)
     out = ex.finish()
-    assert re.search(r"monitor at http://127\.0\.0\.1:\d+/", out), out
+    assert re.search(MONITOR_LINE, out, re.M), out
     placed = re.findall(r"^  job (\d+) processed by 127\.0\.0\.1:\d+$", out, re.M)
     assert placed == ["0", "1", "2", "3"], out
     assert "done: 4 jobs (monitor: 4 submitted, 4 done)" in out, out

@@ -92,6 +92,10 @@ class ClusterProcess:
         with self.cond:
             return "\n".join(self.lines)
 
+    def with_token(self, path=""):
+        """The address of C{path} with the monitor's token (as the address it printed has it)."""
+        return self.url + path + ("&" if "?" in path else "?") + "token=" + self.token
+
     def stop(self):
         try:
             if self.proc.poll() is None:
@@ -122,7 +126,10 @@ def cluster(node):
         started = [m for m in re.findall(r"^STARTED (\S+) (\S+)$", proc.output(), re.M)]
         assert len(started) == 3, proc.output()
         proc.port = port
-        proc.url = "http://127.0.0.1:%d/" % port
+        # what the monitor printed: its address and its token
+        printed = proc.wait_line(r"^dispycos monitor at (http://127\.0\.0\.1:(\d+)/)\?token=([\w-]+)$", timeout=5)
+        assert int(printed.group(2)) == port
+        proc.url, proc.token = printed.group(1), printed.group(3)
         proc.started = started
         yield proc
     finally:
@@ -198,7 +205,7 @@ def wait_history(cluster, samples, timeout=30):
     """Wait until /cluster_status holds C{samples} resource samples for every node."""
     deadline = time.monotonic() + timeout
     while True:
-        status = fetch_json(cluster.url + "cluster_status")
+        status = fetch_json(cluster.with_token("cluster_status"))
         if status["nodes"] and all(len(n["history"]) >= samples for n in status["nodes"]):
             return status
         assert time.monotonic() < deadline, status
@@ -210,13 +217,13 @@ def node_order(page):
 
 
 def test_cluster_page_lists_nodes_and_servers(cluster, browser):
-    page = browser().page(cluster.url)
+    page = browser().page(cluster.with_token())
     page.wait_for_selector('#nodes tr[data-addr="127.0.0.1"]')
     page.wait_for_selector('#nodes tr[data-addr="127.0.0.2"]')
     wait_text(page, '#nodes tr[data-addr="127.0.0.1"] td.servers', "2")
     wait_text(page, '#nodes tr[data-addr="127.0.0.2"] td.servers', "1")
     wait_text(page, '#nodes tr[data-addr="127.0.0.2"] td.name', "beta")
-    status = fetch_json(cluster.url + "cluster_status")
+    status = fetch_json(cluster.with_token("cluster_status"))
     wait_text(page, "#tasks-running", status["tasks_running"])
     wait_text(page, "#tasks-submitted", status["tasks_submitted"])
     wait_text(page, "#node-count", "2")
@@ -255,7 +262,7 @@ def test_cluster_page_lists_nodes_and_servers(cluster, browser):
     page.click('#nodes tr[data-addr="127.0.0.1"] td.addr a')
     page.wait_for_selector("#servers tbody tr")
     wait_text(page, "#d-addr", "127.0.0.1")
-    wait_text(page, "#d-running", fetch_json(cluster.url + "node_info?host=127.0.0.1")["tasks_running"])
+    wait_text(page, "#d-running", fetch_json(cluster.with_token("node_info?host=127.0.0.1"))["tasks_running"])
     assert page.locator("#servers tbody tr").count() == 2
     locations = page.eval_on_selector_all("#servers tbody tr", "rows => rows.map(r => r.dataset.location)")
     assert all(loc.startswith("127.0.0.1:") for loc in locations)
@@ -266,7 +273,7 @@ def test_cluster_page_lists_nodes_and_servers(cluster, browser):
 
 
 def test_sorting_by_columns_other_than_address(cluster, browser):
-    page = browser().page(cluster.url + "cluster.html")
+    page = browser().page(cluster.with_token("cluster.html"))
     page.wait_for_selector('#nodes tr[data-addr="127.0.0.2"]')
     wait_text(page, '#nodes tr[data-addr="127.0.0.1"] td.servers', "2")
     assert node_order(page) == ["127.0.0.1", "127.0.0.2"]  # by address at first
@@ -291,7 +298,7 @@ def test_sorting_by_columns_other_than_address(cluster, browser):
 def test_server_page_shows_arguments_and_terminates_a_task(cluster, browser):
     tid, label = cluster.started[0]
     location = tid.rpartition("@")[2]
-    page = browser().page(cluster.url + "server.html?location=" + location)
+    page = browser().page(cluster.with_token("server.html?location=" + location))
     row = '#tasks tr[data-task="%s"]' % tid
     page.wait_for_selector(row)
     args = page.locator(row + " td.args").text_content()
@@ -320,7 +327,7 @@ def test_server_page_shows_arguments_and_terminates_a_task(cluster, browser):
 
 def test_two_browsers_see_everything_and_a_task_finish(cluster, browser):
     first, second = browser(), browser()
-    pages = [first.page(cluster.url), second.page(cluster.url)]
+    pages = [first.page(cluster.with_token()), second.page(cluster.with_token())]
     for page in pages:
         page.wait_for_selector('#nodes tr[data-addr="127.0.0.1"]')
         page.wait_for_selector('#nodes tr[data-addr="127.0.0.2"]')
@@ -347,8 +354,8 @@ def test_settings_from_the_page_reach_every_browser(cluster, browser):
     first, second = browser(), browser()
     tid, label = cluster.started[1]
     location = tid.rpartition("@")[2]
-    cluster_page = first.page(cluster.url)
-    server_page = second.page(cluster.url + "server.html?location=" + location)
+    cluster_page = first.page(cluster.with_token())
+    server_page = second.page(cluster.with_token("server.html?location=" + location))
     row = '#tasks tr[data-task="%s"] td.args' % tid
     server_page.wait_for_selector(row)
     cluster_page.wait_for_function("() => document.querySelector('#live').textContent === 'live'")
@@ -365,3 +372,22 @@ def test_settings_from_the_page_reach_every_browser(cluster, browser):
         cluster_page.click("#apply-settings")
     server_page.wait_for_function("([sel, want]) => document.querySelector(sel).textContent.includes(want)",
                                   arg=[row, "'%s'" % label])
+
+
+def test_only_the_token_lets_a_browser_in_and_its_cookie_keeps_it_in(cluster, browser):
+    first = browser()
+    page = first.page(cluster.url)  # the address without the token: what anyone else can guess
+    assert page.goto(cluster.url).status == 403 and "token" in page.content()
+    assert page.goto(cluster.url + "?token=not-the-token").status == 403
+    assert page.goto(cluster.with_token()).status == 200
+    page.wait_for_selector('#nodes tr[data-addr="127.0.0.1"]')
+    page.wait_for_function("() => document.querySelector('#live').textContent === 'live'")  # /events: the cookie
+    assert page.evaluate("document.cookie") == ""  # HttpOnly: no script can read it
+    [cookie] = [c for c in first.context.cookies() if c["name"] == "dispycos_monitor_%d" % cluster.port]
+    assert cookie["value"] == cluster.token and cookie["httpOnly"] and cookie["sameSite"] == "Strict"
+    # the token is not needed in the address any more: the cookie serves
+    assert page.goto(cluster.url + "node.html?host=127.0.0.1").status == 200
+    wait_text(page, "#d-addr", "127.0.0.1")
+    # another browser, without the token, still gets nothing, not even the events
+    other = browser().page(cluster.url + "cluster_status")
+    assert other.goto(cluster.url + "events").status == 403

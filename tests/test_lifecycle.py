@@ -7,6 +7,7 @@ and fails on the old behaviour.
 import hashlib
 import json
 import os
+import re
 import signal
 import socket
 import subprocess
@@ -279,11 +280,16 @@ def test_shared_scheduler_name_in_log_console_and_monitor(tmp_path):
         deadline = time.monotonic() + 30
         status = None
         while status is None and time.monotonic() < deadline:
+            # the address the monitor printed, with its token
+            printed = re.search(r"^dispycos monitor at (\S+)$", (tmp_path / "sched.log").read_text(), re.M)
             try:
-                status = json.load(urllib.request.urlopen("http://127.0.0.1:%d/cluster_status" % http_port,
-                                                          timeout=5))
+                if printed:
+                    base, _, token = printed.group(1).partition("?")
+                    status = json.load(urllib.request.urlopen(base + "cluster_status?" + token, timeout=5))
+                    continue
             except OSError:
-                time.sleep(0.1)
+                pass
+            time.sleep(0.1)
         assert status is not None and status["name"] == "sched-under-test"
         proc.stdin.write(b"status\n")
         proc.stdin.flush()

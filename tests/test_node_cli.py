@@ -388,8 +388,12 @@ def test_clean_kills_orphaned_servers_and_stale_files(tmp_path):
                               stdin=subprocess.PIPE)
     try:
         ct = lambda p: psutil.Process(p.pid).create_time()
-        json.dump({"pid": other.pid, "create_time": ct(other),
-                   "servers": [{"index": 1, "pid": orphan.pid, "create_time": ct(orphan)}]}, open(pid_file, "w"))
+        # As a node records them: pid, creation time, user and command line
+        # ("other" reused the node's pid: its command line is not the recorded one).
+        node_cmdline = [sys.executable, "-m", "dispycos.scripts", "--dest_path", str(tmp_path)]
+        json.dump({"pid": other.pid, "create_time": ct(other), "uid": os.getuid(), "cmdline": node_cmdline,
+                   "servers": [{"index": 1, "pid": orphan.pid, "create_time": ct(orphan), "uid": os.getuid(),
+                                "cmdline": psutil.Process(orphan.pid).cmdline()}]}, open(pid_file, "w"))
         with pytest.raises(usage.UsageError, match="--clean"):
             check_pid_file(pid_file)
         assert other.poll() is None and orphan.poll() is None

@@ -3,6 +3,7 @@ The shared scheduler program with real processes: clients in this process and
 in others, computations queued first come first served.
 """
 
+import os
 import signal
 import subprocess
 import sys
@@ -48,6 +49,24 @@ class SchedulerProcess:
                     self.stop()
                     raise RuntimeError("scheduler did not start")
                 time.sleep(0.05)
+
+    def monitor_url(self, timeout=30):
+        """The address (with its token) that the --http_port monitor printed."""
+        import re
+        import select
+
+        deadline = time.monotonic() + timeout
+        out = b""
+        while time.monotonic() < deadline:
+            if select.select([self.proc.stdout], [], [], 0.5)[0]:
+                chunk = os.read(self.proc.stdout.fileno(), 1 << 16)
+                if not chunk:
+                    break
+                out += chunk
+                printed = re.search(rb"^dispycos monitor at (\S+)$", out, re.M)
+                if printed:
+                    return printed.group(1).decode()
+        raise AssertionError("the monitor printed no address:\n" + out.decode(errors="replace"))
 
     def stop(self):
         if self.proc.poll() is None:
@@ -210,6 +229,7 @@ async def test_dead_client_releases_nodes_for_the_next(fresh_node, tmp_path, how
 async def test_shared_scheduler_serves_the_monitor(fresh_node):
     import json
     import socket
+    import urllib.error
     import urllib.request
 
     node = fresh_node(cpus=2)
@@ -223,14 +243,21 @@ async def test_shared_scheduler_serves_the_monitor(fresh_node):
         await comp.schedule(sched.location, timeout=30)
         try:
             assert await comp.run_result(step, 1) == 2
+            url = sched.monitor_url()
+            token = url.partition("?token=")[2]
+            assert url == "http://127.0.0.1:%d/?token=%s" % (http_port, token) and len(token) >= 32
             for _ in range(100):
-                status = json.load(urllib.request.urlopen("http://127.0.0.1:%d/cluster_status" % http_port, timeout=5))
+                status = json.load(urllib.request.urlopen("http://127.0.0.1:%d/cluster_status?token=%s"
+                                                          % (http_port, token), timeout=5))
                 if status["nodes"] and status["nodes"][0]["servers"] == 2:
                     break
                 await sleep(0.1)
             assert [n["addr"] for n in status["nodes"]] == ["127.0.0.1"]
-            page = urllib.request.urlopen("http://127.0.0.1:%d/" % http_port, timeout=5).read()
+            page = urllib.request.urlopen(url, timeout=5).read()
             assert b"<html" in page.lower()
+            with pytest.raises(urllib.error.HTTPError) as refused:  # without the token
+                urllib.request.urlopen("http://127.0.0.1:%d/cluster_status" % http_port, timeout=5)
+            assert refused.value.code == 403
         finally:
             await comp.close()
     finally:

@@ -80,33 +80,8 @@ class PeerAMP(StreamingAMP):
     def authenticated_as_listener(self):
         self.runtime._accepted(self)
 
-    # -- flow control: the transport tells us when its buffer is full ------------
-    # (A separate producer object: AMP's own pauseProducing/paused stop it
-    # from reading, which is not what a full write buffer should do.)
-
-    def connectionMade(self):
-        super().connectionMade()
-        self.writes = _WriteWatcher()
-        try:
-            self.transport.registerProducer(self.writes, True)
-        except Exception:
-            pass
-
-    @property
-    def backed_up(self):
-        writes = getattr(self, "writes", None)
-        return writes is not None and writes.paused
-
-    def drained(self):
-        """Deferred firing once what we wrote to the peer has mostly gone out."""
-        if not self.backed_up or not self.connected:
-            return defer.succeed(None)
-        return self.writes.wait()
-
     def connectionLost(self, reason):
         super().connectionLost(reason)
-        if getattr(self, "writes", None) is not None:
-            self.writes.resumeProducing()
         self.runtime._lost(self)
 
     @commands.ChannelOp.responder
@@ -253,31 +228,6 @@ class PeerAMP(StreamingAMP):
         if task in rt.finished:
             return {}
         raise UnknownTaskError("no task %d at %s" % (task, rt.location))
-
-
-class _WriteWatcher:
-    """A push producer that only records when the transport's write buffer is full."""
-
-    paused = False
-
-    def __init__(self):
-        self._waiters = []
-
-    def pauseProducing(self):
-        self.paused = True
-
-    def resumeProducing(self):
-        self.paused = False
-        waiters, self._waiters = self._waiters, []
-        for d in waiters:
-            d.callback(None)
-
-    stopProducing = resumeProducing
-
-    def wait(self):
-        d = defer.Deferred()
-        self._waiters.append(d)
-        return d
 
 
 class _Link:

@@ -1,12 +1,16 @@
 # -*- test-case-name: tests.test_streams -*-
 """
-Chunked, flow-controlled streams over AMP: files, and payloads larger than
-the inline cap.
+Streams over AMP: files, and payloads larger than the inline cap.
 
-The sender keeps a window of acknowledged chunks in flight; the receiver
-writes to a partial file beside the destination, checks size and SHA-256 at
-close and renames it into place atomically, so a file is never held whole in
-memory and an interrupted stream leaves no file behind. Names are checked up
+After L{commands.StreamOpen}, the sender sends the bytes as raw frames: a
+L{commands.StreamData} box, then the bytes as they are, outside AMP's
+framing (a large C{bytes} value is written without a copy and read without
+one, but for the pieces the socket hands over); the transport's flow
+control paces the frames, and L{commands.StreamClose} answers once all of
+it arrived. The receiver writes a file to a partial file beside the
+destination, checks size and SHA-256 at close and renames it into place
+atomically, so a file is never held whole in memory and an interrupted
+stream leaves no file behind. Names are checked up
 front (L{check_name}, L{split_dir}); the receiver reaches the directory
 without following links and creates the partial file with
 C{O_EXCL|O_NOFOLLOW}, so nothing planted is followed or overwritten. A blob (a large
@@ -25,14 +29,17 @@ from twisted.internet import defer
 from twisted.logger import Logger
 
 from . import config, paths
-from .errors import FileTransferError
+from .errors import ConnectionLostError, FileTransferError
 from .protocol import commands
 from .protocol.base import DispycosAMP
+from .protocol.transport import stop_parsing, take_unparsed, write_now
 
-#: Bytes per chunk (one AMP box, its value split over keys).
-CHUNK = 1024 * 1024
-#: Chunks in flight, unacknowledged.
-WINDOW = 8
+#: The largest C{bytes} part sent as one raw frame as it is; larger parts go
+#: in frames of L{FRAME} bytes (copies), and so do other buffers.
+MAX_FRAME = 64 * 1024 * 1024
+FRAME = 16 * 1024 * 1024
+#: Bytes of a file read (and sent as a raw frame) at once.
+FILE_BLOCK = 4 * 1024 * 1024
 
 _ids = itertools.count(1)
 
@@ -379,44 +386,53 @@ def _file_digest(path):
     return size, sha.digest()
 
 
-def _chunked(parts):
-    """
-    Views of at most L{CHUNK} bytes over the buffers C{parts}, in order; only
-    small neighbours are joined into one chunk (copied).
-    """
-    pending, size = [], 0
-    for part in parts:
-        view = memoryview(part).cast("B")
-        for start in range(0, len(view), CHUNK):
-            piece = view[start : start + CHUNK]
-            if pending and size + len(piece) > CHUNK:
-                yield pending[0] if len(pending) == 1 else b"".join(pending)
-                pending, size = [], 0
-            pending.append(piece)
-            size += len(piece)
-    if pending:
-        yield pending[0] if len(pending) == 1 else b"".join(pending)
+def _frames(part):
+    """C{part} as the bytes of raw frames: itself when it is bytes of a frame's size at most."""
+    if isinstance(part, bytes) and len(part) <= MAX_FRAME:
+        if part:
+            yield part
+        return
+    view = memoryview(part).cast("B")
+    for start in range(0, len(view), FRAME):
+        yield bytes(view[start : start + FRAME])
 
 
 @defer.inlineCallbacks
-def _send_chunks(proto, sid, chunks):
-    """Send the buffers C{chunks} in order with a window of acknowledged chunks."""
-    pending = []
+def _send_raw(proto, sid, parts):
+    """
+    Send the buffers C{parts} as raw frames of stream C{sid}: each a
+    L{commands.StreamData} box, then its bytes as they are (a C{bytes} part
+    is written without a copy). The next frame waits until the transport
+    has sent most of the last.
+    """
     offset = 0
     try:
-        for data in chunks:
-            pending.append(proto.callRemote(commands.StreamChunk, stream=sid, offset=offset, data=data))
-            offset += len(data)
-            if len(pending) >= WINDOW:
-                yield pending.pop(0)
-        for d in pending:
-            yield d
+        for part in parts:
+            for piece in _frames(part):
+                if not proto.connected:
+                    raise ConnectionLostError("connection lost while sending stream %d" % (sid,))
+                proto.callRemote(commands.StreamData, stream=sid, offset=offset, size=len(piece))
+                # The box goes to the socket first, so the frame is alone in
+                # the transport's buffer (which then sends it without a copy).
+                write_now(proto.transport)
+                proto.transport.write(piece)
+                offset += len(piece)
+                yield proto.drained()
     except Exception:
-        for d in pending:
-            d.addErrback(lambda f: None)
         if proto.connected:
             proto.callRemote(commands.StreamAbort, stream=sid, reason="sender failed")
         raise
+
+
+def _file_frames(f, size):
+    """The first C{size} bytes of file C{f}, a block at a time."""
+    left = size
+    while left > 0:
+        block = f.read(min(FILE_BLOCK, left))
+        if not block:
+            return
+        left -= len(block)
+        yield block
 
 
 @defer.inlineCallbacks
@@ -432,7 +448,7 @@ def send_file(proto, path, dest, subdir="", overwrite=False, computation="", nam
     sid = r["stream"]
     with open(path, "rb") as f:
         # The size was announced: send exactly that much, even if the file grows.
-        yield _send_chunks(proto, sid, iter(lambda: f.read(min(CHUNK, size - f.tell())), b""))
+        yield _send_raw(proto, sid, _file_frames(f, size))
     r = yield proto.callRemote(commands.StreamClose, stream=sid)
     return r["path"]
 
@@ -449,8 +465,7 @@ def send_blob(proto, data, computation=""):
     r = yield proto.callRemote(commands.StreamOpen, purpose="blob", name="blob", dir="", dest="blob",
                                size=size, sha256=b"\0" * 32, overwrite=True, computation=computation)
     sid = r["stream"]
-    # Chunks are views of the parts: BigBytes splits them without copying.
-    yield _send_chunks(proto, sid, _chunked(parts))
+    yield _send_raw(proto, sid, parts)
     r = yield proto.callRemote(commands.StreamClose, stream=sid)
     return sid, r["path"]
 
@@ -466,6 +481,57 @@ class StreamingAMP(DispycosAMP):
         super().__init__(reactor, **kw)
         self.streams = StreamReceiver(stream_root, max_file_size)
         self.blobs = {}
+        #: C{[stream id, bytes left, taken]} while a raw frame comes in.
+        self._raw = None
+
+    # -- raw frames (StreamData) ------------------------------------------------
+
+    def _parse(self, data):
+        while data:
+            if self._raw is not None:
+                data = self._raw_bytes(data)
+                if not data:
+                    return
+            super()._parse(data)
+            if self._raw is None or self._dropped:
+                return
+            data = take_unparsed(self)  # the parser stopped at a StreamData box: its frame follows
+
+    def _raw_bytes(self, data):
+        """Take the frame's bytes from C{data}; the bytes after the frame."""
+        raw = self._raw
+        left = raw[1]
+        if len(data) <= left:
+            piece, rest = data, b""
+        else:
+            piece, rest = data[:left], data[left:]
+        raw[1] = left - len(piece)
+        if raw[2]:
+            s = self.streams.open.get(raw[0])
+            try:
+                if s is None:
+                    raise FileTransferError("no stream %d" % (raw[0],))
+                self.streams.chunk(raw[0], s.received, piece)
+            except FileTransferError as e:
+                self.log.warn("stream {s} from {peer}: {e}", s=raw[0], peer=self._peer(), e=e)
+                raw[2] = False  # the rest of the frame is read and dropped
+        if not raw[1]:
+            self._raw = None
+        return rest
+
+    @commands.StreamData.responder
+    def _stream_data(self, stream, offset, size):
+        s = self.streams.open.get(stream)
+        ok = s is not None and offset == s.received and 0 <= size <= s.size - s.received
+        if size < 0:
+            self._drop("a raw frame of negative size")
+            return {}
+        if not ok:
+            self.streams.abort(stream)  # its bytes are read and dropped; closing it fails
+        if size:
+            self._raw = [stream, size, ok]
+            stop_parsing(self)
+        return {}
 
     def connectionLost(self, reason):
         super().connectionLost(reason)

@@ -14,6 +14,7 @@ The fuzzing runs in a worker thread over blocking sockets; the reactor keeps
 running the correct client meanwhile.
 """
 
+import functools
 import json
 import math
 import os
@@ -76,8 +77,13 @@ SETTINGS = dict(
 # -- strategies ------------------------------------------------------------------------
 
 
+@functools.lru_cache(maxsize=None)
 def payload_values(marker_pickles):
-    """Values for AMP keys: command names, marker pickles, numbers, text, big blobs, junk."""
+    """
+    Values for AMP keys: command names, marker pickles, numbers, text, big
+    blobs, junk. (Built once per tuple of pickles: building and validating
+    strategies at every draw was most of the fuzzing's time.)
+    """
     marker = st.sampled_from(marker_pickles)
     return st.one_of(
         st.sampled_from(COMMAND_NAMES),
@@ -93,6 +99,7 @@ def payload_values(marker_pickles):
     )
 
 
+@functools.lru_cache(maxsize=None)
 def keys():
     return st.one_of(
         st.sampled_from(ARGUMENT_NAMES),
@@ -102,22 +109,39 @@ def keys():
     )
 
 
+_COMMAND_KEYS = st.one_of(st.sampled_from(COMMAND_NAMES), st.binary(min_size=1, max_size=20))
+_ASK_VALUES = st.one_of(st.integers(0, 999).map(lambda i: b"%d" % i), st.binary(max_size=4))
+
+
+@functools.lru_cache(maxsize=None)
+def _pairs(marker_pickles):
+    return st.lists(st.tuples(keys(), payload_values(marker_pickles)), max_size=6)
+
+
 @st.composite
 def amp_boxes(draw, marker_pickles):
     pairs = []
     if draw(st.integers(0, 9)):
-        pairs.append((b"_command", draw(st.one_of(st.sampled_from(COMMAND_NAMES), st.binary(min_size=1, max_size=20)))))
+        pairs.append((b"_command", draw(_COMMAND_KEYS)))
     if draw(st.booleans()):
-        pairs.append((b"_ask", draw(st.one_of(st.integers(0, 999).map(lambda i: b"%d" % i), st.binary(max_size=4)))))
-    pairs += draw(st.lists(st.tuples(keys(), payload_values(marker_pickles)), max_size=6))
+        pairs.append((b"_ask", draw(_ASK_VALUES)))
+    pairs += draw(_pairs(tuple(marker_pickles)))
     return pairs
+
+
+@functools.lru_cache(maxsize=None)
+def _box_lists(marker_pickles):
+    return st.lists(amp_boxes(marker_pickles), min_size=1, max_size=5)
+
+
+_HOW = st.sampled_from(["as is", "as is", "truncate", "lying length", "empty key", "junk", "huge prefix"])
 
 
 @st.composite
 def amp_streams(draw, marker_pickles):
     """Validly framed boxes, then maybe broken: truncated, a lying length, a stray empty key, junk."""
-    data = b"".join(frame(p) for p in draw(st.lists(amp_boxes(marker_pickles), min_size=1, max_size=5)))
-    how = draw(st.sampled_from(["as is", "as is", "truncate", "lying length", "empty key", "junk", "huge prefix"]))
+    data = b"".join(frame(p) for p in draw(_box_lists(tuple(marker_pickles))))
+    how = draw(_HOW)
     if how == "truncate":
         data = data[:draw(st.integers(0, max(0, len(data) - 1)))]
     elif how == "lying length":
@@ -385,15 +409,20 @@ def signed(key, body):
     return discovery.MAGIC + body + hmac.new(key, discovery.MAGIC + body, hashlib.sha256).digest()
 
 
+# Built once (building and validating strategies at every draw costs more than the draws).
+_UDP_KINDS = st.sampled_from(["bytes", "pickle", "json junk", "wrong key", "bad tag", "signed junk",
+                              "signed odd fields", "oversized", "old", "valid probe"])
+_JUNK_JSON = st.recursive(
+    st.none() | st.booleans() | st.integers() | st.floats(allow_nan=True) | st.text(max_size=20),
+    lambda inner: st.lists(inner, max_size=4) | st.dictionaries(st.text(max_size=8), inner, max_size=4),
+    max_leaves=12)
+
+
 @st.composite
 def udp_packets(draw, key, marker_pickle, reply_port):
     wrong = auth.key_from_secret("not the secret")
-    kind = draw(st.sampled_from(["bytes", "pickle", "json junk", "wrong key", "bad tag", "signed junk",
-                                 "signed odd fields", "oversized", "old", "valid probe"]))
-    junk_json = st.recursive(
-        st.none() | st.booleans() | st.integers() | st.floats(allow_nan=True) | st.text(max_size=20),
-        lambda inner: st.lists(inner, max_size=4) | st.dictionaries(st.text(max_size=8), inner, max_size=4),
-        max_leaves=12)
+    kind = draw(_UDP_KINDS)
+    junk_json = _JUNK_JSON
     msg = {"kind": draw(st.sampled_from(["probe", "announce", "find", "scheduler", "x"])),
            "role": draw(st.sampled_from(["scheduler", "node", "client", ""])),
            "reply_port": draw(st.sampled_from([reply_port, 0, -1, 65536, True, "9706", None, 1.5]))}

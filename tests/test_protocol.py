@@ -869,3 +869,56 @@ def test_an_oversized_task_outcome_still_reaches_the_creator():  # streamed as a
     # over the inline cap, the outcome is streamed: it arrives whole
     kind, value = decode_outcome(srt.outcomes[0][1])
     assert kind == OK and value == b"r" * (config.MaxInlineBytes + 1)
+
+
+# -- raw frames (StreamData) ---------------------------------------------------------------
+
+
+def test_a_blob_goes_as_a_raw_frame_and_boxes_after_it_still_parse():
+    from dispycos.streams import send_blob
+
+    clock, client, server, pump, srt = peers()
+    task = srt.tasks[1] = FakeTask()
+    data = [b"head", b"x" * 300000, b"tail"]
+    d = send_blob(client, data)
+    pump.flush()
+    client.queue(commands.Messages, 1, serialize.dumps("after"))
+    pump.flush()
+    sid, _ = result_of(d)
+    assert b"".join(server.blobs[sid].pieces) == b"".join(data)
+    assert server.received.count(b"StreamData") == 3 and task.got == ["after"]
+
+
+def _raw_frame(sid, payload, offset=0):
+    box = amp.AmpBox(_command=b"StreamData", stream=b"%d" % sid, offset=b"%d" % offset, size=b"%d" % len(payload))
+    return box.serialize() + payload
+
+
+def test_raw_frames_split_anywhere_and_the_parser_resumes_after_them():
+    """
+    Guards what dispycos.protocol.transport takes from Twisted's AMP parser
+    (stop_parsing, take_unparsed): a frame's bytes inside the read that held
+    its box, frames cut at every 7 bytes, and boxes right after a frame.
+    """
+    clock, client, server, pump, srt = peers()
+    task = srt.tasks[1] = FakeTask()
+    d = client.callRemote(commands.StreamOpen, purpose="blob", name="b", dir="", dest="blob", size=26,
+                          sha256=b"\0" * 32, overwrite=True, computation="c1")
+    pump.flush()
+    sid = result_of(d)["stream"]
+    after = amp.AmpBox(_command=b"Messages", batch=pack_items([(1, serialize.dumps("next"))])).serialize()
+    wire = _raw_frame(sid, b"abcdefghijklm") + after + _raw_frame(sid, b"NOPQRSTUVWXYZ", offset=13) + after
+    for i in range(0, len(wire), 7):
+        server.dataReceived(wire[i:i + 7])
+    assert task.got == ["next", "next"]
+    assert b"".join(server.streams.open[sid].pieces) == b"abcdefghijklmNOPQRSTUVWXYZ"
+    server.dataReceived(wire[:0] + after)  # whole boxes still parse
+    assert task.got == ["next"] * 3
+
+
+def test_a_raw_frame_out_of_place_is_read_and_dropped_and_the_link_goes_on():
+    clock, client, server, pump, srt = peers()
+    task = srt.tasks[1] = FakeTask()
+    after = amp.AmpBox(_command=b"Messages", batch=pack_items([(1, serialize.dumps("still here"))])).serialize()
+    server.dataReceived(_raw_frame(12345, b"\x00\x08_command" * 50) + after)  # no such stream: bytes not parsed
+    assert task.got == ["still here"] and server.connected

@@ -291,16 +291,18 @@ def test_dumps_parts_copies_a_pickle_buffer():
     assert bytes(serialize.loads(b"".join(parts)).data) == b"q" * 200 * 1024
 
 
-def test_chunked_gives_views_and_joins_only_small_neighbours():
-    from dispycos.streams import CHUNK, _chunked
+def test_raw_frames_send_bytes_parts_as_they_are():
+    from dispycos.streams import FRAME, MAX_FRAME, _frames
 
-    big = b"b" * (2 * CHUNK + 10)
-    parts = [b"head", big, b"tail"]
-    chunks = list(_chunked(parts))
-    assert b"".join(chunks) == b"".join(parts)
-    assert all(0 < len(c) <= CHUNK for c in chunks)
-    assert sum(isinstance(c, memoryview) for c in chunks) >= 1
-    assert list(_chunked([b""])) == [] and list(_chunked([])) == []
+    big = b"b" * (2 * FRAME + 10)
+    assert [f is big for f in _frames(big)] == [True]  # a bytes part: one frame, no copy
+    assert list(_frames(b"")) == []
+    view = memoryview(bytearray(big))  # other buffers: frames of FRAME bytes
+    frames = list(_frames(view))
+    assert b"".join(frames) == big and [len(f) for f in frames] == [FRAME, FRAME, 10]
+    assert all(type(f) is bytes for f in frames)
+    huge = b"h" * (MAX_FRAME + 1)
+    assert [len(f) for f in _frames(huge)] == [FRAME] * (MAX_FRAME // FRAME) + [1]
 
 
 @pytest.mark.parametrize("protocol", [0, 2, pickle.HIGHEST_PROTOCOL])

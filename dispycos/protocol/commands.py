@@ -503,6 +503,16 @@ class StreamChunk(amp.Command):
     errors = _file_errors
 
 
+class StreamData(amp.Command):
+    """
+    One-way: the next C{size} bytes of stream C{stream}, at C{offset}, follow
+    this box on the wire as they are (outside AMP's framing).
+    """
+
+    arguments = [(b"stream", amp.Integer()), (b"offset", amp.Integer()), (b"size", amp.Integer())]
+    requiresAnswer = False
+
+
 class StreamClose(amp.Command):
     """Finish a stream: size and digest are checked; answers with where it landed."""
 

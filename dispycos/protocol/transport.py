@@ -25,3 +25,27 @@ def write_now(transport):
             transport, "offset", 0):
         return  # nothing buffered
     transport.doWrite()
+
+
+# -- raw frames inside an AMP connection -------------------------------------------
+#
+# A stream's bytes follow a StreamData box on the wire as they are, outside
+# AMP's framing (no 64 KiB values to cut and join, no box per chunk). The
+# box's responder runs while AMP's parser works through a read: it stops
+# the parser there, and the bytes it had not parsed yet (the start of the
+# frame, maybe more) are taken from it. Both reach into Twisted's
+# Int16StringReceiver (C{paused}, C{_unprocessed}); tests/test_protocol.py
+# checks that they still mean what they meant.
+
+
+def stop_parsing(proto):
+    """Make AMP's parser stop after the box it is handling (the rest stays unparsed)."""
+    proto.paused = True
+
+
+def take_unparsed(proto):
+    """The bytes AMP's parser received but did not parse; it parses again from the next read."""
+    rest = proto._unprocessed
+    proto._unprocessed = b""
+    proto.paused = False
+    return rest

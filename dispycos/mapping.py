@@ -36,8 +36,10 @@ MAX_GROUP_BYTES = 4 * 1024 * 1024
 class BatchSizer:
     """
     Batch sizes from measured durations, as joblib's auto batching: start
-    with one task, at most double while a batch takes less than
-    L{TARGET_SECONDS}, halve when one takes more than L{MAX_SECONDS}.
+    with one task, grow while a batch takes less than L{TARGET_SECONDS}
+    (towards the size that would take that long, at most 16 times at once:
+    a batch's time includes its round trip, so short tasks look longer than
+    they are), halve when one takes more than L{MAX_SECONDS}.
     """
 
     def __init__(self, target=TARGET_SECONDS, longest=MAX_SECONDS, largest=MAX_BATCH):
@@ -52,7 +54,7 @@ class BatchSizer:
             return  # a short last batch says little
         if seconds < self.target:
             ideal = int(count * self.target / max(seconds, 1e-6))
-            self.size = max(1, min(2 * self.size, ideal, self.largest))
+            self.size = max(1, min(16 * self.size, ideal, self.largest))
         elif seconds > self.longest and self.size > 1:
             self.size = max(1, self.size // 2)
 

@@ -70,13 +70,51 @@ class _Call:
         self._start = fn
 
 
+class _LazyTask:
+    """
+    The C{task} argument of a group's task: the full L{Task} (a mailbox, an
+    id others can reach) is made only when the task's code first uses it, so
+    a map of a function that declares C{task} but never uses it costs no
+    task object per item.
+    """
+
+    __slots__ = ("_group", "_tid", "_task")
+
+    def __init__(self, group, tid):
+        self._group = group
+        self._tid = tid
+        self._task = None
+
+    def _real(self):
+        task = self._task
+        if task is None:
+            task = self._task = self._group._task_for(self._tid)
+        return task
+
+    def __getattr__(self, name):
+        return getattr(self._real(), name)
+
+    def __reduce__(self):
+        return self._real().__reduce__()
+
+    def __eq__(self, other):
+        return self._real() == other
+
+    def __hash__(self):
+        return hash(self._real())
+
+    def __str__(self):
+        return str(self._real())
+
+    __repr__ = __str__
+
+
 class ServerGroup:
     """
     A batch of C{count} tasks of one function (ids C{tid} ...), run one
     after another; their outcomes go back to C{proto}, in order, a slice at
-    a time. Tasks of a function that takes a C{task} argument are full
-    L{Task}s (with mailboxes); others are plain calls, in one worker-thread
-    job for a plain function.
+    a time. A generator or coroutine function runs on the reactor, a plain
+    function in one worker-thread job; a C{task} argument is a L{_LazyTask}.
     """
 
     log = Logger()
@@ -98,95 +136,110 @@ class ServerGroup:
         self.thread = None
         self.ended = False
         self._waiters = []
-        self._looping = False
+        self._going_on = False
         self.on_reactor = inspect.isgeneratorfunction(fn) or inspect.iscoroutinefunction(fn)
+        self.coroutine = inspect.iscoroutinefunction(fn)
         self.wants_task = _wants_task(fn)
         self.runtime.groups[tid] = self
 
     def _start(self):
         if self.ended:
             return  # terminated before it started
-        if not self.on_reactor and not self.wants_task:
+        if not self.on_reactor:
             d = threads.deferToThreadPool(self.reactor, self.runtime.threadpool, self._in_thread)
             d.addBoth(self._thread_done)
         else:
             self._loop()
 
+    def _task_for(self, tid):
+        """The full task of group member C{tid} (its C{task} argument was used)."""
+        return Task._create(self.runtime, self.fn, (), {}, tid=tid, creator=self.proto, in_group=True)
+
+    def _call(self, i):
+        """Call the function for task C{i}: its generator, coroutine or result, and its lazy task (or None)."""
+        if self.wants_task:
+            lazy = _LazyTask(self, self.tid + i)
+            return self.fn(*self.calls[i], task=lazy), lazy
+        return self.fn(*self.calls[i]), None
+
+    @staticmethod
+    def _ended(lazy, outcome):
+        """A task ended: its full task (if its code made one) ends too."""
+        if lazy is not None and lazy._task is not None:
+            lazy._task._done(outcome)
+
     # -- on the reactor ------------------------------------------------------------
 
     def _loop(self):
-        self._looping = True
-        try:
-            deadline = time.monotonic() + SLICE
-            while self.index < self.count and not self.terminating:
-                i = self.index
-                self.index += 1
-                if not self._run_one(i):
-                    return  # it waits: its end goes on
-                if time.monotonic() > deadline and self.index < self.count:
-                    self._report()
-                    self.server.starter.later(self._loop)
-                    return
-            self._finish()
-        finally:
-            self._looping = False
+        deadline = time.monotonic() + SLICE
+        while self.index < self.count and not self.terminating:
+            i = self.index
+            self.index += 1
+            if not self._run_one(i):
+                return  # it waits: its end goes on
+            if time.monotonic() > deadline and self.index < self.count:
+                self._report()
+                self.server.starter.later(self._loop)
+                return
+        self._finish()
 
     def _run_one(self, i):
-        """Start task C{i}; True when it ended at once."""
-        args = self.calls[i]
-        if self.wants_task:
-            task = Task._create(self.runtime, self.fn, args, {}, on_done=self._task_done, tid=self.tid + i,
-                                creator=self.proto, in_group=True)
-            self.current = task
-            task._start()
-            return task.outcome is not None
+        """Run task C{i} as far as it goes at once; True when it ended."""
+        lazy = None
         try:
-            it = self.fn(*args)
+            it, lazy = self._call(i)
+            y = it.send(None)
+        except StopIteration as e:  # the common case: ended without waiting
+            self._item_ended(lazy, (OK, e.value))
+            return True
+        except TaskTerminated:
+            self._item_ended(lazy, (TERMINATED, None))
+            return True
         except BaseException as e:
-            self.outcomes.append(error_outcome(e))
+            self._item_ended(lazy, error_outcome(e))
             return True
-        box = []
-        runner = _Runner(it, inspect.iscoroutine(it), box.append)
+        runner = _Runner(it, self.coroutine, lambda outcome: self._waited(lazy, outcome))
         self.current = runner
-        runner.start()
-        if box:
-            self.outcomes.append(box[0])
-            return True
-        runner.done = self._runner_done
-        return False
+        self._going_on = True
+        try:
+            runner.go_on(y)
+        finally:
+            self._going_on = False
+        return self.current is None
 
-    def _task_done(self, task):
-        self.current = None
-        self.outcomes.append(task.outcome)
-        if not self._looping:
-            self._resume()
-
-    def _runner_done(self, outcome):
-        self.current = None
+    def _item_ended(self, lazy, outcome):
         self.outcomes.append(outcome)
-        self._resume()
+        self._ended(lazy, outcome)
 
-    def _resume(self):
-        self._report()
-        self.server.starter.later(self._loop)
+    def _waited(self, lazy, outcome):
+        self.current = None
+        self._item_ended(lazy, outcome)
+        if not self._going_on:  # it ended after a wait: go on with the next ones
+            self._report()
+            self.server.starter.later(self._loop)
 
     # -- in a worker thread (a plain function) ---------------------------------------
 
     def _in_thread(self):
         self.thread = threading.get_ident()
-        fn, calls, outcomes = self.fn, self.calls, self.outcomes
+        outcomes = self.outcomes
         last = time.monotonic()
         try:
             for i in range(self.count):
                 if self.terminating:
                     break
                 self.index = i + 1
+                lazy = None
                 try:
-                    outcomes.append((OK, fn(*calls[i])))
+                    result, lazy = self._call(i)
+                    outcome = (OK, result)
                 except TaskTerminated:
-                    outcomes.append((TERMINATED, None))
+                    outcome = (TERMINATED, None)
                 except BaseException as e:
-                    outcomes.append((TERMINATED, None) if self.terminating else error_outcome(e))
+                    outcome = (TERMINATED, None) if self.terminating else error_outcome(e)
+                outcomes.append(outcome)
+                if lazy is not None and lazy._task is not None:
+                    self.reactor.callFromThread(lazy._task._done, outcome)
                 now = time.monotonic()
                 if now - last > REPORT_EVERY:
                     last = now
@@ -253,11 +306,8 @@ class ServerGroup:
         if self.ended:
             return defer.succeed(None)
         self.terminating = True
-        current = self.current
-        if isinstance(current, Task):
-            current.terminate()
-        elif isinstance(current, _Runner):
-            current.terminate()
+        if self.current is not None:
+            self.current.terminate()  # a task waiting on the reactor
         if self.thread is not None:
             _async_raise(self.thread, TaskTerminated)
         elif self.current is None:

@@ -118,6 +118,8 @@ def outcome_result(outcome, task=None):
 
 #: C{receive(alarm_value=...)} not given.
 _NO_ALARM = object()
+#: Nothing yielded yet (L{_Runner.go_on}).
+_NOTHING = object()
 
 
 # -- thread awareness ------------------------------------------------------
@@ -213,11 +215,17 @@ class _Runner:
     def start(self):
         self._step(None, None)
 
-    def _step(self, value, exc):
+    def go_on(self, yielded):
+        """Take over a generator that someone else started and that yielded C{yielded}."""
+        self._step(None, None, yielded)
+
+    def _step(self, value, exc, yielded=_NOTHING):
         it = self.it
         while True:
             try:
-                if exc is not None:
+                if yielded is not _NOTHING:
+                    y, yielded = yielded, _NOTHING
+                elif exc is not None:
                     y = it.throw(exc)
                 else:
                     y = it.send(value)

@@ -63,6 +63,15 @@ def gen_noop(x, task=None):
     yield  # noqa: unreachable
 
 
+def gen_uses_task(x, task=None):
+    yield task.sleep(0.001)
+    return (x, task.location.port)
+
+
+def plain_uses_task(x, task=None):
+    return (x, task.location.port)
+
+
 def fails_at(x, bad):
     if x == bad:
         raise ValueError("bad item %d" % x)
@@ -206,3 +215,14 @@ async def test_map_tasks_reach_the_status_stream(node):
     finished = [m for m in seen if getattr(m, "status", None) == dispycos.Status.TaskFinished]
     assert len(created) == len(finished) == 30
     assert sorted(m.info.result for m in finished) == sorted(i * i for i in range(30))
+
+
+@pytest_twisted.ensureDeferred
+async def test_map_tasks_that_use_their_task_argument(node):
+    """A batch's task gets a real task object when its code uses it (generator and plain function)."""
+    async with Session(node, [gen_uses_task, plain_uses_task]) as comp:
+        ports = {s.port for s in await comp.servers()}
+        for fn in (gen_uses_task, plain_uses_task):
+            got = await comp.run_results(fn, range(40))
+            assert [x for x, _ in got] == list(range(40)), fn
+            assert {port for _, port in got} <= ports

@@ -23,6 +23,7 @@ from .errors import (
     TaskAbandoned,
     TaskError,
     TaskTerminated,
+    TimeoutError,
     UnknownTaskError,
 )
 from .status import (
@@ -49,7 +50,6 @@ _LAZY = {
     "RemoteTask": ".tasks",
     "Task": ".tasks",
     "TaskRef": ".tasks",
-    "TimeoutError": ".tasks",
 }
 
 

@@ -8,20 +8,18 @@ can use to subscribe tasks, send and deliver.
 from twisted.internet import defer
 
 from . import serialize
-from .errors import UnknownTaskError
 from .protocol import commands
+from .reactorthread import blocking_in_thread, oneway_in_thread, with_timeout
+from .runtime import current_runtime
 from .status import Location
-from .tasks import blocking_in_thread, oneway_in_thread, with_timeout
 
 
 def _rebuild_channel(addr, port, name):
-    from .runtime import current_runtime
-
     runtime = current_runtime(create=False)
     location = Location(addr, port)
     if runtime is not None and runtime.location == location and name in runtime.channels:
         return runtime.channels[name]
-    return ChannelRef(location, name)
+    return ChannelRef(location, name, runtime)
 
 
 class _ChannelAPI:
@@ -44,8 +42,6 @@ class Channel(_ChannelAPI):
     """
 
     def __init__(self, name):
-        from .runtime import current_runtime
-
         self._rt = current_runtime()
         self.name = name
         self.subscribers = []
@@ -57,6 +53,10 @@ class Channel(_ChannelAPI):
     @property
     def location(self):
         return self._rt.location
+
+    @property
+    def reactor(self):
+        return self._rt.reactor
 
     def close(self):
         """Forget the channel (its subscribers stay untouched)."""
@@ -118,14 +118,17 @@ class Channel(_ChannelAPI):
 class ChannelRef(_ChannelAPI):
     """A channel owned by another process of the computation."""
 
-    def __init__(self, location, name):
+    def __init__(self, location, name, runtime=None):
         self.location = location
         self.name = name
+        self._rt = runtime
 
     def _runtime(self):
-        from .runtime import current_runtime
+        return self._rt or current_runtime()
 
-        return current_runtime()
+    @property
+    def reactor(self):
+        return self._runtime().reactor
 
     def _op(self, op, task=None):
         blob = serialize.dumps(task, "task") if task is not None else None
@@ -154,25 +157,3 @@ class ChannelRef(_ChannelAPI):
         return d.addCallback(lambda r: r["count"])
 
 
-def channel_op(runtime, name, op, task_blob):
-    """The owner's side of L{commands.ChannelOp}."""
-    channel = runtime.channels.get(name)
-    if channel is None:
-        raise UnknownTaskError("no channel %r at %s" % (name, runtime.location))
-    if op == "lookup":
-        return defer.succeed({"count": len(channel.subscribers)})
-    task = serialize.loads(task_blob)
-    d = channel.subscribe(task) if op == "subscribe" else channel.unsubscribe(task)
-    return d.addCallback(lambda n: {"count": n})
-
-
-def channel_send(runtime, name, message, acked, n, timeout):
-    """The owner's side of L{commands.ChannelSend}."""
-    channel = runtime.channels.get(name)
-    if channel is None:
-        raise UnknownTaskError("no channel %r at %s" % (name, runtime.location))
-    msg = serialize.loads(message)
-    if not acked and not n:
-        channel.send(msg)
-        return {"count": len(channel.subscribers)}
-    return channel.deliver(msg, timeout, n).addCallback(lambda c: {"count": c})

@@ -13,12 +13,23 @@ import types
 from twisted.internet import defer
 from twisted.logger import Logger
 
+from zope.interface import implementer
+
 from . import config, serialize
 from .allocate import DispycosNodeAllocate, allocate_cpus
+from .discovery import find_scheduler
 from .errors import ComputationClosed, NoServerError, PicklingError, ScheduleError
-from .status import DispycosStatus, Location, Status, TaskInfo
+from .interfaces import IComputationEvents
 from .mapping import MapRun, run_results
-from .tasks import ABANDONED, OK, RemoteTask, Task, outcome_result
+from .protocol.auth import key_from_secret
+from .runtime import runtime_for
+from .schedclient import RemoteScheduler
+from .scheduler import private_scheduler
+from .status import DispycosStatus, Location, Status, TaskInfo
+from .streams import send_file
+from .tls import TLS
+from .outcomes import ABANDONED, OK, outcome_result
+from .tasks import RemoteTask, Task
 
 _ANY_CALLABLE = (types.FunctionType, type)
 
@@ -47,7 +58,7 @@ class Computation:
     def __init__(self, components, pulse_interval=10, node_allocations=(), status_task=None,
                  node_setup=None, server_setup=None, disable_nodes=False, disable_servers=False,
                  peers_communicate=False, secret="", certfile=None, keyfile=None, cafile=None,
-                 dest_path=None, nodes=None, **unknown):
+                 dest_path=None, nodes=None, reactor=None, **unknown):
         if unknown:
             raise TypeError("Computation() got unexpected arguments: %s" % ", ".join(sorted(unknown)))
         if not isinstance(components, (list, tuple)):
@@ -90,6 +101,8 @@ class Computation:
             raise TypeError("components cannot be pickled: %s" % e) from e
         self.id = None
         self.key = None
+        self.reactor = reactor
+        self._events = ComputationEvents(self)
         self._scheduler = None
         self._pending_schedule = None
         self._active = False
@@ -174,30 +187,22 @@ class Computation:
             return defer.fail(ScheduleError("computation is already scheduled"))
         if self._closed:
             return defer.fail(ScheduleError("computation is closed"))
-        from .scheduler import Scheduler
-
-        if location is None and Scheduler._instance is not None:
-            scheduler = Scheduler._instance
-        else:
-            from .schedclient import RemoteScheduler
-
+        reactor = self._reactor()
+        scheduler = private_scheduler(reactor) if location is None else None
+        if scheduler is None:
             if location is None:
                 return self._find_and_schedule(timeout)
             try:
                 where = Location.parse(location, config.SchedulerPort)
             except (TypeError, ValueError):
                 return defer.fail(ScheduleError("invalid scheduler location %r" % (location,)))
-            from .tls import TLS
-
             tls = TLS(self.certfile, self.keyfile, self.cafile)
             if tls.cert is not None:
-                from .runtime import current_runtime
-
-                runtime = current_runtime()
+                runtime = runtime_for(reactor, create=True)
                 if runtime.tls is None and not runtime.links:
                     runtime.tls = tls  # servers of a TLS cluster speak TLS too
                     runtime.rebind(runtime.host)
-            scheduler = RemoteScheduler(where, self.secret, tls=tls if tls.enabled else None)
+            scheduler = RemoteScheduler(where, self.secret, reactor=reactor, tls=tls if tls.enabled else None)
         self._scheduler = scheduler
         self.reactor = scheduler.reactor
         self.runtime = scheduler.runtime
@@ -215,18 +220,21 @@ class Computation:
                 ScheduleError("not scheduled within %s s%s" % (timeout, self._node_report()))))
             d.addBoth(lambda r: (call.cancel() if call.active() else None, r)[1])
         self._exit_trigger = self.reactor.addSystemEventTrigger("before", "shutdown", self._close_at_exit)
-        defer.maybeDeferred(scheduler.submit, self).addErrback(refused)
+        defer.maybeDeferred(scheduler.submit, self._events).addErrback(refused)
         return d
+
+    def _reactor(self):
+        if self.reactor is None:
+            from twisted.internet import reactor  # the public API's default
+
+            self.reactor = reactor
+        return self.reactor
 
     @defer.inlineCallbacks
     def _find_and_schedule(self, timeout):
-        from twisted.internet import reactor
-
-        from .discovery import find_scheduler
-        from .protocol.auth import key_from_secret
-        from .runtime import current_runtime
-
-        location = yield find_scheduler(reactor, key_from_secret(self.secret), current_runtime().host or "")
+        reactor = self._reactor()
+        runtime = runtime_for(reactor, create=True)
+        location = yield find_scheduler(reactor, key_from_secret(self.secret), runtime.host or "")
         if location is None:
             raise ScheduleError(
                 "no scheduler: none answered on the local network; create dispycos.Scheduler(nodes=[...]) "
@@ -274,7 +282,7 @@ class Computation:
         self._remove_exit_trigger()
         self._drop_own_dest()
         if scheduler is not None:
-            scheduler.release(self)
+            scheduler.release(self._events)
         d.errback(exc)
 
     def _scheduler_lost(self, exc):
@@ -350,7 +358,7 @@ class Computation:
                 blob = blob[0]
             if where is not None and not isinstance(where, Location):
                 where = str(where)
-            placed = self._scheduler.place(self, cpu, where)
+            placed = self._scheduler.place(self._events, cpu, where)
         except Exception:
             return defer.fail()
         if isinstance(placed, defer.Deferred):
@@ -463,7 +471,7 @@ class Computation:
                 return defer.fail(e)
         if isinstance(target, Location):
             target = str(target)
-        return self._scheduler.control(self, action, str(target), blob, terminate, restart)
+        return self._scheduler.control(self._events, action, str(target), blob, terminate, restart)
 
     def enable_node(self, ip, *setup_args):
         """Set up a held node (C{disable_nodes}) with C{node_setup(*setup_args)}, or resume it."""
@@ -514,8 +522,6 @@ class Computation:
         (C{where}: its L{Location}; the file lands in its directory), in
         sub-directory C{dir}. Fires with the absolute path where it landed.
         """
-        from .streams import send_file
-
         if not self._active or self._closed:
             raise ComputationClosed("computation is not scheduled")
         if not os.path.isfile(path):
@@ -542,13 +548,7 @@ class Computation:
         return landed
 
     def _held_node_link(self, where):
-        links = getattr(self._scheduler, "_links_at", None)
-        if links is None:
-            return None
-        for link in links(self, where):
-            if link.proto is not None and link.proto.connected:
-                return link.proto
-        return None
+        return self._scheduler.held_node_link(self._events, where)
 
     # -- queries -----------------------------------------------------------------------
 
@@ -556,13 +556,13 @@ class Computation:
         """Deferred firing with the addresses of the nodes in use."""
         if not self._active:
             return defer.succeed([])
-        return self._scheduler.nodes_of(self)
+        return self._scheduler.nodes_of(self._events)
 
     def servers(self):
         """Deferred firing with the L{Location}s of the servers in use."""
         if not self._active:
             return defer.succeed([])
-        return self._scheduler.servers_of(self)
+        return self._scheduler.servers_of(self._events)
 
     def tasks(self, where=None):
         """
@@ -607,7 +607,7 @@ class Computation:
         leftovers = [t.terminate() for t in self._tasks.values()]
         if leftovers:
             yield defer.DeferredList(leftovers, consumeErrors=True)
-        yield self._scheduler.release(self, terminate=True)
+        yield self._scheduler.release(self._events, terminate=True)
         for rtask in list(self._tasks.values()):
             self.runtime._settle(rtask, (ABANDONED, "computation closed"))
         self._active = False
@@ -627,3 +627,78 @@ class Computation:
 
 
 Client = Computation
+
+
+@implementer(IComputationEvents)
+class ComputationEvents:
+    """A L{Computation} as its scheduler sees it: what the scheduler tells it, and asks of it."""
+
+    def __init__(self, computation):
+        self._comp = computation
+
+    @property
+    def id(self):
+        return self._comp.id
+
+    @id.setter
+    def id(self, value):
+        self._comp.id = value
+
+    @property
+    def key(self):
+        return self._comp.key
+
+    @key.setter
+    def key(self, value):
+        self._comp.key = value
+
+    @property
+    def status_task(self):
+        return self._comp.status_task
+
+    @status_task.setter
+    def status_task(self, value):
+        self._comp.status_task = value
+
+    pulse_interval = property(lambda self: self._comp.pulse_interval)
+    disable_nodes = property(lambda self: self._comp.disable_nodes)
+    disable_servers = property(lambda self: self._comp.disable_servers)
+    components = property(lambda self: self._comp._components_blob)
+    files = property(lambda self: self._comp._files)
+    allocations = property(lambda self: bool(self._comp.node_allocations))
+
+    def scheduling(self):
+        return self._comp._pending_schedule is not None
+
+    def activated(self):
+        self._comp._activated()
+
+    def server_ready(self):
+        self._comp._server_ready()
+
+    def schedule_failed(self, exc):
+        self._comp._schedule_failed(exc)
+
+    def closed_by_scheduler(self, reason):
+        self._comp._closed_by_scheduler(reason)
+
+    def scheduler_lost(self, exc):
+        self._comp._scheduler_lost(exc)
+
+    def status(self, status, info=None, exception=None):
+        if exception is None:
+            self._comp._status(status, info)
+        else:
+            self._comp._status_raw(DispycosStatus(status, info, exception))
+
+    def status_message(self, msg):
+        self._comp._status_raw(msg)
+
+    def allocate(self, info):
+        return self._comp._allocate(info)
+
+    def setup_names(self):
+        return self._comp._setup_names()
+
+    def close(self, terminate=False):
+        return self._comp.close(terminate=terminate)

@@ -4,6 +4,8 @@ Exceptions of dispycos. Every failure a Deferred of the public API reports is
 a L{DispycosError}.
 """
 
+import builtins
+
 
 class DispycosError(Exception):
     """Base class of every dispycos error."""
@@ -84,6 +86,10 @@ class MailboxFull(DispycosError):
 
 class SetupError(DispycosError):
     """C{node_setup} or C{server_setup} failed."""
+
+
+class TimeoutError(DispycosError, builtins.TimeoutError):
+    """A C{receive}, C{deliver} or C{result} did not complete in time."""
 
 
 class FileTransferError(DispycosError):

@@ -71,6 +71,7 @@ class IComputationEvents(Interface):
     components = Attribute("The pickled components (bytes; the scheduler passes them on unread).")
     files = Attribute("C{(name, path)} of the component files, streamed to every node.")
     status_task = Attribute("Where status messages go (a monitor may watch it).")
+    allocations = Attribute("True when the computation's allocations decide which nodes it uses (and how many servers).")
 
     def scheduling():
         """True while C{schedule()} waits to be answered."""

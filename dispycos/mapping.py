@@ -19,7 +19,8 @@ from twisted.logger import Logger
 from . import serialize
 from .errors import PicklingError
 from .status import Status, TaskInfo
-from .tasks import OK, RemoteTask, outcome_result
+from .outcomes import OK, outcome_result
+from .tasks import RemoteTask
 
 #: A group should take about this long on its server (seconds): long enough
 #: that the round trip between groups is a small part, short enough to
@@ -102,6 +103,7 @@ class MapRun:
         self.comp = comp
         self.runtime = comp.runtime
         self.scheduler = comp._scheduler
+        self.events = comp._events  # how the scheduler knows the computation
         self.ref, self.code = comp._function_ref(fn)
         self.name = getattr(fn, "__name__", "task")
         self.items = iter(iterable)
@@ -190,7 +192,7 @@ class MapRun:
     def _limit(self):
         if self.window is not None:
             return max(1, self.window)
-        servers = max(1, len(self.scheduler.servers_now(self.comp)))
+        servers = max(1, len(self.scheduler.servers_now(self.events)))
         return 4 * servers * self.sizer.size
 
     def _fill(self):
@@ -198,7 +200,7 @@ class MapRun:
         while (self.placing is None and not self.exhausted and self.failure is None and not self.closed
                and (self.collect or self._in_flight() < self._limit())):
             try:
-                placed = self.scheduler.place(self.comp, True, None)
+                placed = self.scheduler.place(self.events, True, None)
             except Exception as e:
                 self._fail(e)
                 return
@@ -223,7 +225,7 @@ class MapRun:
         size = self.sizer.size
         if self.total is not None:
             # Near the end, spread what is left over the servers.
-            servers = max(1, len(self.scheduler.servers_now(self.comp)))
+            servers = max(1, len(self.scheduler.servers_now(self.events)))
             size = max(1, min(size, -(-(self.total - self.next_index) // servers)))
         if not self.collect:
             size = min(size, max(1, self._limit() - self._in_flight()))

@@ -10,7 +10,7 @@ import os
 from twisted.internet import defer
 from twisted.internet.protocol import ProcessProtocol
 
-from .tasks import blocking_in_thread, oneway_in_thread
+from .reactorthread import blocking_in_thread, oneway_in_thread
 
 
 class Program(ProcessProtocol):

@@ -8,8 +8,10 @@ Clients and servers talk directly (no relay through the node or scheduler);
 small one-way messages are batched per connection.
 """
 
+import contextvars
 import itertools
 import tempfile
+import weakref
 from collections import OrderedDict
 
 from twisted.internet import defer
@@ -18,16 +20,17 @@ from twisted.logger import Logger
 
 from . import serialize
 from . import config
-from .errors import MailboxFull, PayloadTooLarge, ComputationClosed, ConnectionLostError, DispycosError, UnknownTaskError
+from .errors import (ComputationClosed, ConnectionLostError, DispycosError, FileTransferError, MailboxFull,
+                     PayloadTooLarge, UnknownTaskError)
 from .protocol import commands
 from .protocol.arguments import unpack_items
 from .status import Location
 from .streams import StreamingAMP, send_blob
 from .tls import connect as tls_connect
 from .tls import listen as tls_listen
+from .outcomes import ABANDONED, decode_outcome, decode_outcomes, encode_outcome, error_outcome, outcome_result
 from .protocol.transport import write_now
-from .tasks import (ABANDONED, decode_outcome, decode_outcomes, encode_outcome, error_outcome, outcome_result,
-                    set_reactor_thread, with_timeout)
+from .reactorthread import with_timeout
 
 #: How many finished tasks' outcomes a process keeps for C{WaitTask}.
 KEEP_FINISHED = 10000
@@ -38,27 +41,46 @@ INLINE_LIMIT = config.MaxInlineBytes - 4096
 #: The first id of tasks a process creates elsewhere (ids below are its own tasks').
 REMOTE_TIDS = 1 << 40
 
-_current = None
+#: Each reactor's runtime (a process normally has one reactor, and one runtime).
+_runtimes = weakref.WeakKeyDictionary()
+#: The runtime whose connection is being read: task references unpickled
+#: meanwhile belong to it.
+_reading = contextvars.ContextVar("dispycos_runtime", default=None)
+
+
+def runtime_for(reactor, create=False):
+    """C{reactor}'s runtime; with C{create}, one listening on loopback is made when there is none."""
+    runtime = _runtimes.get(reactor)
+    if runtime is None and create:
+        runtime = Runtime(reactor)
+        runtime.listen()
+        _runtimes[reactor] = runtime
+    return runtime
+
+
+def set_runtime(runtime):
+    """Install C{runtime} as its reactor's runtime (a server's, a scheduler's)."""
+    _runtimes[runtime.reactor] = runtime
+
+
+def forget_runtime(runtime):
+    """Stop handing out C{runtime} as its reactor's (the next one needed is a new one)."""
+    if _runtimes.get(runtime.reactor) is runtime:
+        del _runtimes[runtime.reactor]
 
 
 def current_runtime(create=True):
     """
-    This process's runtime; a client process gets one (listening on
-    loopback) the first time it is needed.
+    The runtime at hand: the one whose connection is being read, else the
+    global reactor's (the public API's default; a client process gets one,
+    listening on loopback, the first time it is needed).
     """
-    global _current
-    if _current is None and create:
-        from twisted.internet import reactor
+    runtime = _reading.get()
+    if runtime is not None:
+        return runtime
+    from twisted.internet import reactor  # the public API's default reactor
 
-        _current = Runtime(reactor)
-        _current.listen()
-    return _current
-
-
-def set_runtime(runtime):
-    """Install C{runtime} as this process's runtime (servers, tests)."""
-    global _current
-    _current = runtime
+    return runtime_for(reactor, create)
 
 
 class PeerAMP(StreamingAMP):
@@ -74,27 +96,49 @@ class PeerAMP(StreamingAMP):
         )
         self.runtime = runtime
         self.peer_loc = None
+        self.flush_group = runtime.queued
         #: Ids of code (L{commands.DefineCode}) sent on this connection.
         self.sent_codes = set()
 
     def authenticated_as_listener(self):
         self.runtime._accepted(self)
 
+    def ampBoxReceived(self, box):
+        token = _reading.set(self.runtime)
+        try:
+            super().ampBoxReceived(box)
+        finally:
+            _reading.reset(token)
+
     def connectionLost(self, reason):
         super().connectionLost(reason)
         self.runtime._lost(self)
 
+    # -- channels owned here -------------------------------------------------------
+
+    def _channel(self, name):
+        channel = self.runtime.channels.get(name)
+        if channel is None:
+            raise UnknownTaskError("no channel %r at %s" % (name, self.runtime.location))
+        return channel
+
     @commands.ChannelOp.responder
     def _channel_op(self, name, op, task):
-        from .channels import channel_op
-
-        return channel_op(self.runtime, name, op, task)
+        channel = self._channel(name)
+        if op == "lookup":
+            return {"count": len(channel.subscribers)}
+        ref = serialize.loads(task)
+        d = channel.subscribe(ref) if op == "subscribe" else channel.unsubscribe(ref)
+        return d.addCallback(lambda n: {"count": n})
 
     @commands.ChannelSend.responder
     def _channel_send(self, name, message, acked, n, timeout):
-        from .channels import channel_send
-
-        return channel_send(self.runtime, name, message, acked, n, timeout)
+        channel = self._channel(name)
+        msg = serialize.loads(message)
+        if not acked and not n:
+            channel.send(msg)
+            return {"count": len(channel.subscribers)}
+        return channel.deliver(msg, timeout, n).addCallback(lambda c: {"count": c})
 
     # -- tasks -------------------------------------------------------------------------
 
@@ -262,12 +306,13 @@ class Runtime:
 
     def __init__(self, reactor, host="127.0.0.1", port=0, announce=None, threadpool=None):
         self.reactor = reactor
-        set_reactor_thread()
         self.host = host
         self.port = port
         self.announce = announce
         self.location = None
         self.tasks = {}
+        #: Connections with one-way items queued (flushed together at the end of a read).
+        self.queued = set()
         self._tids = itertools.count(1)
         #: Ids of tasks this process creates elsewhere (disjoint from the local ones).
         self._remote_tids = itertools.count(REMOTE_TIDS)
@@ -287,7 +332,7 @@ class Runtime:
         self.remote_groups = {}
         self.executor = None
         self.lost_hooks = []
-        self.threadpool = threadpool if threadpool is not None else reactor.getThreadPool()
+        self._threadpool = threadpool
         self._listening = None
         #: Where incoming files land: dest ("client", "server", "node", "blob") → directory,
         #: or a callable (dest, computation) → directory.
@@ -302,10 +347,15 @@ class Runtime:
         #: peers_communicate may reach only their client.
         self.may_connect = None
 
+    @property
+    def threadpool(self):
+        """Where plain-function tasks run (the reactor's pool unless a server gave its own)."""
+        if self._threadpool is None:
+            self._threadpool = self.reactor.getThreadPool()
+        return self._threadpool
+
     def stream_root(self, dest, computation):
         """The directory for incoming stream C{dest} of C{computation}."""
-        from .errors import FileTransferError
-
         root = self.file_roots.get((dest, computation)) or self.file_roots.get(dest)
         if root is None and dest == "blob":
             root = tempfile.gettempdir()
@@ -392,10 +442,11 @@ class Runtime:
 
     def flush_links(self):
         """Write out what is queued on every connection now (before task code runs)."""
+        for proto in list(self.queued):
+            proto.flush()
         for link in self.links.values():
             proto = link.proto
             if proto is not None and proto.connected:
-                proto.flush()
                 write_now(proto.transport)
 
     def _keep_finished(self, tid, outcome, size):

@@ -10,12 +10,15 @@ import pickle
 
 from twisted.internet import defer, task
 from twisted.logger import Logger
+from zope.interface import implementer
 
 from . import config
 from .errors import ComputationClosed, ConnectionLostError, DispycosError, ScheduleError
 from .protocol import auth, commands
 from .protocol.arguments import unpack_items
+from .interfaces import IScheduler
 from .protocol.base import DispycosAMP
+from .runtime import runtime_for
 from .tls import connect as tls_connect
 from .streams import send_file
 from .status import DispycosNodeAvailInfo, DispycosNodeInfo, DispycosStatus, Location, Status
@@ -42,7 +45,7 @@ class _SchedulerProtocol(DispycosAMP):
             return {"cpus": 0}
         info = DispycosNodeInfo(node["name"], node["addr"], node["cpus"], node["platform"],
                                 DispycosNodeAvailInfo(None, memory=node.get("memory"), disk=node.get("disk")))
-        return {"cpus": int(comp._allocate(info))}
+        return {"cpus": int(comp.allocate(info))}
 
     @commands.StatusBatch.responder
     def _statuses(self, batch):
@@ -61,6 +64,7 @@ class Placed:
         self.node_addr = node_addr
 
 
+@implementer(IScheduler)
 class RemoteScheduler:
     """A shared scheduler at C{location}, for one computation."""
 
@@ -68,14 +72,13 @@ class RemoteScheduler:
 
     def __init__(self, location, secret, reactor=None, tls=None):
         if reactor is None:
-            from twisted.internet import reactor
-        from .runtime import current_runtime
-
+            from twisted.internet import reactor  # the public API's default
         self.reactor = reactor
         self.location = location
         self.key = auth.key_from_secret(secret)
         self.tls = tls
-        self.runtime = current_runtime()
+        self.runtime = runtime_for(reactor, create=True)
+        self.dest_path = None
         self.proto = None
         self.comp = None
         self._servers = set()
@@ -103,13 +106,13 @@ class RemoteScheduler:
             self._report = "scheduler %s refused: %s" % (self.location, e)
             raise ScheduleError("the scheduler at %s refused this client: %s" % (self.location, e))
         self.proto = proto
-        node_setup, server_setup = comp._setup_names()
+        node_setup, server_setup = comp.setup_names()
         options = {"pulse_interval": comp.pulse_interval, "client": str(self.runtime.location),
-                   "allocations": bool(comp.node_allocations), "node_setup": node_setup,
+                   "allocations": comp.allocations, "node_setup": node_setup,
                    "server_setup": server_setup, "disable_nodes": bool(comp.disable_nodes),
                    "disable_servers": bool(comp.disable_servers)}
-        files = [(name, path, os.path.getsize(path)) for name, path in comp._files]
-        r = yield proto.callRemote(commands.Submit, components=comp._components_blob,
+        files = [(name, path, os.path.getsize(path)) for name, path in comp.files]
+        r = yield proto.callRemote(commands.Submit, components=comp.components,
                                    files=[[name, size] for name, _, size in files], options=options)
         comp.id = r["computation"]
         # The component files go to the scheduler (it passes them on to nodes), then the computation queues.
@@ -146,7 +149,7 @@ class RemoteScheduler:
             self._pulser.stop()
         comp = self.comp
         if comp is not None:
-            comp._scheduler_lost(ConnectionLostError("connection to the scheduler at %s lost" % (self.location,)))
+            comp.scheduler_lost(ConnectionLostError("connection to the scheduler at %s lost" % (self.location,)))
 
     def _call(self, command, **kw):
         if self.proto is None:
@@ -163,13 +166,13 @@ class RemoteScheduler:
             comp.key = key
             self.runtime.keys[comp.id] = key
             self._report = "active at scheduler %s" % (self.location,)
-            comp._activated()
+            comp.activated()
         elif event == "ready":
-            comp._server_ready()
+            comp.server_ready()
         elif event == "failed":
-            comp._schedule_failed(ScheduleError(reason))
+            comp.schedule_failed(ScheduleError(reason))
         elif event == "closed":
-            comp._closed_by_scheduler(reason)
+            comp.closed_by_scheduler(reason)
 
     def _status(self, msg):
         comp = self.comp
@@ -184,7 +187,7 @@ class RemoteScheduler:
             self.runtime._abandon_at(msg.info, "server %s %s" % (msg.info, msg.status.name))
             if msg.status != Status.ServerClosed:
                 self.runtime.drop(msg.info)
-        comp._status_raw(msg)
+        comp.status_message(msg)
 
     # -- what the computation asks --------------------------------------------------------
 
@@ -199,6 +202,10 @@ class RemoteScheduler:
             return Placed(loc, r["node"])
 
         return d.addCallback(placed)
+
+    def held_node_link(self, comp, where):
+        """Files for a held node go through a shared scheduler's own link: not from here."""
+        return None
 
     def servers_now(self, comp):
         """The servers of the computation (as its status messages told)."""

@@ -9,11 +9,14 @@ scheduler program wraps the same logic for remote clients.
 
 import copy
 import os
+import socket
 import uuid
+import weakref
 from collections import deque
 
-from twisted.internet import defer, error
+from twisted.internet import defer, error, task
 from twisted.logger import Logger
+from zope.interface import implementer
 
 from . import config
 from .errors import (AuthenticationError, ComputationClosed, ConnectionLostError, DispycosError, FileTransferError,
@@ -22,6 +25,9 @@ from .protocol import auth, commands
 from .protocol.base import DispycosAMP
 from .tls import TLS
 from .tls import connect as tls_connect
+from .discovery import Discovery
+from .interfaces import IScheduler
+from .runtime import Runtime, runtime_for, set_runtime
 from .status import DispycosNodeAvailInfo, DispycosNodeInfo, DispycosStatus, Location, Status
 from .streams import send_file
 from .paths import read_secret_file  # (kept importable from here)
@@ -135,8 +141,6 @@ class NodeLink:
     # -- heartbeat -------------------------------------------------------------
 
     def _start_pulses(self, now=False):
-        from twisted.internet import task
-
         self._stop_pulses()
         self._pulser = task.LoopingCall(self._pulse)
         self._pulser.clock = self.scheduler.reactor
@@ -176,7 +180,7 @@ class NodeLink:
             self.info.avail_info = avail
         comp = self.computation
         if comp is not None and comp is self.scheduler.active:
-            comp._status_raw(avail)
+            comp.status_message(avail)
 
     def _failed(self, proto, f):
         if proto.transport is not None and proto.connected:
@@ -236,8 +240,6 @@ def _local_address_for(nodes):
     The address of this host on the way to the first non-loopback node in
     C{nodes} (no packet is sent), or loopback.
     """
-    import socket
-
     for entry in nodes:
         try:
             loc = Location.parse(entry, config.NodePort)
@@ -266,6 +268,16 @@ class _Placement:
         self.deferred = deferred
 
 
+#: The private scheduler of each reactor (what Computation.schedule() uses by default).
+_private = weakref.WeakKeyDictionary()
+
+
+def private_scheduler(reactor):
+    """The private L{Scheduler} running on C{reactor}, or None."""
+    return _private.get(reactor)
+
+
+@implementer(IScheduler)
 class Scheduler:
     """
     A private scheduler in this process, on the running reactor. It takes
@@ -291,7 +303,6 @@ class Scheduler:
     """
 
     log = Logger()
-    _instance = None
 
     def __init__(self, nodes=(), secret="", ip_addr=None, reactor=None, private=True, udp_port=config.SchedulerPort,
                  node_port=config.NodePort, discover=True, certfile=None, keyfile=None, cafile=None, tcp_port=0,
@@ -314,11 +325,9 @@ class Scheduler:
         self.default_pulse_interval = pulse_interval
         self.key = auth.key_from_secret(secret)
         self.tls = TLS(certfile, keyfile, cafile)
-        from .runtime import Runtime, current_runtime, set_runtime
-
         if ip_addr is None:
             ip_addr = _local_address_for(nodes)
-        runtime = current_runtime(create=False)
+        runtime = runtime_for(reactor)
         if runtime is None:
             runtime = Runtime(reactor, host=ip_addr if private else "127.0.0.1", port=tcp_port if private else 0,
                               announce=ext_ip_addr if private else None)
@@ -348,8 +357,6 @@ class Scheduler:
         self.advertise = None  # (host, port) a shared scheduler tells clients looking for one
         self.discovery = None
         if discover:
-            from .discovery import Discovery
-
             self.discovery = Discovery(reactor, [ip_addr if ip_addr is not None else "127.0.0.1"], udp_port, self.key, self._discovered)
             self.discovery.start()
         for entry in nodes:
@@ -357,7 +364,7 @@ class Scheduler:
         self.probe()
         runtime.lost_hooks.append(self._connection_lost)
         if private:
-            Scheduler._instance = self
+            _private[reactor] = self
 
     def pulse_interval(self):
         """The heartbeat interval: the active computation's, else the default."""
@@ -424,7 +431,7 @@ class Scheduler:
         or was left out by the allocations (a node not listening yet is still
         tried, and so is one that only declined for now).
         """
-        if comp._pending_schedule is None or any(e.ready for e in self.servers):
+        if not comp.scheduling() or any(e.ready for e in self.servers):
             return
         links = list(self.links.values())
 
@@ -434,7 +441,7 @@ class Scheduler:
         if links and all(failed(l) or l.ignored_by is comp for l in links) and any(map(failed, links)):
             why = "; ".join("%s: %s" % (l.location, self._why(l, comp)) for l in links)
             head = "every node refused" if all(l.state == "refused" for l in links) else "no server can become ready"
-            comp._schedule_failed(ScheduleError("%s: %s" % (head, why)))
+            comp.schedule_failed(ScheduleError("%s: %s" % (head, why)))
 
     @staticmethod
     def _why(link, comp):
@@ -473,7 +480,7 @@ class Scheduler:
         for entry in entries:
             self._forget_server(entry, server_status)
         if comp is not None and was_reserved:
-            comp._status(node_status, link.info)
+            comp.status(node_status, link.info)
         for entry in entries:
             self.runtime._abandon_at(entry.location, why)
             self.runtime.drop(entry.location)
@@ -492,7 +499,7 @@ class Scheduler:
         link.computation = comp
         link._start_pulses(now=True)  # at the computation's pulse interval
         try:
-            cpus = yield defer.maybeDeferred(comp._allocate, link.info)
+            cpus = yield defer.maybeDeferred(comp.allocate, link.info)
         except Exception as e:
             self.log.warn("allocation for node {loc} failed: {e}", loc=link.location, e=e)
             cpus = 0
@@ -518,9 +525,9 @@ class Scheduler:
         link.declined = None
         if comp.disable_nodes:
             link.held = (comp, cpus)  # until enable_node(ip, *args), which the status may call
-            comp._status(Status.NodeDiscovered, link.info)
+            comp.status(Status.NodeDiscovered, link.info)
             return
-        comp._status(Status.NodeDiscovered, link.info)
+        comp.status(Status.NodeDiscovered, link.info)
         yield self._setup_node(link, comp, cpus, None)
 
     def _declined(self, link, comp, exc):
@@ -535,7 +542,7 @@ class Scheduler:
     @defer.inlineCallbacks
     def _prepare(self, link, comp):
         """Hold the node for C{comp} and stream its component files into the node directory."""
-        files = [(name, path, os.path.getsize(path)) for name, path in comp._files]
+        files = [(name, path, os.path.getsize(path)) for name, path in comp.files]
         yield link.call(commands.Prepare, computation=comp.id, files=[[name, size] for name, _, size in files])
         for name, path, _ in files:
             subdir, base = os.path.split(name)
@@ -546,17 +553,17 @@ class Scheduler:
     @defer.inlineCallbacks
     def _setup_node(self, link, comp, cpus, setup_args):
         link.held = None
-        node_setup, server_setup = comp._setup_names()
+        node_setup, server_setup = comp.setup_names()
         try:
             r = yield link.call(
                 commands.Reserve, computation=comp.id, key=comp.key, cpus=cpus,
-                components=comp._components_blob,
+                components=comp.components,
                 client=str(self.runtime.location), node_setup=node_setup, server_setup=server_setup,
                 setup_args=setup_args, disable_servers=bool(comp.disable_servers),
             )
         except SetupError as e:
             if comp is self.active:
-                comp._status_raw(DispycosStatus(Status.NodeClosed, link.info, exception=e))
+                comp.status_message(DispycosStatus(Status.NodeClosed, link.info, exception=e))
                 self._node_failed(link, comp, e)
             return
         except Exception as e:
@@ -566,7 +573,7 @@ class Scheduler:
             return
         info = copy.copy(link.info)
         info.cpus = len(r["servers"])
-        comp._status(Status.NodeInitialized, info)
+        comp.status(Status.NodeInitialized, info)
         self._add_servers(link, comp, [(s["index"], Location.parse(s["location"], 0), s.get("ready", True), s.get("error"))
                                        for s in r["servers"]])
 
@@ -592,13 +599,13 @@ class Scheduler:
             self.servers.append(entry)
             self.runtime.computation_of[location] = comp.id
         for entry, failure in entries:
-            comp._status(Status.ServerDiscovered, entry.location)
+            comp.status(Status.ServerDiscovered, entry.location)
             if failure:
-                comp._status_raw(DispycosStatus(Status.ServerClosed, entry.location, exception=SetupError(failure)))
+                comp.status_message(DispycosStatus(Status.ServerClosed, entry.location, exception=SetupError(failure)))
             elif entry.ready:
-                comp._status(Status.ServerInitialized, entry.location)
+                comp.status(Status.ServerInitialized, entry.location)
         if any(e.ready for e, failure in entries if not failure):
-            comp._server_ready()
+            comp.server_ready()
         self._dispatch()
 
     def _forget_server(self, entry, status):
@@ -606,7 +613,7 @@ class Scheduler:
             self.servers.remove(entry)
         entry.ready = False
         if self.active is not None:
-            self.active._status(status, entry.location)
+            self.active.status(status, entry.location)
 
     def _remove_server(self, entry, status, why):
         self._forget_server(entry, status)
@@ -635,7 +642,7 @@ class Scheduler:
             link.ignored_by = comp
             for entry in entries:
                 self._forget_server(entry, Status.ServerClosed)
-            comp._status(Status.NodeClosed, link.info)
+            comp.status(Status.NodeClosed, link.info)
             self._fail_if_no_servers()
 
     def _connection_lost(self, location):
@@ -697,7 +704,7 @@ class Scheduler:
             return
         comp = self.active = self.queue.popleft()
         self.runtime.keys[comp.id] = comp.key
-        comp._activated()
+        comp.activated()
         self.probe()
         for link in self.links.values():
             if link.state == "connected":
@@ -723,13 +730,20 @@ class Scheduler:
                     self._remove_server(entry, Status.ServerClosed, "computation closed")
                 link.servers.clear()
                 link.computation = None
-                comp._status(Status.NodeClosed, link.info)
+                comp.status(Status.NodeClosed, link.info)
         self.servers = []
         self.runtime.keys.pop(comp.id, None)
         self.active = None
         self._next()
 
     # -- control ------------------------------------------------------------------
+
+    def held_node_link(self, comp, where):
+        """The connection to node C{where}, held for C{comp} but without servers yet (or None)."""
+        for link in self._links_at(comp, where):
+            if link.proto is not None and link.proto.connected:
+                return link.proto
+        return None
 
     def _links_at(self, comp, where):
         where = str(where)
@@ -782,8 +796,8 @@ class Scheduler:
                 return
             yield link.call(commands.EnableServer, computation=comp.id, index=entry.index, args=args)
             entry.ready = True
-            comp._status(Status.ServerInitialized, entry.location)
-            comp._server_ready()
+            comp.status(Status.ServerInitialized, entry.location)
+            comp.server_ready()
         elif action in ("suspend_server", "resume_server"):
             self._suspend_server(entry, comp, action == "suspend_server")
         elif action == "close_server":
@@ -797,13 +811,13 @@ class Scheduler:
         if link.suspended == suspend:
             return
         link.suspended = suspend
-        comp._status(Status.NodeSuspended if suspend else Status.NodeResumed, link.info)
+        comp.status(Status.NodeSuspended if suspend else Status.NodeResumed, link.info)
 
     def _suspend_server(self, entry, comp, suspend):
         if entry.suspended == suspend:
             return
         entry.suspended = suspend
-        comp._status(Status.ServerSuspended if suspend else Status.ServerResumed, entry.location)
+        comp.status(Status.ServerSuspended if suspend else Status.ServerResumed, entry.location)
         link = entry.node
         others = [e for e in link.servers.values() if e.ready]
         if suspend and others and all(e.suspended for e in others):
@@ -935,7 +949,7 @@ class Scheduler:
         """Close every computation and disconnect from the nodes."""
         self.closed = True
         while self.queue:
-            self.queue.popleft()._schedule_failed(ScheduleError("scheduler closed"))
+            self.queue.popleft().schedule_failed(ScheduleError("scheduler closed"))
         if self.active is not None:
             yield self.active.close(terminate=True)
         for link in self.links.values():
@@ -944,8 +958,8 @@ class Scheduler:
             self.discovery.stop()
         if self._connection_lost in self.runtime.lost_hooks:
             self.runtime.lost_hooks.remove(self._connection_lost)
-        if Scheduler._instance is self:
-            Scheduler._instance = None
+        if _private.get(self.reactor) is self:
+            del _private[self.reactor]
 
 
 # Status codes as class attributes, as in pycos programs (msg.status == Scheduler.ComputationClosed).

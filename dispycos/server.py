@@ -27,7 +27,9 @@ from .errors import DispycosError, SetupError
 from .protocol import commands
 from .status import Location
 from .taskrunner import ServerGroup, Starter, resolve_function
-from .tasks import Task, _plain, error_outcome
+from .outcomes import error_outcome, plain_outcome
+from .reactorthread import in_worker_thread
+from .tasks import Task
 
 _FD_IN, _FD_OUT = 3, 4
 
@@ -223,8 +225,6 @@ class Server:
         self._close_request(True, terminate, False)
 
     def _close_request(self, node, terminate, restart):
-        from .tasks import in_worker_thread
-
         call = lambda: self.control.callRemote(commands.CloseRequest, node=node, terminate=terminate, restart=restart)
         if in_worker_thread():
             self.reactor.callFromThread(call)
@@ -262,7 +262,7 @@ class Server:
         except Exception as e:
             self.runtime.log.warn("group {tid} from {peer} not created: {e}", tid=tid, peer=proto._peer(), e=e)
             # One error for every task of the group (pickled once: the same object).
-            failed = _plain(error_outcome(e, ""))
+            failed = plain_outcome(error_outcome(e, ""))
             proto.queue_call(commands.GroupEnded, task=tid, start=0,
                              outcomes=serialize.dumps([failed] * count, "outcomes"))
             return

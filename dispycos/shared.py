@@ -15,9 +15,11 @@ from twisted.application import service
 from twisted.internet import defer, task
 from twisted.internet.protocol import Factory
 from twisted.logger import Logger
+from zope.interface import implementer
 
 from . import config, paths
 from .errors import ComputationClosed, DispycosError, FileTransferError
+from .interfaces import IComputationEvents
 from .protocol import auth, commands
 from .protocol.arguments import unpack_items
 from .protocol.base import DispycosAMP
@@ -27,6 +29,7 @@ from .tls import listen as tls_listen
 from .status import DispycosStatus, Location
 
 
+@implementer(IComputationEvents)
 class RemoteComputation:
     """
     The scheduler's stand-in for a computation whose client is elsewhere.
@@ -39,10 +42,10 @@ class RemoteComputation:
     def __init__(self, channel, components, files, options):
         svc = channel.service
         self.channel = channel
-        self._components_blob = components
+        self.components = components
         self.id = uuid.uuid4().hex
         self.files_dir = os.path.join(svc.dest_path, "computation-%s" % self.id)
-        self._files = []
+        self.files = []
         self._sizes = {}
         for item in files or ():
             try:
@@ -53,19 +56,19 @@ class RemoteComputation:
             if svc.max_file_size and size > svc.max_file_size:
                 raise FileTransferError("component file %s is %d bytes, over the scheduler's --max_file_size "
                                         "of %d bytes" % (name, size, svc.max_file_size))
-            self._files.append((name, path))
+            self.files.append((name, path))
             self._sizes[name] = size
         self.pulse_interval = min(max(float(options.get("pulse_interval", 10)), config.MinPulseInterval),
                                   config.MaxPulseInterval)
         self.client = options.get("client", "")
-        self.has_allocations = bool(options.get("allocations"))
+        self.allocations = bool(options.get("allocations"))
         self.node_setup = options.get("node_setup")
         self.server_setup = options.get("server_setup")
         self.disable_nodes = bool(options.get("disable_nodes"))
         self.disable_servers = bool(options.get("disable_servers"))
         self.key = None
         self.queued = False
-        self._pending_schedule = True
+        self._scheduling = True
         self.closed = False
         self.status_task = None
         self.last_seen = channel.reactor.seconds()
@@ -74,10 +77,15 @@ class RemoteComputation:
         if self.channel.connected:
             self.channel.callRemote(commands.ComputationEvent, computation=self.id, event=event, key=key, reason=reason)
 
-    def _status(self, status, info=None):
-        self._status_raw(DispycosStatus(status, info))
+    # -- IComputationEvents ----------------------------------------------------------
 
-    def _status_raw(self, msg):
+    def scheduling(self):
+        return self._scheduling
+
+    def status(self, status, info=None, exception=None):
+        self.status_message(DispycosStatus(status, info, exception))
+
+    def status_message(self, msg):
         if self.status_task is not None:  # the scheduler's monitor
             try:
                 self.status_task(msg)
@@ -102,11 +110,11 @@ class RemoteComputation:
     def resume_server(self, location):
         return self._control("resume_server", location)
 
-    def _setup_names(self):
+    def setup_names(self):
         return self.node_setup, self.server_setup
 
-    def _allocate(self, info):
-        if not self.has_allocations:
+    def allocate(self, info):
+        if not self.allocations:
             return info.cpus
         avail = info.avail_info
         node = {"addr": info.addr, "name": info.name, "platform": info.platform, "cpus": info.cpus,
@@ -114,28 +122,34 @@ class RemoteComputation:
         d = self.channel.callRemote(commands.AllocateNode, computation=self.id, node=node)
         return d.addCallback(lambda r: min(r["cpus"], info.cpus))
 
-    def _activated(self):
+    def activated(self):
         self._send("active", key=self.key)
         monitor = self.channel.service.monitor
         if monitor is not None:
             monitor.attach(self)
         if self.disable_nodes or self.disable_servers:
-            self._server_ready()
+            self.server_ready()
 
-    def _server_ready(self):
-        if self._pending_schedule:
-            self._pending_schedule = False
+    def server_ready(self):
+        if self._scheduling:
+            self._scheduling = False
             self.channel.reactor.callLater(0, self._send, "ready")
 
-    def _schedule_failed(self, exc):
-        if self._pending_schedule:
-            self._pending_schedule = False
+    def schedule_failed(self, exc):
+        if self._scheduling:
+            self._scheduling = False
             self._send("failed", reason=str(exc))
             self.channel.service.scheduler.release(self)
 
+    def closed_by_scheduler(self, reason):
+        self.close(reason=reason)
+
+    def scheduler_lost(self, exc):
+        pass  # the scheduler is this process
+
     def check_files(self):
         """Every announced component file arrived whole (L{FileTransferError} otherwise)."""
-        for name, path in self._files:
+        for name, path in self.files:
             try:
                 size = os.path.getsize(path)
             except OSError:

@@ -22,7 +22,10 @@ from twisted.python.failure import Failure
 
 from . import serialize
 from .protocol import commands
-from .tasks import OK, TERMINATED, Task, TaskTerminated, _async_raise, _Runner, _wants_task, encode_outcomes, error_outcome
+from .runtime import INLINE_LIMIT
+from .errors import TaskTerminated
+from .outcomes import OK, TERMINATED, encode_outcome, encode_outcomes, error_outcome
+from .tasks import Task, _async_raise, _Runner, _wants_task
 
 #: Seconds of task starts (of tasks that end at once) in one reactor turn.
 SLICE = 0.005
@@ -265,8 +268,6 @@ class ServerGroup:
             self.outcomes[i] = None  # sent: let the values go
 
     def _send(self, start, outcomes):
-        from .runtime import INLINE_LIMIT
-
         blob = encode_outcomes(outcomes)
         if len(blob) <= INLINE_LIMIT:
             self.proto.queue_call(commands.GroupEnded, task=self.tid, start=start, outcomes=blob)
@@ -275,8 +276,6 @@ class ServerGroup:
             self._send(start, outcomes[:half])
             self._send(start + half, outcomes[half:])
         else:  # one large result: streamed, as a task's own
-            from .tasks import encode_outcome
-
             self.runtime.send_outcome(self.proto, self.tid + start, encode_outcome(outcomes[0]))
 
     def _finish(self):

@@ -5,193 +5,40 @@ processes (L{TaskRef}, L{RemoteTask}), and the runner that drives pycos-style
 generator functions, C{async def} coroutines and plain functions.
 """
 
-import builtins
 import ctypes
-import functools
 import inspect
 import threading
 import time
-import traceback
 from collections import deque
 
 from twisted.internet import defer, threads
+from twisted.internet.task import deferLater
 from twisted.logger import Logger
 from twisted.python.failure import Failure
 
-from . import config, serialize
-from .errors import (
-    MailboxFull,
-    DispycosError,
-    PicklingError,
-    RemoteTaskError,
-    TaskAbandoned,
-    TaskTerminated,
-)
+from . import config
+from .channels import ChannelRef
+from .errors import ConnectionLostError, MailboxFull, TaskTerminated, TimeoutError, UnknownTaskError
+from .outcomes import (ABANDONED, ERROR, OK, TERMINATED, decode_outcome, decode_outcomes, encode_outcome,
+                       encode_outcomes, error_outcome, outcome_result, plain_outcome)
+from .programs import start_program
+from .reactorthread import blocking_in_thread, in_worker_thread, oneway_in_thread, with_timeout
+from .runtime import current_runtime
 from .status import Location
+from .streams import send_file
 
 log = Logger()
 
-
-class TimeoutError(DispycosError, builtins.TimeoutError):
-    """A C{receive}, C{deliver} or C{result} did not complete in time."""
-
-
-# -- outcomes ---------------------------------------------------------------
-
-OK, ERROR, TERMINATED, ABANDONED = "ok", "error", "terminated", "abandoned"
-
-
-def error_outcome(exc, tb_text=None):
-    """An outcome describing exception C{exc}."""
-    if tb_text is None:
-        tb_text = "".join(traceback.format_exception(type(exc), exc, exc.__traceback__))
-    return (ERROR, (type(exc).__name__, str(exc), tb_text, exc))
-
-
-def _plain(outcome):
-    """An outcome as it travels: an error's exception pickled apart (None when it cannot be)."""
-    kind, value = outcome
-    if kind != ERROR:
-        return outcome
-    name, text, tb_text, exc = value
-    try:
-        exc_blob = serialize.dumps(exc)
-        serialize.loads(exc_blob)
-    except Exception:
-        exc_blob = None
-    return (ERROR, (name, text, tb_text, exc_blob))
-
-
-def encode_outcome(outcome):
-    """Pickle an outcome; a result or exception that cannot be pickled becomes an error."""
-    try:
-        return serialize.dumps(_plain(outcome), "task result")
-    except PicklingError as e:
-        return serialize.dumps(_plain(error_outcome(e)))
-
-
-def _decoded(outcome):
-    kind, value = outcome
-    if kind == ERROR:
-        name, text, tb_text, exc_blob = value
-        exc = None
-        if exc_blob is not None:
-            try:
-                exc = serialize.loads(exc_blob)
-            except Exception:
-                exc = None
-        return (kind, (name, text, tb_text, exc))
-    return outcome
-
-
-def decode_outcome(blob):
-    """Inverse of L{encode_outcome} (the exception is unpickled when possible)."""
-    return _decoded(serialize.loads(blob))
-
-
-def encode_outcomes(outcomes):
-    """Pickle a list of outcomes (of a group's tasks) in one go; what cannot be pickled becomes an error."""
-    plain = [_plain(o) for o in outcomes]
-    try:
-        return serialize.dumps(plain, "task results")
-    except PicklingError:
-        return serialize.dumps([serialize.loads(encode_outcome(o)) for o in outcomes], "task results")
-
-
-def decode_outcomes(blob):
-    """Inverse of L{encode_outcomes}."""
-    return [_decoded(o) for o in serialize.loads(blob)]
-
-
-def outcome_result(outcome, task=None):
-    """The value of an outcome, or the L{DispycosError} it stands for."""
-    kind, value = outcome
-    if kind == OK:
-        return value
-    if kind == ERROR:
-        name, text, tb_text, exc = value
-        return Failure(RemoteTaskError(name, text, tb_text, exc, task))
-    if kind == TERMINATED:
-        return Failure(TaskTerminated("task %s was terminated" % (task,), task))
-    return Failure(TaskAbandoned("task %s was abandoned (%s)" % (task, value or "server lost"), task))
+__all__ = ["Task", "TaskRef", "RemoteTask", "TimeoutError", "OK", "ERROR", "TERMINATED", "ABANDONED",
+           "decode_outcome", "decode_outcomes", "encode_outcome", "encode_outcomes", "error_outcome",
+           "outcome_result", "plain_outcome", "blocking_in_thread", "oneway_in_thread", "in_worker_thread",
+           "with_timeout"]
 
 
 #: C{receive(alarm_value=...)} not given.
 _NO_ALARM = object()
 #: Nothing yielded yet (L{_Runner.go_on}).
 _NOTHING = object()
-
-
-# -- thread awareness ------------------------------------------------------
-
-
-def _reactor():
-    from twisted.internet import reactor
-
-    return reactor
-
-
-_reactor_thread = [None]
-
-
-def set_reactor_thread():
-    """Record the calling thread as the reactor's (the runtime does this)."""
-    _reactor_thread[0] = threading.get_ident()
-
-
-def in_worker_thread():
-    """True in a thread other than the reactor's while the reactor runs."""
-    main = _reactor_thread[0]
-    return main is not None and threading.get_ident() != main and _reactor().running
-
-
-def blocking_in_thread(method):
-    """
-    Decorate a Deferred-returning method so that, called from a worker
-    thread (a plain-function task), it blocks and returns the value.
-    """
-
-    @functools.wraps(method)
-    def wrapper(*args, **kwargs):
-        if not in_worker_thread():
-            return method(*args, **kwargs)
-        return threads.blockingCallFromThread(_reactor(), method, *args, **kwargs)
-
-    return wrapper
-
-
-def oneway_in_thread(method):
-    """Decorate a method returning None so worker threads hand it to the reactor."""
-
-    @functools.wraps(method)
-    def wrapper(*args, **kwargs):
-        if not in_worker_thread():
-            return method(*args, **kwargs)
-        _reactor().callFromThread(method, *args, **kwargs)
-
-    return wrapper
-
-
-def with_timeout(d, timeout, reactor, what):
-    """Errback C{d} with L{TimeoutError} after C{timeout} seconds (None: never)."""
-    if timeout is None:
-        return d
-    timed_out = []
-
-    def expire():
-        timed_out.append(True)
-        d.cancel()
-
-    call = reactor.callLater(timeout, expire)
-
-    def done(result):
-        if call.active():
-            call.cancel()
-        if timed_out and isinstance(result, Failure) and result.check(defer.CancelledError):
-            raise TimeoutError("%s timed out after %s s" % (what, timeout))
-        return result
-
-    return d.addBoth(done)
 
 
 # -- the runner ---------------------------------------------------------------
@@ -307,15 +154,14 @@ def _async_raise(thread_id, exc_type):
 
 
 def _rebuild_ref(addr, port, tid, name):
-    from .runtime import current_runtime
-
+    # The runtime at hand: the one whose connection is being read (see runtime.current_runtime).
     runtime = current_runtime(create=False)
     location = Location(addr, port)
     if runtime is not None and runtime.location == location:
         task = runtime.tasks.get(tid)
         if task is not None:
             return task
-    return TaskRef(location, tid, name)
+    return TaskRef(location, tid, name, runtime)
 
 
 class _TaskAPI:
@@ -353,15 +199,18 @@ class TaskRef(_TaskAPI):
     so it can be passed in arguments and messages.
     """
 
-    def __init__(self, location, tid, name=""):
+    def __init__(self, location, tid, name="", runtime=None):
         self.location = location
         self.tid = tid
         self.name = name
+        self._rt = runtime
 
     def _runtime(self):
-        from .runtime import current_runtime
+        return self._rt or current_runtime()
 
-        return current_runtime()
+    @property
+    def reactor(self):
+        return self._runtime().reactor
 
     def send(self, msg):
         """
@@ -371,12 +220,12 @@ class TaskRef(_TaskAPI):
         connection is backed up.
         """
         runtime = self._runtime()
-        if not in_worker_thread():
+        if not in_worker_thread(runtime.reactor):
             runtime.send(self, msg)
             return
-        _reactor().callFromThread(runtime.send, self, msg)
+        runtime.reactor.callFromThread(runtime.send, self, msg)
         if runtime.backed_up(self.location):
-            threads.blockingCallFromThread(_reactor(), runtime.drain, self)
+            threads.blockingCallFromThread(runtime.reactor, runtime.drain, self)
 
     @blocking_in_thread
     def drain(self):
@@ -406,7 +255,7 @@ class RemoteTask(TaskRef):
     """
 
     def __init__(self, location, tid, name="", computation=None, info=None):
-        super().__init__(location, tid, name)
+        super().__init__(location, tid, name, computation.runtime if computation is not None else None)
         self.computation = computation
         self.info = info
         self.outcome = None
@@ -474,8 +323,6 @@ class Task(_TaskAPI):
     """
 
     def __init__(self, fn, *args, **kwargs):
-        from .runtime import current_runtime
-
         self._setup(current_runtime(), fn, args, kwargs)
         self._start()
 
@@ -612,11 +459,9 @@ class Task(_TaskAPI):
         """
         Deferred firing after C{seconds}; from a worker thread it sleeps.
         """
-        if in_worker_thread():
+        if in_worker_thread(self.reactor):
             time.sleep(seconds)
             return None
-        from twisted.internet.task import deferLater
-
         return deferLater(self.reactor, seconds, lambda: None)
 
     def run_program(self, args, cwd=None, env=None):
@@ -625,9 +470,7 @@ class Task(_TaskAPI):
         component file is in C{..}) with pipes to its stdin and stdout; returns
         a L{dispycos.programs.Program}.
         """
-        from .programs import start_program
-
-        if in_worker_thread():
+        if in_worker_thread(self.reactor):
             return threads.blockingCallFromThread(self.reactor, start_program, self.reactor, args, cwd, env)
         return start_program(self.reactor, args, cwd, env)
 
@@ -637,14 +480,10 @@ class Task(_TaskAPI):
         Deferred firing with the client's channel C{name} (a reference), or
         errbacking if the client has none.
         """
-        from .channels import ChannelRef
-
         if name in self._rt.channels:
             return defer.succeed(self._rt.channels[name])
         creator = getattr(self, "_creator", None)
         if creator is None or creator.peer_loc is None:
-            from .errors import UnknownTaskError
-
             return defer.fail(UnknownTaskError("no channel %r here" % (name,)))
         ref = ChannelRef(creator.peer_loc, name)
         return ref._op("lookup").addCallback(lambda _: ref)
@@ -659,15 +498,11 @@ class Task(_TaskAPI):
         return defer.ensureDeferred(self._send_file(path, to, dir, overwrite))
 
     async def _send_file(self, path, to, dir, overwrite):
-        from .streams import send_file
-
         creator = getattr(self, "_creator", None)
         client = creator.peer_loc if creator is not None else None
         where = to.location if isinstance(to, _TaskAPI) else to
         if where is None or where == client:
             if creator is None or not creator.connected:
-                from .errors import ConnectionLostError
-
                 raise ConnectionLostError("the client of task %s is not connected" % (self,))
             proto, dest = creator, "client"
         else:
@@ -702,8 +537,6 @@ class Task(_TaskAPI):
     @blocking_in_thread
     def deliver(self, msg, timeout=None):
         """Deferred firing with 1 once C{msg} is in the mailbox."""
-        from .errors import UnknownTaskError
-
         if self._put(msg):
             return defer.succeed(1)
         return defer.fail(UnknownTaskError("task %s has ended" % (self,)))

@@ -22,7 +22,7 @@ from .conftest import NodeProcess, env_for_children
 def fresh_runtime():
     """A client process is all-TLS or not: give the next tests a plain one again."""
     yield
-    from dispycos.runtime import current_runtime, set_runtime
+    from dispycos.runtime import current_runtime, forget_runtime
 
     runtime = current_runtime(create=False)
     if runtime is not None and runtime.tls is not None:
@@ -30,7 +30,7 @@ def fresh_runtime():
             if link.proto is not None and link.proto.connected:
                 link.proto.transport.abortConnection()
         runtime.stop_listening()
-        set_runtime(None)
+        forget_runtime(runtime)
 
 
 @pytest.fixture(scope="module")

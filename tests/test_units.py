@@ -830,3 +830,34 @@ def test_computation_unknown_arguments_and_bad_setup():
         Computation([comp_fn], bogus=1)
     with pytest.raises(TypeError, match="not callable"):
         Computation([comp_fn], node_setup=42)
+
+
+# -- the computation / scheduler seam -------------------------------------------------------
+
+
+def test_the_computation_scheduler_seam_is_explicit():
+    """Both schedulers provide IScheduler, a computation's events IComputationEvents; no process-global singleton."""
+    from twisted.internet.testing import MemoryReactorClock
+    from zope.interface.verify import verifyObject
+
+    from dispycos.interfaces import IComputationEvents, IScheduler
+    from dispycos.runtime import runtime_for
+    from dispycos import Computation, Scheduler
+    from dispycos.schedclient import RemoteScheduler
+    from dispycos.scheduler import private_scheduler
+    from dispycos.shared import RemoteComputation
+
+    clock = MemoryReactorClock()
+    scheduler = Scheduler(nodes=[], discover=False, reactor=clock)
+    try:
+        verifyObject(IScheduler, scheduler)
+        verifyObject(IScheduler, RemoteScheduler(Location("127.0.0.1", 1), "s", reactor=clock))
+        assert private_scheduler(clock) is scheduler
+        assert private_scheduler(MemoryReactorClock()) is None  # another reactor, another world
+        assert runtime_for(clock) is scheduler.runtime and scheduler.runtime.reactor is clock
+        comp = Computation([comp_fn], reactor=clock)
+        verifyObject(IComputationEvents, comp._events)
+        assert IComputationEvents.implementedBy(RemoteComputation)
+    finally:
+        scheduler.close()
+    assert private_scheduler(clock) is None

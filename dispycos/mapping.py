@@ -30,6 +30,10 @@ TARGET_SECONDS = 0.05
 MAX_SECONDS = 0.5
 #: Most tasks in one group.
 MAX_BATCH = 100000
+#: Seconds the first batch of a map may take before the others go out unmeasured.
+PROBE_SECONDS = 0.01
+#: Largest first batch of a map whose input has a length.
+FIRST_BATCH = 64
 #: Largest pickled group (arguments) sent at once.
 MAX_GROUP_BYTES = 4 * 1024 * 1024
 
@@ -37,10 +41,13 @@ MAX_GROUP_BYTES = 4 * 1024 * 1024
 class BatchSizer:
     """
     Batch sizes from measured durations, as joblib's auto batching: start
-    with one task, grow while a batch takes less than L{TARGET_SECONDS}
-    (towards the size that would take that long, at most 16 times at once:
-    a batch's time includes its round trip, so short tasks look longer than
-    they are), halve when one takes more than L{MAX_SECONDS}.
+    small, grow while a batch holds its server for less than the target time
+    (towards the size that would take that long, at most 64 times at once),
+    halve when one takes more than L{MAX_SECONDS}. A batch's time is what
+    its server reports it ran; the rest of the time from sending it to its
+    last outcome is the cost of a batch (round trip, (un)pickling, waiting for
+    a CPU), and the target grows to four times that, so that batches of short
+    tasks are not mostly overhead.
     """
 
     def __init__(self, target=TARGET_SECONDS, longest=MAX_SECONDS, largest=MAX_BATCH):
@@ -48,22 +55,48 @@ class BatchSizer:
         self.target = target
         self.longest = longest
         self.largest = largest
+        #: Seconds per task (on its server) of the last batch, or None.
+        self.per_task = None
+        #: Seconds a batch costs besides its tasks (the largest seen lately).
+        self.overhead = 0.0
 
-    def observe(self, count, seconds):
-        """A batch of C{count} tasks took C{seconds} (sent to last outcome)."""
+    def _target(self):
+        return max(self.target, 4 * self.overhead)
+
+    def smallest_worth_sending(self):
+        """
+        The fewest tasks a batch should hold at the end of a map: spreading
+        the last tasks over every server only pays for batches that take
+        longer than what a batch costs.
+        """
+        if self.per_task is None:
+            return 1
+        return max(1, int(4 * self.overhead / max(self.per_task, 1e-7)))
+
+    def observe(self, count, seconds, ran=None):
+        """
+        A batch of C{count} tasks took C{seconds} from sending to its last
+        outcome, its tasks C{ran} seconds on their server (None: unknown).
+        """
+        count = max(count, 1)
+        if ran is None or ran > seconds:
+            ran = seconds
+        self.per_task = ran / count
+        self.overhead = max(self.overhead * 0.75, seconds - ran)
         if count < self.size // 2:
             return  # a short last batch says little
-        if seconds < self.target:
-            ideal = int(count * self.target / max(seconds, 1e-6))
-            self.size = max(1, min(16 * self.size, ideal, self.largest))
-        elif seconds > self.longest and self.size > 1:
+        target = self._target()
+        if ran < target:
+            ideal = int(count * target / max(ran, 1e-6))
+            self.size = max(1, min(64 * self.size, ideal, self.largest))
+        elif ran > self.longest and self.size > 1:
             self.size = max(1, self.size // 2)
 
 
 class RemoteGroup:
     """The client's record of a group of a map's tasks sent to one server."""
 
-    __slots__ = ("mapper", "entry", "location", "tid", "count", "first", "received", "sent_at", "infos")
+    __slots__ = ("mapper", "entry", "location", "tid", "count", "first", "received", "sent_at", "infos", "ran")
 
     def __init__(self, mapper, entry, tid, count, first, infos=None):
         self.mapper = mapper
@@ -75,8 +108,12 @@ class RemoteGroup:
         self.received = 0
         self.sent_at = time.monotonic()
         self.infos = infos
+        #: Seconds its tasks held their server so far (as the server reports).
+        self.ran = None
 
-    def outcomes(self, start, outcomes):
+    def outcomes(self, start, outcomes, seconds=None):
+        if seconds is not None:
+            self.ran = seconds
         self.mapper._outcomes(self, start, outcomes)
 
     def abandoned(self, outcome):
@@ -112,6 +149,11 @@ class MapRun:
         self.window = window
         self.collect = collect
         self.sizer = BatchSizer()
+        if self.total:
+            # Many items: the first batches need not be single tasks (each
+            # server would first take a round trip per task).
+            servers = max(1, len(self.scheduler.servers_now(comp._events)))
+            self.sizer.size = max(1, min(self.total // (32 * servers), FIRST_BATCH))
         self.next_index = 0  # items read (and sent) so far
         self.yielded = 0
         self.exhausted = False
@@ -124,6 +166,9 @@ class MapRun:
         self.results = [] if collect else None
         self._waiter = None
         self._done = defer.Deferred() if collect else None
+        self.reactor = comp.reactor
+        self._probe_timer = None
+        self._probe_over = False
 
     # -- the async iterator ------------------------------------------------------
 
@@ -176,7 +221,13 @@ class MapRun:
         self._check_done()
         return self._done
 
+    def _stop_probe(self):
+        if self._probe_timer is not None and self._probe_timer.active():
+            self._probe_timer.cancel()
+
     def _check_done(self):
+        if self._finished() or self.failure is not None:
+            self._stop_probe()
         if self._done is None or self._done.called:
             return
         if self.failure is not None:
@@ -195,10 +246,27 @@ class MapRun:
         servers = max(1, len(self.scheduler.servers_now(self.events)))
         return 4 * servers * self.sizer.size
 
+    def _probing(self):
+        """
+        True while the first batch is out and nothing is measured yet (and
+        not for longer than L{PROBE_SECONDS}): short tasks are measured on
+        one server before their batches are sized for all of them; long ones
+        lose no more than that wait.
+        """
+        if self.sizer.per_task is not None or not self.groups or self._probe_over:
+            return False
+        if self._probe_timer is None:
+            self._probe_timer = self.reactor.callLater(PROBE_SECONDS, self._end_probe)
+        return True
+
+    def _end_probe(self):
+        self._probe_over = True
+        self._fill()
+
     def _fill(self):
         """Ask for servers while there is input and room in the window."""
         while (self.placing is None and not self.exhausted and self.failure is None and not self.closed
-               and (self.collect or self._in_flight() < self._limit())):
+               and (self.collect or self._in_flight() < self._limit()) and not self._probing()):
             try:
                 placed = self.scheduler.place(self.events, True, None)
             except Exception as e:
@@ -224,9 +292,11 @@ class MapRun:
         """Send the next batch to C{entry} (a free server), or give it back when there is nothing to send."""
         size = self.sizer.size
         if self.total is not None:
-            # Near the end, spread what is left over the servers.
+            # Near the end, spread what is left over the servers (down to
+            # batches still worth their round trip).
             servers = max(1, len(self.scheduler.servers_now(self.events)))
-            size = max(1, min(size, -(-(self.total - self.next_index) // servers)))
+            spread = -(-(self.total - self.next_index) // servers)
+            size = max(1, min(size, max(spread, self.sizer.smallest_worth_sending())))
         if not self.collect:
             size = min(size, max(1, self._limit() - self._in_flight()))
         try:
@@ -284,7 +354,7 @@ class MapRun:
             del self.groups[group.tid]
             self.runtime.remote_groups.pop(group.tid, None)
             self.scheduler.task_done(group.entry, True)
-            self.sizer.observe(group.count, time.monotonic() - group.sent_at)
+            self.sizer.observe(group.count, time.monotonic() - group.sent_at, group.ran)
             self._fill()
         self._wake()
         self._check_done()
@@ -326,6 +396,7 @@ class MapRun:
         if self.closed:
             return
         self.closed = True
+        self._stop_probe()
         if self.placing is not None:
             placing, self.placing = self.placing, None
             placing.cancel()

@@ -177,8 +177,8 @@ class PeerAMP(StreamingAMP):
         return {}
 
     @commands.GroupEnded.responder
-    def _group_ended(self, task, start, outcomes):
-        self.runtime.group_outcomes(task, start, outcomes)
+    def _group_ended(self, task, start, outcomes, seconds=None):
+        self.runtime.group_outcomes(task, start, outcomes, seconds)
         return {}
 
     @commands.Messages.responder
@@ -816,7 +816,7 @@ class Runtime:
             outcome = (ABANDONED, "outcome could not be unpickled: %r" % (e,))
         self._settle(rt, outcome)
 
-    def group_outcomes(self, tid, start, blob):
+    def group_outcomes(self, tid, start, blob, seconds=None):
         group = self.remote_groups.get(tid)
         if group is None:
             return
@@ -825,7 +825,7 @@ class Runtime:
         except Exception as e:
             group.abandoned((ABANDONED, "outcomes could not be unpickled: %r" % (e,)))
             return
-        group.outcomes(start, outcomes)
+        group.outcomes(start, outcomes, seconds)
 
     def _settle(self, rtask, outcome):
         self.remote.pop(rtask.tid, None)

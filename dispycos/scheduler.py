@@ -599,6 +599,9 @@ class Scheduler:
             self.servers.append(entry)
             self.runtime.computation_of[location] = comp.id
         for entry, failure in entries:
+            if not failure:
+                # Connect now, so the first tasks do not wait for the handshake.
+                self.runtime.connection(entry.location).addErrback(lambda f: None)
             comp.status(Status.ServerDiscovered, entry.location)
             if failure:
                 comp.status_message(DispycosStatus(Status.ServerClosed, entry.location, exception=SetupError(failure)))

@@ -140,6 +140,8 @@ class ServerGroup:
         self.ended = False
         self._waiters = []
         self._going_on = False
+        #: When its first task started (how long it has held its server tells its creator how to size batches).
+        self.started_at = None
         self.on_reactor = inspect.isgeneratorfunction(fn) or inspect.iscoroutinefunction(fn)
         self.coroutine = inspect.iscoroutinefunction(fn)
         self.wants_task = _wants_task(fn)
@@ -148,6 +150,7 @@ class ServerGroup:
     def _start(self):
         if self.ended:
             return  # terminated before it started
+        self.started_at = time.monotonic()
         if not self.on_reactor:
             d = threads.deferToThreadPool(self.reactor, self.runtime.threadpool, self._in_thread)
             d.addBoth(self._thread_done)
@@ -270,7 +273,8 @@ class ServerGroup:
     def _send(self, start, outcomes):
         blob = encode_outcomes(outcomes)
         if len(blob) <= INLINE_LIMIT:
-            self.proto.queue_call(commands.GroupEnded, task=self.tid, start=start, outcomes=blob)
+            self.proto.queue_call(commands.GroupEnded, task=self.tid, start=start, outcomes=blob,
+                                  seconds=time.monotonic() - self.started_at if self.started_at else None)
         elif len(outcomes) > 1:
             half = len(outcomes) // 2
             self._send(start, outcomes[:half])

@@ -221,9 +221,14 @@ class RunGroup(amp.Command):
 
 
 class GroupEnded(amp.Command):
-    """One-way: the pickled outcomes of tasks C{task + start} ... of group C{task}, in order."""
+    """
+    One-way: the pickled outcomes of tasks C{task + start} ... of group
+    C{task}, in order; C{seconds}: how long the group's tasks ran so far (the
+    creator sizes its batches from it).
+    """
 
-    arguments = [(b"task", amp.Integer()), (b"start", amp.Integer()), (b"outcomes", BigBytes())]
+    arguments = [(b"task", amp.Integer()), (b"start", amp.Integer()), (b"outcomes", BigBytes()),
+                 (b"seconds", amp.Float(optional=True))]
     requiresAnswer = False
 
 

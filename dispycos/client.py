@@ -21,7 +21,8 @@ from .discovery import find_scheduler
 from .errors import ComputationClosed, NoServerError, PicklingError, ScheduleError
 from .interfaces import IComputationEvents
 from .mapping import MapRun, run_results
-from .protocol.auth import key_from_secret
+from .paths import resolve_secret
+from .protocol.auth import CLIENT, key_from_secret
 from .runtime import runtime_for
 from .schedclient import RemoteScheduler
 from .scheduler import private_scheduler
@@ -234,7 +235,8 @@ class Computation:
     def _find_and_schedule(self, timeout):
         reactor = self._reactor()
         runtime = runtime_for(reactor, create=True)
-        location = yield find_scheduler(reactor, key_from_secret(self.secret), runtime.host or "")
+        key = key_from_secret(resolve_secret(self.secret), CLIENT)
+        location = yield find_scheduler(reactor, key, runtime.host or "")
         if location is None:
             raise ScheduleError(
                 "no scheduler: none answered on the local network; create dispycos.Scheduler(nodes=[...]) "

@@ -29,8 +29,12 @@ HandshakeTimeout = 10
 #: Seconds a server gets to end its tasks before it is killed.
 ServerKillGrace = 5
 
-#: Unauthenticated connections one address may hold open at once (more are dropped).
+#: Seconds a new connection may stay silent before its Hello.
+HelloTimeout = 3
+#: Unauthenticated connections one address may hold open at once (the oldest is dropped for more).
 MaxPendingPerAddress = 16
+#: Unauthenticated connections a listener holds at once from all addresses (likewise).
+MaxPending = 64
 #: Largest AMP box before authentication (the handshake is tiny).
 MaxBoxBeforeAuth = 4096
 #: Largest AMP box after authentication (inline payloads plus framing).
@@ -48,6 +52,12 @@ MaxOutgoingBuffer = 256 * 1024 * 1024
 #: Messages a task's mailbox holds; more are refused with an error to the sender
 #: ($DISPYCOS_MAX_MAILBOX overrides it, for a node and its servers).
 MaxMailbox = int(os.environ.get("DISPYCOS_MAX_MAILBOX", "1000000"))
+#: Bytes of unread messages (as they arrived) a task's mailbox holds ($DISPYCOS_MAX_MAILBOX_BYTES).
+MaxMailboxBytes = int(os.environ.get("DISPYCOS_MAX_MAILBOX_BYTES", str(1 << 30)))
+#: Large payloads (blobs) one connection may have received and not yet used; past
+#: either cap the oldest is let go.
+MaxUnclaimedBlobs = 64
+MaxUnclaimedBlobBytes = 2 << 30
 
 
 def default_dest_path():

@@ -136,11 +136,14 @@ class Discovery:
 
     log = Logger()
 
-    def __init__(self, reactor, hosts, port, key, handler):
+    def __init__(self, reactor, hosts, port, key, handler, client_key=None):
         self.reactor = reactor
         self.hosts = list(hosts) or ["127.0.0.1"]
         self.port = port
         self.key = key
+        #: A second key (a shared scheduler's clients' one): packets it verifies
+        #: are handled with C{msg["client"] = True}, and answered with it.
+        self.client_key = client_key
         self.handler = handler
         self.guard = ReplayGuard()
         self.ports = []
@@ -184,6 +187,10 @@ class Discovery:
 
     def _received(self, data, addr):
         msg = decode(self.key, data, self.guard)
+        if msg is None and self.client_key is not None:
+            msg = decode(self.client_key, data, self.guard)
+            if msg is not None:
+                msg["client"] = True
         if msg is None:
             self.dropped += 1
             return
@@ -192,13 +199,13 @@ class Discovery:
         except Exception:
             self.log.failure("discovery handler failed on {msg}", msg=msg)
 
-    def send(self, msg, addr):
-        """Send C{msg} to C{addr} (host, port)."""
+    def send(self, msg, addr, client=False):
+        """Send C{msg} to C{addr} (host, port), signed with the clients' key when C{client}."""
         sender = getattr(self, "reply", None) or (self.ports[0] if self.ports else None)
         if sender is None:
             return
         try:
-            sender.write(encode(self.key, msg), addr)
+            sender.write(encode(self.client_key if client else self.key, msg), addr)
         except Exception as e:
             self.log.debug("discovery: cannot send to {a}: {e}", a=addr, e=e)
 

@@ -18,19 +18,11 @@ from . import config, paths
 from .discovery import Discovery
 from .errors import DispycosError, FileTransferError, SetupError
 from .streams import StreamingAMP, safe_join
-from .tls import TLS
+from .tls import TLS, is_loopback
 from .tls import listen as tls_listen
 from .protocol import auth, commands
 from .serverpool import ServerSlot
 from .status import Location
-
-
-def is_loopback(host):
-    """True when C{host} (name or address) is a loopback address."""
-    try:
-        return ipaddress.ip_address(socket.gethostbyname(host)).is_loopback
-    except (OSError, ValueError):
-        return False
 
 
 def expand_ports(specs, count):
@@ -152,7 +144,7 @@ class NodeService(service.Service):
                  min_pulse_interval=config.MinPulseInterval, max_pulse_interval=config.MaxPulseInterval,
                  udp_port=config.NodePort, peers=(), scheduler_port=config.SchedulerPort,
                  serve=-1, on_exit=None, service_window=None, zombie_period=0, pid_file=None,
-                 stdin_commands=False, max_file_size=0, tls_files=(), twisted_tls=False,
+                 stdin_commands=False, max_file_size=0, tls_files=(), twisted_tls=False, node_secret=None,
                  sched_normal=False):
         self.reactor = reactor
         self.twisted_tls = twisted_tls
@@ -163,7 +155,9 @@ class NodeService(service.Service):
         self.cpus = cpus
         self.hosts = list(hosts)
         self.ports = ports
-        self.key = auth.key_from_secret(secret)
+        # The key schedulers prove: the node secret, else the cluster's secret
+        # (else this user's own), for its own use (clients prove another).
+        self.key = auth.key_from_secret(node_secret or secret or paths.user_secret(), auth.NODE)
         self.name = node_name or socket.gethostname()
         self.dest_path = dest_path or config.default_dest_path()
         self.ext_hosts = list(ext_hosts)
@@ -229,7 +223,8 @@ class NodeService(service.Service):
             port = p.getHost().port
         self.port = port
         self.node_dir = paths.fresh_dir(self.dest_path, "node-%d" % self.port)
-        bind = self.hosts[0] if len(self.hosts) == 1 else ""
+        # Servers listen where the node does, never on more addresses.
+        bind = ",".join(self.hosts)
         for i in range(1, self.cpus + 1):
             slot = ServerSlot(self, i, bind, self.ports[i] if i < len(self.ports) else 0, self.spawner)
             self.slots.append(slot)

@@ -72,6 +72,9 @@ class Options(UnderscoreOptions):
         ["secret", "s", None, "Shared secret schedulers must prove (visible to every local user: prefer "
                               "--secret_file; default: $DISPYCOS_SECRET or none)."],
         ["secret_file", None, None, "Read the secret from the first line of this file (keep it chmod 600)."],
+        ["node_secret_file", None, None, "The secret schedulers and nodes prove to each other, read from the first "
+                                         "line of this file: give it to nodes and schedulers only, and clients of "
+                                         "a shared scheduler cannot pose as nodes (default: the secret)."],
         ["max_file_size", None, "0", "Largest file accepted (bytes; suffix k, m, g, t)."],
         ["ready_file", None, None, "Write host:port here once every server is ready."],
         ["certfile", None, None, "TLS certificate (PEM; may hold the key too): every link of this node uses TLS."],
@@ -380,6 +383,7 @@ def makeService(options, reactor=None):
         hosts=options["ip_addr"],
         ports=options["ports"],
         secret=options["secret"],
+        node_secret=options.node_secret(),
         node_name=options["name"],
         dest_path=dest_path,
         ext_hosts=options["ext_ip_addr"],

@@ -56,7 +56,7 @@ class UnderscoreOptions(usage.Options):
         if not self["ip_addr"]:
             self["ip_addr"] = ["" if self["secret"] else "127.0.0.1"]
         if not self["secret"]:
-            from .node import is_loopback
+            from .tls import is_loopback
 
             exposed = [h for h in self["ip_addr"] if not is_loopback(h or "0.0.0.0")]
             if exposed and not self["insecure"]:
@@ -104,6 +104,22 @@ class UnderscoreOptions(usage.Options):
             exposed = paths.exposed_secret_file(self["secret_file"])
             if exposed:
                 print("WARNING: %s" % exposed, file=sys.stderr)
+
+    def node_secret(self):
+        """The secret of C{--node_secret_file} (None: nodes prove the secret); L{usage.UsageError} if unreadable."""
+        from . import paths
+
+        path = self.get("node_secret_file")
+        if not path:
+            return None
+        try:
+            secret = paths.read_secret_file(path)
+        except ValueError as e:
+            raise usage.UsageError(str(e))
+        exposed = paths.exposed_secret_file(path)
+        if exposed:
+            print("WARNING: %s" % exposed, file=sys.stderr)
+        return secret
 
     def private_dest_path(self):
         """

@@ -220,3 +220,64 @@ def exposed_secret_file(path):
     if mode & 0o077:
         return "the secret file %s can be read by group or others (mode %04o): chmod 600 it" % (path, mode)
     return None
+
+
+# -- the secret of a user who gave none ------------------------------------------------
+
+
+def user_secret_path():
+    """
+    Where a node or scheduler started without a secret keeps the one it made:
+    C{$XDG_RUNTIME_DIR/dispycos/secret}, else C{~/.dispycos/secret}.
+    """
+    base = os.environ.get("XDG_RUNTIME_DIR")
+    if base and os.path.isdir(base):
+        return os.path.join(base, "dispycos", "secret")
+    return os.path.join(os.path.expanduser("~"), ".dispycos", "secret")
+
+
+def user_secret():
+    """
+    This user's secret: read from L{user_secret_path}, or made (random, a
+    0600 file in a 0700 directory) when there is none yet. Programs of this
+    user find it; other local users cannot read it, so without a secret
+    given a cluster is this user's only.
+    """
+    import secrets
+
+    path = user_secret_path()
+    directory = os.path.dirname(path)
+    private_dir(directory, "the directory of the user's secret")
+    if not os.path.lexists(path):
+        # Written whole under a name of its own, then linked into place: a
+        # program starting at the same moment reads either no file or all of it.
+        fd, tmp = tempfile.mkstemp(dir=directory, prefix=".secret.tmp-")  # 0600, O_EXCL
+        try:
+            with os.fdopen(fd, "w") as f:
+                f.write(secrets.token_hex(32) + "\n")
+            try:
+                os.link(tmp, path)
+            except FileExistsError:
+                pass
+        finally:
+            os.unlink(tmp)
+    fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW)
+    try:
+        st = os.fstat(fd)
+        if st.st_uid != os.geteuid() or stat.S_IMODE(st.st_mode) & 0o077:
+            raise UnsafePathError("%s: the user's secret must be this user's file, mode 0600" % (path,))
+        secret = os.read(fd, 4096).decode("utf-8", "replace").splitlines()
+    finally:
+        os.close(fd)
+    if not secret or not secret[0]:
+        raise UnsafePathError("%s is empty: remove it, a new secret is made" % (path,))
+    return secret[0]
+
+
+def resolve_secret(secret=None, secret_file=None):
+    """The secret to use: given, in C{secret_file}, in C{$DISPYCOS_SECRET}, or else the user's own."""
+    if secret:
+        return secret
+    if secret_file:
+        return read_secret_file(secret_file)
+    return os.environ.get("DISPYCOS_SECRET") or user_secret()

@@ -10,7 +10,6 @@ small one-way messages are batched per connection.
 
 import contextvars
 import itertools
-import tempfile
 import weakref
 from collections import OrderedDict
 
@@ -199,7 +198,7 @@ class PeerAMP(StreamingAMP):
                 self.log.warn("message for task {tid} could not be unpickled: {e!r}", tid=tid, e=e)
                 continue
             try:
-                task._put(msg)
+                task._put(msg, len(blob))
             except MailboxFull as e:
                 refused.add(tid)
                 self.log.warn("{e}", e=e)
@@ -220,11 +219,12 @@ class PeerAMP(StreamingAMP):
         t = self.runtime.tasks.get(task)
         if t is None:
             raise UnknownTaskError("no task %d at %s" % (task, self.runtime.location))
+        size = message.size if message_blob is not None else len(message)
         try:
             msg = serialize.loads(message)
         except Exception as e:
             raise DispycosError("the message could not be unpickled here: %s: %s" % (type(e).__name__, e))
-        if not t._put(msg):
+        if not t._put(msg, size):
             raise UnknownTaskError("task %d at %s has ended" % (task, self.runtime.location))
         return {}
 
@@ -357,38 +357,42 @@ class Runtime:
     def stream_root(self, dest, computation):
         """The directory for incoming stream C{dest} of C{computation}."""
         root = self.file_roots.get((dest, computation)) or self.file_roots.get(dest)
-        if root is None and dest == "blob":
-            root = tempfile.gettempdir()
         if root is None:
             raise FileTransferError("this process takes no files for %r" % (dest,))
         return root
 
     # -- listening ---------------------------------------------------------
 
+    @property
+    def hosts(self):
+        """The addresses listened on: C{host}, which may name several, comma-separated."""
+        hosts = [h.strip() for h in (self.host or "").split(",")]
+        return [""] if "" in hosts else hosts
+
     def listen(self):
-        """Start listening (synchronously); sets C{location}."""
+        """Start listening (synchronously) on every one of L{hosts}, one port; sets C{location}."""
         factory = Factory.forProtocol(lambda: PeerAMP(self, listening=True))
-        self._listening = tls_listen(self.reactor, self.port, factory, self.host, self.tls)
-        port = self._listening.getHost().port
-        addr = self.announce or (self.host if self.host not in ("", "0.0.0.0") else "127.0.0.1")
+        port, self._listening = self.port, []
+        for host in self.hosts:
+            self._listening.append(tls_listen(self.reactor, port, factory, host, self.tls))
+            port = self._listening[0].getHost().port
+        first = self.hosts[0]
+        addr = self.announce or (first if first not in ("", "0.0.0.0") else "127.0.0.1")
         self.location = Location(addr, port)
         return self.location
 
     def rebind(self, host, port=0):
         """Listen on C{host}:C{port} instead (only before any connection exists)."""
-        if self._listening is not None:
-            self._listening.stopListening()
-            self._listening = None
+        for listening in self._listening or ():
+            listening.stopListening()
+        self._listening = None
         self.host = host
         self.port = port
         return self.listen()
 
     def stop_listening(self):
-        if self._listening is not None:
-            d = defer.maybeDeferred(self._listening.stopListening)
-            self._listening = None
-            return d
-        return defer.succeed(None)
+        listening, self._listening = self._listening or (), None
+        return defer.DeferredList([defer.maybeDeferred(p.stopListening) for p in listening])
 
     def keyring(self, role, computation):
         if role != "peer":

@@ -18,6 +18,7 @@ from .protocol import auth, commands
 from .protocol.arguments import unpack_items
 from .interfaces import IScheduler
 from .protocol.base import DispycosAMP
+from .paths import resolve_secret
 from .runtime import runtime_for
 from .tls import connect as tls_connect
 from .streams import send_file
@@ -75,7 +76,7 @@ class RemoteScheduler:
             from twisted.internet import reactor  # the public API's default
         self.reactor = reactor
         self.location = location
-        self.key = auth.key_from_secret(secret)
+        self.key = auth.key_from_secret(resolve_secret(secret), auth.CLIENT)
         self.tls = tls
         self.runtime = runtime_for(reactor, create=True)
         self.dest_path = None

@@ -30,7 +30,7 @@ from .interfaces import IScheduler
 from .runtime import Runtime, runtime_for, set_runtime
 from .status import DispycosNodeAvailInfo, DispycosNodeInfo, DispycosStatus, Location, Status
 from .streams import send_file
-from .paths import read_secret_file  # (kept importable from here)
+from .paths import read_secret_file, resolve_secret
 
 
 class _NodeClient(DispycosAMP):
@@ -286,7 +286,11 @@ class Scheduler:
     @param nodes: nodes to connect to: C{"host[:port]"} strings (port 9706
         by default) or L{Location}s.
     @param secret: the secret the nodes were started with (or read from
-        C{secret_file}).
+        C{secret_file}; default: C{$DISPYCOS_SECRET}, else this user's own
+        secret, the one nodes started without a secret use); nodes prove
+        C{node_secret} (C{node_secret_file}) instead when they were given one.
+    @param discover: also find nodes on the local network (default: only
+        when no C{nodes} are listed).
     @param ip_addr: the address this process listens on for its servers
         and peers (default: loopback, or the address towards the first
         listed node that is not on loopback); C{tcp_port} its port (0: any).
@@ -305,14 +309,13 @@ class Scheduler:
     log = Logger()
 
     def __init__(self, nodes=(), secret="", ip_addr=None, reactor=None, private=True, udp_port=config.SchedulerPort,
-                 node_port=config.NodePort, discover=True, certfile=None, keyfile=None, cafile=None, tcp_port=0,
+                 node_port=config.NodePort, discover=None, certfile=None, keyfile=None, cafile=None, tcp_port=0,
                  ext_ip_addr=None, name=None, dest_path=None, max_file_size=0, secret_file=None, zombie_period=None,
-                 pulse_interval=10):
+                 pulse_interval=10, node_secret=None, node_secret_file=None, client_key=None):
         if reactor is None:
             from twisted.internet import reactor
         self.reactor = reactor
-        if secret_file:
-            secret = read_secret_file(secret_file)
+        secret = resolve_secret(secret, secret_file)
         if isinstance(ip_addr, (list, tuple)):
             ip_addr = ip_addr[0] if ip_addr else None
         if isinstance(ext_ip_addr, (list, tuple)):
@@ -323,7 +326,11 @@ class Scheduler:
         self.dest_path = dest_path
         self.zombie_period = zombie_period
         self.default_pulse_interval = pulse_interval
-        self.key = auth.key_from_secret(secret)
+        if node_secret_file:
+            node_secret = read_secret_file(node_secret_file)
+        #: The key nodes prove (their own secret, else the cluster's, kept apart from what clients prove).
+        self.key = auth.key_from_secret(node_secret or secret, auth.NODE)
+        self.client_key = client_key
         self.tls = TLS(certfile, keyfile, cafile)
         if ip_addr is None:
             ip_addr = _local_address_for(nodes)
@@ -356,8 +363,11 @@ class Scheduler:
         self.node_port = node_port
         self.advertise = None  # (host, port) a shared scheduler tells clients looking for one
         self.discovery = None
+        if discover is None:
+            discover = not nodes  # listed nodes only, unless asked to discover as well
         if discover:
-            self.discovery = Discovery(reactor, [ip_addr if ip_addr is not None else "127.0.0.1"], udp_port, self.key, self._discovered)
+            self.discovery = Discovery(reactor, [ip_addr if ip_addr is not None else "127.0.0.1"], udp_port, self.key,
+                                       self._discovered, client_key=client_key)
             self.discovery.start()
         for entry in nodes:
             self.add_node(entry)
@@ -401,6 +411,8 @@ class Scheduler:
 
     def _discovered(self, msg, addr):
         kind, role = msg.get("kind"), msg.get("role")
+        if msg.get("client"):  # signed with the clients' key: a client looking for this scheduler, nothing else
+            kind = kind if kind == "find" else None
         if kind == "announce" and role == "node" and not self.closed:
             port = msg.get("port")
             if isinstance(port, int) and 0 < port < 65536:
@@ -411,7 +423,7 @@ class Scheduler:
             if isinstance(reply_port, int) and 0 < reply_port < 65536:
                 host, port = self.advertise
                 self.discovery.send({"kind": "scheduler", "role": "scheduler", "host": host, "port": port},
-                                    (addr[0], reply_port))
+                                    (addr[0], reply_port), client=bool(msg.get("client")))
 
     def _node_connected(self, link):
         comp = self.active

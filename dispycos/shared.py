@@ -234,9 +234,12 @@ class ClientChannel(StreamingAMP):
     @commands.TaskDone.responder
     def _task_done(self, batch):
         scheduler = self.service.scheduler
+        if scheduler.active not in self.computations.values():
+            # Only the client whose computation has the servers speaks for them.
+            return {}
         for cpu, loc in unpack_items(batch):
             entry = scheduler.entry_at(Location.parse(loc.decode(), 0))
-            if entry is not None:
+            if entry is not None and entry.tasks > 0:
                 scheduler.task_done(entry, bool(cpu))
         return {}
 
@@ -284,7 +287,7 @@ class SchedulerService(service.Service):
 
     def __init__(self, reactor, hosts=("127.0.0.1",), tcp_port=config.SchedulerPort, secret="", nodes=(),
                  zombie_period=None, udp_port=config.SchedulerPort, ext_hosts=(), stdin_commands=False,
-                 http_port=None, name=None, dest_path=None, max_file_size=0, **scheduler_options):
+                 http_port=None, name=None, dest_path=None, max_file_size=0, node_secret=None, **scheduler_options):
         self.reactor = reactor
         self.scheduler_name = name or socket.gethostname()
         self._dest_path = dest_path
@@ -293,7 +296,10 @@ class SchedulerService(service.Service):
         self.hosts = list(hosts)
         self.tcp_port = tcp_port
         self.secret = secret
-        self.key = auth.key_from_secret(secret)
+        secret = secret or paths.user_secret()
+        self.node_secret = node_secret
+        #: What clients prove (nodes prove the node key: a client cannot pose as a node).
+        self.key = auth.key_from_secret(secret, auth.CLIENT)
         self.nodes = list(nodes)
         self.zombie_period = zombie_period
         self.udp_port = udp_port
@@ -316,7 +322,8 @@ class SchedulerService(service.Service):
         self.log.info("dispycos scheduler {name} starting", name=self.scheduler_name)
         self.scheduler = Scheduler(nodes=self.nodes, secret=self.secret, reactor=self.reactor, private=False,
                                    ip_addr=self.hosts[0] or "", udp_port=self.udp_port, name=self.scheduler_name,
-                                   zombie_period=self.zombie_period, **self.scheduler_options)
+                                   zombie_period=self.zombie_period, node_secret=self.node_secret,
+                                   client_key=self.key, discover=True, **self.scheduler_options)
         factory = Factory.forProtocol(lambda: ClientChannel(self))
         port = self.tcp_port
         for host in self.hosts:

@@ -481,6 +481,7 @@ class StreamingAMP(DispycosAMP):
         super().__init__(reactor, **kw)
         self.streams = StreamReceiver(stream_root, max_file_size)
         self.blobs = {}
+        self._unclaimed = 0  # bytes in self.blobs
         #: C{[stream id, bytes left, taken]} while a raw frame comes in.
         self._raw = None
 
@@ -537,6 +538,7 @@ class StreamingAMP(DispycosAMP):
         super().connectionLost(reason)
         self.streams.abort_all()
         self.blobs.clear()
+        self._unclaimed = 0
 
     def payload(self, inline, blob):
         """
@@ -548,6 +550,7 @@ class StreamingAMP(DispycosAMP):
         incoming = self.blobs.pop(blob, None)
         if incoming is None:
             raise FileTransferError("no blob %d on this connection" % (blob,))
+        self._unclaimed -= incoming.size
         # A file to read once (serialize.loads takes it), not joined bytes.
         return incoming
 
@@ -566,6 +569,12 @@ class StreamingAMP(DispycosAMP):
         landed = self.streams.finish(stream)
         if isinstance(landed, _IncomingBlob):
             self.blobs[stream] = landed
+            self._unclaimed += landed.size
+            # What a peer streamed and never used is let go, oldest first.
+            while len(self.blobs) > config.MaxUnclaimedBlobs or self._unclaimed > config.MaxUnclaimedBlobBytes:
+                sid = next(iter(self.blobs))
+                self.log.warn("blob {s} from {peer} let go unused", s=sid, peer=self._peer())
+                self._unclaimed -= self.blobs.pop(sid).size
             return {"path": ""}
         return {"path": landed}
 

@@ -28,6 +28,9 @@ class Options(UnderscoreOptions):
         ["secret", "s", None, "Shared secret of clients and nodes (visible to every local user: prefer "
                               "--secret_file; default: $DISPYCOS_SECRET or none)."],
         ["secret_file", None, None, "Read the secret from the first line of this file (keep it chmod 600)."],
+        ["node_secret_file", None, None, "The secret schedulers and nodes prove to each other, read from the first "
+                                         "line of this file: give it to nodes and schedulers only, and clients of "
+                                         "a shared scheduler cannot pose as nodes (default: the secret)."],
         ["certfile", None, None, "TLS certificate."],
         ["keyfile", None, None, "TLS key."],
         ["cafile", None, None, "CA to verify peers against."],
@@ -73,6 +76,7 @@ def makeService(options, reactor=None):
         hosts=options["ip_addr"],
         tcp_port=options["tcp_port"],
         secret=options["secret"],
+        node_secret=options.node_secret(),
         nodes=options["node"],
         zombie_period=options["zombie_period"],
         udp_port=options["udp_port"],

@@ -354,6 +354,8 @@ class Task(_TaskAPI):
         self.tid = runtime.register(self, tid)
         self.start_time = time.time()
         self.mailbox = deque()
+        self._mail_sizes = deque()  # bytes each message came in as (0: sent in this process)
+        self._mail_bytes = 0
         self._receivers = deque()
         self.outcome = None
         self._waiters = []
@@ -420,6 +422,10 @@ class Task(_TaskAPI):
         while self._receivers:
             d = self._receivers.popleft()
             d.cancel()
+        # Messages nobody will read go with the task.
+        self.mailbox.clear()
+        self._mail_sizes.clear()
+        self._mail_bytes = 0
         try:
             self._rt.task_done(self)
         finally:
@@ -440,6 +446,7 @@ class Task(_TaskAPI):
         worker thread it blocks and returns the message.
         """
         if self.mailbox:
+            self._mail_bytes -= self._mail_sizes.popleft()
             return defer.succeed(self.mailbox.popleft())
         d = defer.Deferred(lambda d: self._receivers.remove(d) if d in self._receivers else None)
         self._receivers.append(d)
@@ -510,11 +517,13 @@ class Task(_TaskAPI):
         comp = self._rt.default_computation
         return await send_file(proto, path, dest, subdir=dir or "", overwrite=overwrite, computation=comp)
 
-    def _put(self, msg):
+    def _put(self, msg, size=0):
         """
-        Put C{msg} in the mailbox: False if the task has ended.
+        Put C{msg} (which arrived as C{size} bytes) in the mailbox: False if
+        the task has ended.
 
-        @raise MailboxFull: when the mailbox holds C{config.MaxMailbox} messages.
+        @raise MailboxFull: when the mailbox holds C{config.MaxMailbox}
+            messages, or C{config.MaxMailboxBytes} of them.
         """
         if self.outcome is not None:
             return False
@@ -523,8 +532,13 @@ class Task(_TaskAPI):
         elif len(self.mailbox) >= config.MaxMailbox:
             raise MailboxFull("the mailbox of task %s is full (%d messages): message refused"
                               % (self, len(self.mailbox)))
+        elif size and self._mail_bytes + size > config.MaxMailboxBytes:
+            raise MailboxFull("the mailbox of task %s is full (%d bytes unread): message of %d bytes refused"
+                              % (self, self._mail_bytes, size))
         else:
             self.mailbox.append(msg)
+            self._mail_sizes.append(size)
+            self._mail_bytes += size
         return True
 
     # -- reference API --------------------------------------------------

@@ -18,6 +18,26 @@ from dispycos import Computation, Scheduler
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 
+@pytest.fixture(scope="session", autouse=True)
+def private_runtime_dir():
+    """
+    A C{$XDG_RUNTIME_DIR} of the test session's own (0700), for it and every
+    process it starts: the secret a program without one makes for its user
+    (L{dispycos.paths.user_secret}) lands there, not in the tester's home.
+    """
+    saved = os.environ.get("XDG_RUNTIME_DIR")
+    runtime_dir = tempfile.mkdtemp(prefix="dispycos-test-run-")
+    os.environ["XDG_RUNTIME_DIR"] = runtime_dir
+    try:
+        yield runtime_dir
+    finally:
+        if saved is None:
+            os.environ.pop("XDG_RUNTIME_DIR", None)
+        else:
+            os.environ["XDG_RUNTIME_DIR"] = saved
+        shutil.rmtree(runtime_dir, ignore_errors=True)
+
+
 def env_for_children(tmpdir=None):
     """
     The environment for child processes: this checkout first on the path;

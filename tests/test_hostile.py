@@ -142,8 +142,9 @@ class RawAMP:
         r = self.call(b"Hello", version=config.ProtocolVersion, role=role, computation=computation,
                       location=location, nonce=mine)
         assert b"_answer" in r, r
-        assert auth.check(auth.listener_proof(key, mine, r[b"nonce"], role), r[b"proof"])
-        r = self.call(b"Authenticate", proof=auth.connector_proof(key, r[b"nonce"], mine, role))
+        bound = auth.context(config.ProtocolVersion, computation, location, r[b"location"].decode(), b"plain")
+        assert auth.check(auth.listener_proof(key, mine, r[b"nonce"], role, bound), r[b"proof"])
+        r = self.call(b"Authenticate", proof=auth.connector_proof(key, r[b"nonce"], mine, role, bound))
         assert b"_answer" in r, r
         self.buf = b""
 
@@ -556,14 +557,18 @@ async def test_unknown_and_out_of_order_commands(hnode):
                 out["Authenticate first -> dropped"] = raw.read_until_closed(5)
             finally:
                 raw.close()
-            # Hello twice: the second one counts; the handshake then completes.
+            # Hello twice: one handshake per connection, the second Hello drops it.
             raw = RawAMP(host, port)
             try:
                 raw.call(b"Hello", version=config.ProtocolVersion, role="scheduler", computation="", location="", nonce=auth.new_nonce())
-                mine = auth.new_nonce()
-                r = raw.call(b"Hello", version=config.ProtocolVersion, role="scheduler", computation="", location="", nonce=mine)
-                r = raw.call(b"Authenticate", proof=auth.connector_proof(key, r[b"nonce"], mine, "scheduler"))
-                out["Hello twice, then Authenticate"] = b"_answer" in r
+                raw.send(box(b"Hello", 9, version=config.ProtocolVersion, role="scheduler", computation="",
+                             location="", nonce=auth.new_nonce()))
+                out["Hello twice -> dropped"] = raw.read_until_closed(5)
+            finally:
+                raw.close()
+            raw = RawAMP(host, port)
+            try:
+                raw.handshake(key, "scheduler")
                 # Unknown command after authentication: that call fails, the link stays.
                 r = raw.call(b"NoSuchCommand")
                 out["unknown -> UNHANDLED"] = r.get(b"_error_code") == b"UNHANDLED"
@@ -580,8 +585,8 @@ async def test_unknown_and_out_of_order_commands(hnode):
                              files=b"", client="127.0.0.1:1")
                 out["Reserve while busy -> error"] = r.get(b"_error_code") == b"DISPYCOS"
                 # Hello again after authentication: fatal for this link only.
-                r = raw.call(b"Hello", version=config.ProtocolVersion, role="scheduler", computation="", location="", nonce=mine)
-                out["Hello after auth -> AUTH"] = r.get(b"_error_code") == b"AUTH"
+                raw.send(box(b"Hello", 99, version=config.ProtocolVersion, role="scheduler", computation="",
+                             location="", nonce=auth.new_nonce()))
                 out["Hello after auth -> dropped"] = raw.read_until_closed(5)
             finally:
                 raw.close()

@@ -53,3 +53,26 @@ async def test_mailbox_cap_refuses_with_an_error_and_nothing_else_breaks(fresh_n
         await comp.close()
         await scheduler.close()
     assert "mailbox of task" in node.output()
+
+
+@pytest_twisted.ensureDeferred
+async def test_mailbox_byte_cap_refuses_big_messages_and_keeps_small_ones(fresh_node):
+    """The mailbox is capped in bytes too: 100 kB of unread 10 kB messages, then MailboxFull."""
+    node = fresh_node(cpus=1, env={"DISPYCOS_MAX_MAILBOX_BYTES": "100000"})
+    scheduler = Scheduler(nodes=[node.location], secret=node.secret, discover=False)
+    comp = Computation([hoard])
+    try:
+        await comp.schedule(timeout=30)
+        rtask = await comp.run_async(hoard)
+        accepted = 0
+        with pytest.raises(dispycos.MailboxFull, match="bytes unread"):
+            for _ in range(20):
+                await rtask.deliver(b"x" * 10000, timeout=10)
+                accepted += 1
+        assert 8 <= accepted <= 10  # each arrives as a little over 10 kB
+        # small messages still fit, and the task reads everything it was given
+        await rtask.deliver(b"y", timeout=10)
+        assert await rtask.result(timeout=30) == accepted + 1
+    finally:
+        await comp.close()
+        await scheduler.close()

@@ -1,7 +1,7 @@
 """
 Multi-host test in network namespaces made by the test itself: nodes on two
 "hosts", client and private scheduler on a third find them by UDP broadcast
-(10.77.x.255 inside the namespaces), spread tasks over both; cutting one node's
+(the hosts' /24 broadcast address, inside the namespaces), spread tasks over both; cutting one node's
 link mid-task gives the abandoned statuses and errbacks while the other node
 keeps working. Skipped where namespaces cannot be made (not root, no iproute2).
 
@@ -12,66 +12,29 @@ root namespace gets no link, address or route.
 import json
 import os
 import secrets
-import shutil
 import signal
 import subprocess
-import sys
 import tempfile
 import time
 
 import pytest
 
 from .conftest import env_for_children, stop_node_process
-
-PREFIX = "dsp%d" % (os.getpid() % 100000)
-NET = "10.77.%d" % (os.getpid() % 200 + 20)
-
-
-def sh(*args, check=True):
-    return subprocess.run(list(args), capture_output=True, text=True, timeout=30, check=check)
-
-
-def host(i):
-    return "%s-h%d" % (PREFIX, i)
-
+from .netns import Hosts, sh
 
 @pytest.fixture(scope="module")
 def namespaces():
-    if os.geteuid() != 0 or shutil.which("ip") is None:
-        pytest.skip("network namespaces need root and iproute2")
-    sw = PREFIX + "-sw"
-    try:
-        sh("ip", "netns", "add", sw)
-    except (subprocess.CalledProcessError, OSError) as e:
-        pytest.skip("cannot create network namespaces here: %s" % (getattr(e, "stderr", "") or e))
-    try:
-        sh("ip", "-n", sw, "link", "set", "lo", "up")
-        sh("ip", "-n", sw, "link", "add", "br0", "type", "bridge")
-        sh("ip", "-n", sw, "link", "set", "br0", "up")
-        for i in (1, 2, 3):
-            n = host(i)
-            sh("ip", "netns", "add", n)
-            sh("ip", "-n", n, "link", "set", "lo", "up")
-            sh("ip", "link", "add", "veth0", "netns", n, "type", "veth", "peer", "name", "p%d" % i, "netns", sw)
-            sh("ip", "-n", sw, "link", "set", "p%d" % i, "master", "br0")
-            sh("ip", "-n", sw, "link", "set", "p%d" % i, "up")
-            sh("ip", "-n", n, "addr", "add", "%s.%d/24" % (NET, i), "brd", "+", "dev", "veth0")
-            sh("ip", "-n", n, "link", "set", "veth0", "up")
-        yield
-    finally:
-        for i in (1, 2, 3):
-            sh("ip", "netns", "del", host(i), check=False)
-        sh("ip", "netns", "del", sw, check=False)
+    with Hosts("dsp", 3) as h:
+        yield h
 
 
 class NsNode:
-    def __init__(self, i, secret):
+    def __init__(self, hosts, i, secret):
         self.dest = tempfile.mkdtemp(prefix="dispycos-netns-")
         ready = os.path.join(self.dest, "ready")
         self.log = open(os.path.join(self.dest, "log"), "wb")
-        cmd = ["ip", "netns", "exec", host(i), sys.executable, "-m", "dispycos.scripts", "-c", "1",
-               "-i", "%s.%d" % (NET, i), "-s", secret, "--tcp_ports", "0", "--dest_path", self.dest,
-               "--ready_file", ready, "--daemon"]
+        cmd = hosts.python(i, "-m", "dispycos.scripts", "-c", "1", "-i", hosts.addr(i), "-s", secret, "--tcp_ports", "0",
+                           "--dest_path", self.dest, "--ready_file", ready, "--daemon")
         self.proc = subprocess.Popen(cmd, stdout=self.log, stderr=subprocess.STDOUT, env=env_for_children(),
                                      start_new_session=True)
         deadline = time.monotonic() + 30
@@ -182,37 +145,38 @@ def read_json_line(proc, deadline):
 
 def test_multi_host_discovery_spread_cut_and_restored_link(namespaces, tmp_path):
     secret = secrets.token_hex(8)
-    nodes = [NsNode(1, secret), NsNode(2, secret)]
+    hosts = namespaces
+    nodes = [NsNode(hosts, 1, secret), NsNode(hosts, 2, secret)]
     script = tmp_path / "client.py"
     script.write_text(CLIENT)
-    client = subprocess.Popen(["ip", "netns", "exec", host(3), sys.executable, str(script), secret, NET + ".3"],
+    client = subprocess.Popen(hosts.python(3, str(script), secret, hosts.addr(3)),
                               stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
                               env=env_for_children(), start_new_session=True)
     try:
         deadline = time.monotonic() + 120
         tag, found = read_json_line(client, deadline)
-        assert tag == "NODES" and sorted(found) == [NET + ".1", NET + ".2"]
+        assert tag == "NODES" and sorted(found) == [hosts.addr(1), hosts.addr(2)]
         tag, spread, order = read_json_line(client, deadline)
-        assert spread == [NET + ".1", NET + ".2"] and order == list(range(12))
+        assert spread == [hosts.addr(1), hosts.addr(2)] and order == list(range(12))
         tag, _ = read_json_line(client, deadline)
         assert tag == "CUT"
-        sh("ip", "-n", host(2), "link", "set", "veth0", "down")  # pull the cable of host 2
-        client.stdin.write(NET + ".2\n")
+        sh("ip", "-n", hosts.name(2), "link", "set", "veth0", "down")  # pull the cable of host 2
+        client.stdin.write(hosts.addr(2) + "\n")
         client.stdin.flush()
         tag, victim, elapsed = read_json_line(client, deadline)
-        assert tag == "ABANDONED" and victim == NET + ".2"
+        assert tag == "ABANDONED" and victim == hosts.addr(2)
         assert elapsed < 30  # 5 missed pulses of 1 s, generously bounded
         tag, (n, addr) = read_json_line(client, deadline)
-        assert tag == "SURVIVOR" and n == 7 and addr == NET + ".1"
+        assert tag == "SURVIVOR" and n == 7 and addr == hosts.addr(1)
         assert read_json_line(client, deadline) == ["ACKED", True]  # nothing acknowledged was lost
         tag, node_abandoned, server_abandoned = read_json_line(client, deadline)
         assert (node_abandoned, server_abandoned) == (1, 1)
         assert read_json_line(client, deadline) == ["CLOSED"]
-        sh("ip", "-n", host(2), "link", "set", "veth0", "up")  # the link returns
+        sh("ip", "-n", hosts.name(2), "link", "set", "veth0", "up")  # the link returns
         client.stdin.write("\n")
         client.stdin.flush()
         tag, found, used = read_json_line(client, deadline)
-        assert tag == "AGAIN" and found == [NET + ".1", NET + ".2"] and used == found  # rediscovered, serving
+        assert tag == "AGAIN" and found == [hosts.addr(1), hosts.addr(2)] and used == found  # rediscovered, serving
         assert read_json_line(client, deadline) == ["DONE"]
         client.wait(30)
         assert client.returncode == 0

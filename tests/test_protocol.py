@@ -12,6 +12,7 @@ import pickle
 
 import pytest
 from twisted.internet.error import ConnectionDone, ConnectionLost
+from twisted.internet.protocol import Factory
 from twisted.internet.task import Clock
 from twisted.protocols import amp
 from twisted.python.failure import Failure
@@ -21,7 +22,7 @@ from dispycos import config, serialize
 from dispycos.errors import AuthenticationError, ConnectionLostError, PayloadTooLarge
 from dispycos.protocol import auth, commands
 from dispycos.protocol.arguments import BigBytes, pack_items, unpack_items
-from dispycos.protocol.base import BATCH_BYTES, DispycosAMP
+from dispycos.protocol.base import PendingConnections, BATCH_BYTES, DispycosAMP
 from dispycos.runtime import PeerAMP
 from dispycos.status import Location
 
@@ -233,14 +234,36 @@ def test_unpack_items_truncated_header_and_item():
 
 
 def test_key_from_secret():
+    """Keys are scrypt of the secret, salted by what they are for (checked against hashlib's scrypt)."""
+
+    def scrypt(secret, use):
+        return hashlib.scrypt(secret, salt=b"dispycos-2:" + use, n=2**14, r=8, p=1, dklen=32)
+
     key = auth.key_from_secret("s3cret")
-    assert key == hashlib.sha256(b"dispycos-key:s3cret").digest()
+    assert key == scrypt(b"s3cret", b"node")
     assert len(key) == 32
-    assert auth.key_from_secret(b"s3cret") == key
+    assert auth.key_from_secret(b"s3cret") == key == auth.key_from_secret("s3cret", auth.NODE)
     assert auth.key_from_secret("s3cret2") != key
+    assert auth.key_from_secret("s3cret", auth.CLIENT) == scrypt(b"s3cret", b"client") != key
     assert auth.key_from_secret("") == auth.key_from_secret(b"") == auth.key_from_secret(None)
-    assert auth.key_from_secret("") == hashlib.sha256(b"dispycos-key:").digest()
-    assert auth.key_from_secret("\u00e9") == hashlib.sha256("dispycos-key:\u00e9".encode()).digest()
+    assert auth.key_from_secret("") == scrypt(b"", b"node")
+    assert auth.key_from_secret("\u00e9") == scrypt("\u00e9".encode(), b"node")
+
+
+def test_proofs_are_bound_to_the_context():
+    """A proof made for one channel binding, computation or location fails for another."""
+    key = auth.key_from_secret("k")
+    n1, n2 = b"1" * 32, b"2" * 32
+    here = auth.context(1, "c1", "10.0.0.1:1", "10.0.0.2:2", b"tls:" + b"a" * 32)
+    for other in (auth.context(1, "c1", "10.0.0.1:1", "10.0.0.2:2", b"tls:" + b"b" * 32),
+                  auth.context(1, "c1", "10.0.0.1:1", "10.0.0.2:2", b"plain"),
+                  auth.context(2, "c1", "10.0.0.1:1", "10.0.0.2:2", b"tls:" + b"a" * 32),
+                  auth.context(1, "c2", "10.0.0.1:1", "10.0.0.2:2", b"tls:" + b"a" * 32),
+                  auth.context(1, "c1", "10.0.0.9:1", "10.0.0.2:2", b"tls:" + b"a" * 32),
+                  auth.context(1, "c1", "10.0.0.1:1", "10.0.0.9:2", b"tls:" + b"a" * 32)):
+        assert auth.listener_proof(key, n1, n2, "peer", here) != auth.listener_proof(key, n1, n2, "peer", other)
+        assert auth.connector_proof(key, n1, n2, "peer", here) != auth.connector_proof(key, n1, n2, "peer", other)
+    assert auth.listener_proof(key, n1, n2, "peer", here) == auth.listener_proof(key, n1, n2, "peer", here)
 
 
 def test_new_nonce_is_fresh():
@@ -268,8 +291,8 @@ def test_proofs_differ_by_role_direction_key_and_nonces():
     assert lp != auth.listener_proof(key, n2, n1, "peer")
     assert lp != auth.listener_proof(key, n1, b"3" * 32, "peer")
     # it is HMAC-SHA256 over the documented message
-    assert lp == hmac.new(key, b"dispycos-s|" + n1 + b"|" + n2 + b"|peer", hashlib.sha256).digest()
-    assert cp == hmac.new(key, b"dispycos-c|" + n1 + b"|" + n2 + b"|peer", hashlib.sha256).digest()
+    assert lp == hmac.new(key, b"dispycos-s|" + n1 + b"|" + n2 + b"|peer|", hashlib.sha256).digest()
+    assert cp == hmac.new(key, b"dispycos-c|" + n1 + b"|" + n2 + b"|peer|", hashlib.sha256).digest()
 
 
 def test_check_compares_like_compare_digest():
@@ -454,10 +477,11 @@ def test_listener_refuses_a_bad_connector_proof():
                        location=CONNECTOR_LOC, nonce=nonce)
     pump.flush()
     r = result_of(d)
-    assert auth.check(auth.listener_proof(KEY, nonce, r["nonce"], "peer"), r["proof"])
+    bound = auth.context(config.ProtocolVersion, "c1", CONNECTOR_LOC, LISTENER_LOC, b"plain")
+    assert auth.check(auth.listener_proof(KEY, nonce, r["nonce"], "peer", bound), r["proof"])
     assert r["location"] == LISTENER_LOC
     # a proof for the right nonces but made in the listener's direction
-    d = watch(raw.callRemote(commands.Authenticate, proof=auth.listener_proof(KEY, r["nonce"], nonce, "peer")))
+    d = watch(raw.callRemote(commands.Authenticate, proof=auth.listener_proof(KEY, r["nonce"], nonce, "peer", bound)))
     pump.flush()
     failure_of(d).trap(AuthenticationError)
     assert not server.authenticated and server.accepted == 0
@@ -557,7 +581,7 @@ class FakeTask:
     def __init__(self):
         self.got = []
 
-    def _put(self, msg):
+    def _put(self, msg, size=0):
         self.got.append(msg)
         return True
 
@@ -650,10 +674,12 @@ def test_peer_deliver_after_authentication_is_dispatched():
 
 
 def test_idle_unauthenticated_connection_is_dropped_at_the_deadline():
+    """A connection that says no Hello is dropped after HelloTimeout (sooner than a handshake's)."""
+    assert config.HelloTimeout < config.HandshakeTimeout
     clock, raw, server, pump = connect(lambda clock: amp.AMP())
     lost = []
     server.lost.addCallback(lost.append)
-    clock.advance(config.HandshakeTimeout - 0.5)
+    clock.advance(config.HelloTimeout - 0.5)
     pump.flush()
     assert server.connected and not lost
     clock.advance(0.5)
@@ -669,13 +695,17 @@ def test_half_finished_handshake_is_dropped_at_the_deadline():
                        location="", nonce=auth.new_nonce())
     pump.flush()
     result_of(h)
-    clock.advance(config.HandshakeTimeout)
+    # the Hello bought it the handshake's time, no more
+    clock.advance(config.HandshakeTimeout - 0.5)
+    pump.flush()
+    assert server.connected
+    clock.advance(0.5)
     pump.flush()
     assert dropped(server) and not server.authenticated
 
 
 def test_deadline_uses_the_configured_timeout(monkeypatch):
-    monkeypatch.setattr(config, "HandshakeTimeout", 2)
+    monkeypatch.setattr(config, "HelloTimeout", 2)
     clock, raw, server, pump = connect(lambda clock: amp.AMP())
     clock.advance(1.9)
     pump.flush()
@@ -924,3 +954,63 @@ def test_a_raw_frame_out_of_place_is_read_and_dropped_and_the_link_goes_on():
     after = amp.AmpBox(_command=b"Messages", batch=pack_items([(1, serialize.dumps("still here"))])).serialize()
     server.dataReceived(_raw_frame(12345, b"\x00\x08_command" * 50) + after)  # no such stream: bytes not parsed
     assert task.got == ["still here"] and server.connected
+
+
+# -- caps on connections not yet authenticated ------------------------------------------
+
+
+class _Conn:
+    def __init__(self, name):
+        self.name = name
+
+    def __repr__(self):
+        return self.name
+
+
+def test_pending_connections_push_out_the_oldest_of_one_address():
+    pending = PendingConnections(per_address=2, total=10)
+    a1, a2, a3, b1 = _Conn("a1"), _Conn("a2"), _Conn("a3"), _Conn("b1")
+    assert pending.add(a1, "A") == [] and pending.add(a2, "A") == [] and pending.add(b1, "B") == []
+    victims = pending.add(a3, "A")
+    assert [v for v, _ in victims] == [a1] and "from its address" in victims[0][1]
+    assert pending.count("A") == 2 and pending.count("B") == 1 and len(pending) == 3
+    pending.remove(a2)
+    pending.remove(a2)  # twice is harmless
+    assert pending.count("A") == 1 and len(pending) == 2
+
+
+def test_pending_connections_push_out_the_oldest_of_all():
+    pending = PendingConnections(per_address=5, total=3)
+    conns = [_Conn("c%d" % i) for i in range(5)]
+    for i, c in enumerate(conns[:3]):
+        assert pending.add(c, "addr%d" % i) == []
+    victims = pending.add(conns[3], "addr3")
+    assert [v for v, _ in victims] == [conns[0]] and "in all" in victims[0][1]
+    assert len(pending) == 3 and pending.count("addr0") == 0
+    pending.remove(conns[1])
+    assert pending.add(conns[4], "addr4") == [] and len(pending) == 3
+
+
+def test_a_listener_drops_the_oldest_silent_connection_for_a_new_one(monkeypatch):
+    """Idle connections from one address cannot lock out a peer that then proves the secret."""
+    monkeypatch.setattr(config, "MaxPendingPerAddress", 3)
+    clock = Clock()
+    factory = Factory()
+    factory.protocol = lambda: Listener(clock)
+    idle = []
+    for _ in range(3):
+        server = factory.buildProtocol(None)
+        raw = amp.AMP()
+        pump = iosim.connect(server, iosim.makeFakeServer(server), raw, iosim.makeFakeClient(raw), clock=clock)
+        idle.append((server, pump))
+    assert all(s.connected for s, _ in idle)
+    server = factory.buildProtocol(None)
+    client = Connector(clock)
+    pump = iosim.connect(server, iosim.makeFakeServer(server), client, iosim.makeFakeClient(client), clock=clock)
+    for _, p in idle:
+        p.flush()
+    assert dropped(idle[0][0]) and not dropped(idle[1][0]) and not dropped(idle[2][0])
+    d = client.handshake(KEY, "peer", "c1")
+    pump.flush()
+    result_of(d)
+    assert server.authenticated and len(factory.dispycos_pending) == 2

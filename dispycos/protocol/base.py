@@ -18,6 +18,7 @@ from ..errors import AuthenticationError, ConnectionLostError, PayloadTooLarge
 from . import auth, commands
 from .arguments import pack_items
 from .transport import write_now
+from ..tls import channel_binding
 
 _OPEN_COMMANDS = (b"Hello", b"Authenticate")
 
@@ -81,6 +82,50 @@ class _WriteWatcher:
         return d
 
 
+class PendingConnections:
+    """
+    A listener's connections that have not yet proven the secret: at most
+    C{per_address} from one address and C{total} in all. A connection past
+    a cap pushes out the oldest one it competes with, so connections left
+    idle by an attacker cannot lock out a peer whose handshake takes
+    milliseconds.
+    """
+
+    def __init__(self, per_address=None, total=None):
+        self.per_address = config.MaxPendingPerAddress if per_address is None else per_address
+        self.total = config.MaxPending if total is None else total
+        self._all = {}  # connection -> address, oldest first
+        self._by_address = {}  # address -> {connection: None}, oldest first
+
+    def __len__(self):
+        return len(self._all)
+
+    def count(self, address):
+        return len(self._by_address.get(address, ()))
+
+    def add(self, conn, address):
+        """Count C{conn}; return the C{(connection, why)} pairs to drop for it."""
+        self._all[conn] = address
+        mine = self._by_address.setdefault(address, {})
+        mine[conn] = None
+        victims = []
+        if len(mine) > self.per_address:
+            victims.append((next(iter(mine)), "over %d unauthenticated connections from its address" % self.per_address))
+        elif len(self._all) > self.total:
+            victims.append((next(iter(self._all)), "over %d unauthenticated connections in all" % self.total))
+        for victim, _ in victims:
+            self.remove(victim)
+        return victims
+
+    def remove(self, conn):
+        address = self._all.pop(conn, None)
+        mine = self._by_address.get(address)
+        if mine is not None:
+            mine.pop(conn, None)
+            if not mine:
+                del self._by_address[address]
+
+
 class DispycosAMP(amp.AMP):
     """
     One authenticated dispycos connection.
@@ -104,6 +149,7 @@ class DispycosAMP(amp.AMP):
         self.role = ""
         self.computation = ""
         self._pending_proof = None
+        self._hello_seen = False
         self._deadline = None
         self._batches = []
         self._batch_size = 0
@@ -135,28 +181,26 @@ class DispycosAMP(amp.AMP):
         self._small_reads = getattr(self._tcp, "bufferSize", 0)
         self._box_bytes = 0
         if self.keyring is not None:
-            self._deadline = self.reactor.callLater(config.HandshakeTimeout, self._handshake_timeout)
-            # Unauthenticated connections per peer address, per listener (factory).
+            # A listener's connection: it must say Hello soon and finish the
+            # handshake in time, and it counts against the listener's caps on
+            # connections not yet authenticated (see PendingConnections).
+            self._deadline = self.reactor.callLater(config.HelloTimeout, self._handshake_timeout)
             factory = getattr(self, "factory", None)
             if factory is None:
                 return
-            pending = self._pending = factory.__dict__.setdefault("dispycos_pending", {})
-            self._peer_host = getattr(self.transport.getPeer(), "host", None)
-            count = pending[self._peer_host] = pending.get(self._peer_host, 0) + 1
-            if count > config.MaxPendingPerAddress:
-                self.log.warn("dropping {peer}: {n} unauthenticated connections from that address",
-                              peer=self._peer(), n=count)
-                self.transport.abortConnection()
+            pending = factory.__dict__.get("dispycos_pending")
+            if pending is None:
+                pending = factory.dispycos_pending = PendingConnections()
+            self._pending = pending
+            for victim, why in pending.add(self, getattr(self.transport.getPeer(), "host", None)):
+                victim._drop(why)
+
+    _pending = None
 
     def _unpend(self):
-        host = getattr(self, "_peer_host", None)
-        if host is not None:
-            self._peer_host = None
-            n = self._pending.get(host, 1) - 1
-            if n > 0:
-                self._pending[host] = n
-            else:
-                self._pending.pop(host, None)
+        if self._pending is not None:
+            self._pending.remove(self)
+            self._pending = None
 
     # -- limits on what a peer may make us hold ----------------------------------
 
@@ -256,8 +300,10 @@ class DispycosAMP(amp.AMP):
     def _handshake_timeout(self):
         self._deadline = None
         if not self.authenticated:
-            self.log.warn("dropping {peer}: no handshake within {t}s", peer=self._peer(), t=config.HandshakeTimeout)
-            self.transport.abortConnection()
+            if self._hello_seen:
+                self._drop("no handshake within {t}s", t=config.HandshakeTimeout)
+            else:
+                self._drop("no Hello within {t}s", t=config.HelloTimeout)
 
     @property
     def backed_up(self):
@@ -308,8 +354,15 @@ class DispycosAMP(amp.AMP):
 
     @commands.Hello.responder
     def _hello(self, version, role, computation, location, nonce):
-        if self.keyring is None or self.authenticated:
+        if self.keyring is None:
             raise AuthenticationError("unexpected handshake")
+        if self.authenticated or self._hello_seen:
+            # One handshake per connection: nobody collects proofs by the dozen.
+            self._drop("a second handshake on one connection")
+            return defer.Deferred()
+        self._hello_seen = True
+        if self._deadline is not None and self._deadline.active():
+            self._deadline.reset(config.HandshakeTimeout)
         if version != config.ProtocolVersion:
             raise AuthenticationError("protocol version %d, expected %d" % (version, config.ProtocolVersion))
         key = self.keyring(role, computation)
@@ -317,13 +370,14 @@ class DispycosAMP(amp.AMP):
             self.log.warn("refused {role} {comp} from {peer}", role=role, comp=computation, peer=self._peer())
             raise AuthenticationError("peer refused")
         mine = auth.new_nonce()
-        self._pending_proof = auth.connector_proof(key, mine, nonce, role)
+        bound = auth.context(version, computation, location, self.my_location, channel_binding(self.transport))
+        self._pending_proof = auth.connector_proof(key, mine, nonce, role, bound)
         self.role, self.computation, self.peer_location = role, computation, location
         return {
             "version": config.ProtocolVersion,
             "location": self.my_location,
             "nonce": mine,
-            "proof": auth.listener_proof(key, nonce, mine, role),
+            "proof": auth.listener_proof(key, nonce, mine, role, bound),
         }
 
     @commands.Authenticate.responder
@@ -369,11 +423,15 @@ class DispycosAMP(amp.AMP):
         except Exception as e:
             self.transport.abortConnection()
             raise AuthenticationError("handshake with %s failed: %s" % (self._peer(), e))
-        if not auth.check(auth.listener_proof(key, mine, r["nonce"], role), r["proof"]):
+        # Both proofs are bound to this connection (its TLS session) and to
+        # what each side announced: relayed or replayed, they fail.
+        bound = auth.context(config.ProtocolVersion, computation, self.my_location, r["location"],
+                             channel_binding(self.transport))
+        if not auth.check(auth.listener_proof(key, mine, r["nonce"], role, bound), r["proof"]):
             self.transport.abortConnection()
             raise AuthenticationError("%s could not prove the secret (wrong secret?)" % self._peer())
         try:
-            yield self.callRemote(commands.Authenticate, proof=auth.connector_proof(key, r["nonce"], mine, role))
+            yield self.callRemote(commands.Authenticate, proof=auth.connector_proof(key, r["nonce"], mine, role, bound))
         except AuthenticationError:
             raise AuthenticationError("refused by %s (wrong secret)" % self._peer())
         self.authenticated = True

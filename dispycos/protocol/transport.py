@@ -16,7 +16,9 @@ from twisted.internet import interfaces
 
 
 def write_now(transport):
-    """Write what C{transport} buffered to its socket now, when it is a plain, open TCP connection."""
+    """Write what C{transport} buffered to its socket now, when it is (or TLS runs over) an open TCP connection."""
+    if interfaces.ISSLTransport.providedBy(transport):
+        transport = getattr(transport, "transport", None)  # TLS writes its records to the TCP connection at once
     if not (interfaces.IWriteDescriptor.providedBy(transport) and interfaces.ITCPTransport.providedBy(transport)):
         return
     if not getattr(transport, "connected", False) or getattr(transport, "disconnecting", True):

@@ -25,7 +25,7 @@ import os
 import secrets
 import stat
 
-from twisted.internet import defer
+from twisted.internet import defer, interfaces
 from twisted.logger import Logger
 
 from . import config, paths
@@ -38,6 +38,8 @@ from .protocol.transport import stop_parsing, take_unparsed, write_now
 #: in frames of L{FRAME} bytes (copies), and so do other buffers.
 MAX_FRAME = 64 * 1024 * 1024
 FRAME = 16 * 1024 * 1024
+#: The frames of a stream over TLS.
+TLS_FRAME = 1024 * 1024
 #: Bytes of a file read (and sent as a raw frame) at once.
 FILE_BLOCK = 4 * 1024 * 1024
 
@@ -386,15 +388,15 @@ def _file_digest(path):
     return size, sha.digest()
 
 
-def _frames(part):
-    """C{part} as the bytes of raw frames: itself when it is bytes of a frame's size at most."""
-    if isinstance(part, bytes) and len(part) <= MAX_FRAME:
+def _frames(part, frame=FRAME, max_frame=MAX_FRAME):
+    """C{part} as the bytes of raw frames: itself when it is bytes of C{max_frame} at most, else C{frame} each."""
+    if isinstance(part, bytes) and len(part) <= max_frame:
         if part:
             yield part
         return
     view = memoryview(part).cast("B")
-    for start in range(0, len(view), FRAME):
-        yield bytes(view[start : start + FRAME])
+    for start in range(0, len(view), frame):
+        yield bytes(view[start : start + frame])
 
 
 @defer.inlineCallbacks
@@ -406,9 +408,12 @@ def _send_raw(proto, sid, parts):
     has sent most of the last.
     """
     offset = 0
+    # TLS encrypts all of a write before any of it leaves: in small frames,
+    # encrypting the next overlaps sending and decrypting the last.
+    sizes = (TLS_FRAME, TLS_FRAME) if interfaces.ISSLTransport.providedBy(proto.transport) else (FRAME, MAX_FRAME)
     try:
         for part in parts:
-            for piece in _frames(part):
+            for piece in _frames(part, *sizes):
                 if not proto.connected:
                     raise ConnectionLostError("connection lost while sending stream %d" % (sid,))
                 proto.callRemote(commands.StreamData, stream=sid, offset=offset, size=len(piece))

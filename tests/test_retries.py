@@ -1,0 +1,325 @@
+"""
+Retries, timeouts, cancellation and as_completed (issue 15, SPEC 6.2), with
+real node and server processes on 127.0.0.1 (and 127.0.0.2). Servers and
+nodes are killed by PID; the nodes are each test's own.
+"""
+
+import os
+import random
+import signal
+import time
+
+import pytest
+import pytest_twisted
+from twisted.internet import defer, reactor, task
+
+import dispycos
+from dispycos import Computation, DispycosStatus, Scheduler, Status
+
+from .conftest import Session
+from .test_core import wait_for
+
+
+# -- task functions (shipped by value) -----------------------------------------------------
+
+
+def note_pid(path):
+    """Append this server's pid to the file at C{path}; the number of lines so far."""
+    import os
+
+    with open(path, "a") as f:
+        f.write("%d\n" % os.getpid())
+    with open(path) as f:
+        return len(f.read().split())
+
+
+def receive_two(path, task=None):
+    """Note the pid, then return the next two messages."""
+    note_pid(path)
+    first = yield task.receive(timeout=60)
+    second = yield task.receive(timeout=60)
+    return [first, second]
+
+
+def sleep_gen(seconds, task=None):
+    yield task.sleep(seconds)
+    return seconds
+
+
+def sleep_plain(seconds):
+    import time
+
+    time.sleep(seconds)
+    return seconds
+
+
+def slow_double(path, x, task=None):
+    """Note the pid, take 3 s, return 2x."""
+    note_pid(path)
+    yield task.sleep(3)
+    return 2 * x
+
+
+def fails_first(path):
+    """Raise ValueError on the first attempt (counted in the file at C{path}), then succeed."""
+    attempt = note_pid(path)
+    if attempt == 1:
+        raise ValueError("first attempt fails")
+    return "attempt %d" % attempt
+
+
+def always_fails(path):
+    note_pid(path)
+    raise ValueError("always")
+
+
+def write_marker(path):
+    with open(path, "w") as f:
+        f.write("ran")
+    return "ran"
+
+
+def square(x):
+    return x * x
+
+
+def pid_of_server():
+    import os
+
+    return os.getpid()
+
+
+def short_plain(x):
+    """A short task: 2 ms in a worker thread; which server ran it."""
+    import time
+
+    time.sleep(0.002)
+    return (x * x, dispycos_server_location.addr)  # noqa: F821 - a global of every server
+
+
+# -- helpers --------------------------------------------------------------------------------
+
+
+def codes(statuses, code):
+    return [s for s in statuses if isinstance(s, DispycosStatus) and s.status == code]
+
+
+def pids_in(path):
+    try:
+        with open(path) as f:
+            return [int(x) for x in f.read().split()]
+    except FileNotFoundError:
+        return []
+
+
+def sleep(seconds):
+    return task.deferLater(reactor, seconds, lambda: None)
+
+
+# -- retries of single tasks ----------------------------------------------------------------
+
+
+@pytest_twisted.ensureDeferred
+async def test_a_task_whose_server_is_killed_runs_again_elsewhere(fresh_node, tmp_path):
+    """retries=1: the server running it is SIGKILLed; the task runs again on the other server, result correct."""
+    node = fresh_node(cpus=2)
+    statuses = []
+    path = str(tmp_path / "pids")
+    async with Session(node, [slow_double], status_task=statuses.append, retries=1) as comp:
+        rtask = await comp.run(slow_double, path, 21)
+        first = rtask.location
+        await wait_for(lambda: len(pids_in(path)) == 1, timeout=20)
+        os.kill(pids_in(path)[0], signal.SIGKILL)
+        assert await rtask.result(timeout=60) == 42
+        assert len(pids_in(path)) == 2 and pids_in(path)[0] != pids_in(path)[1]
+        assert rtask.location != first  # another server existed: not the same one again
+        retried = codes(statuses, Status.TaskRetried)
+        assert len(retried) == 1 and retried[0].info.task is rtask
+        assert retried[0].info.args == (path, 21)
+        finished = codes(statuses, Status.TaskFinished)
+        assert len(finished) == 1 and finished[0].info.result == 42 and finished[0].info.exception is None
+        assert len(codes(statuses, Status.TaskCreated)) == 1
+
+
+@pytest_twisted.ensureDeferred
+async def test_without_retries_the_task_is_abandoned(fresh_node, tmp_path):
+    node = fresh_node(cpus=2)
+    statuses = []
+    path = str(tmp_path / "pids")
+    async with Session(node, [slow_double], status_task=statuses.append) as comp:
+        rtask = await comp.run(slow_double, path, 21)
+        await wait_for(lambda: len(pids_in(path)) == 1, timeout=20)
+        os.kill(pids_in(path)[0], signal.SIGKILL)
+        with pytest.raises(dispycos.TaskAbandoned):
+            await rtask.result(timeout=60)
+        assert codes(statuses, Status.TaskRetried) == []
+        assert len(pids_in(path)) == 1
+        # options() views: the same computation, other options
+        view = comp.options(retries=1)
+        assert view.options(timeout=5)._options.retries == 1 and comp.retries == 0
+
+
+@pytest_twisted.ensureDeferred
+async def test_messages_sent_between_attempts_reach_the_next_one(fresh_node, tmp_path):
+    """
+    The other server is busy, so the retry waits for it: a send and a deliver
+    made meanwhile are held and reach the new attempt, in order.
+    """
+    node = fresh_node(cpus=2)
+    statuses = []
+    path = str(tmp_path / "pids")
+    async with Session(node, [receive_two, sleep_gen], status_task=statuses.append) as comp:
+        rtask = await comp.options(retries=1).run(receive_two, path)
+        busy = await comp.run(sleep_gen, 4)  # the other server, for 4 s
+        assert busy.location != rtask.location
+        await wait_for(lambda: len(pids_in(path)) == 1, timeout=20)
+        os.kill(pids_in(path)[0], signal.SIGKILL)
+        await wait_for(lambda: codes(statuses, Status.ServerDisconnected), timeout=20)
+        assert not codes(statuses, Status.TaskRetried)  # between attempts: waiting for the busy server
+        sent_at = time.time()
+        rtask.send("first")
+        delivered = rtask.deliver("second", timeout=30)
+        assert await rtask.result(timeout=60) == ["first", "second"]
+        assert await delivered == 1
+        retried = codes(statuses, Status.TaskRetried)
+        assert len(retried) == 1 and retried[0].info.start_time >= sent_at
+        assert rtask.location == busy.location  # the other server (the killed one was back meanwhile)
+        assert await busy.result(timeout=30) == 4
+
+
+@pytest_twisted.ensureDeferred
+async def test_retry_on_an_exception_type(fresh_node, tmp_path):
+    """retry_on=(ValueError,): the first attempt raises, the second succeeds; never more than retries."""
+    node = fresh_node(cpus=1)
+    statuses = []
+    async with Session(node, [fails_first, always_fails], status_task=statuses.append) as comp:
+        path = str(tmp_path / "attempts")
+        assert await comp.options(retries=2, retry_on=(ValueError,)).run_result(fails_first, path) == "attempt 2"
+        assert len(pids_in(path)) == 2
+        assert len(codes(statuses, Status.TaskRetried)) == 1
+        # retries bound retry_on
+        path = str(tmp_path / "always")
+        with pytest.raises(dispycos.RemoteTaskError) as failed:
+            await comp.options(retries=2, retry_on=ValueError).run_result(always_fails, path)
+        assert failed.value.type_name == "ValueError" and len(pids_in(path)) == 3
+        # retry_on without retries retries nothing; another type is not retried
+        for options, name in ((dict(retry_on=(ValueError,)), "none"), (dict(retries=2, retry_on=(KeyError,)), "other")):
+            path = str(tmp_path / name)
+            with pytest.raises(dispycos.RemoteTaskError):
+                await comp.options(**options).run_result(always_fails, path)
+            assert len(pids_in(path)) == 1, name
+        assert len(codes(statuses, Status.TaskRetried)) == 1 + 2
+
+
+# -- timeouts ----------------------------------------------------------------------------------
+
+
+@pytest_twisted.ensureDeferred
+async def test_timeout_of_a_generator_task(fresh_node):
+    """A generator sleeping 30 s with timeout=1: TaskTimeout soon; the same server runs the next task."""
+    node = fresh_node(cpus=1)
+    statuses = []
+    async with Session(node, [sleep_gen, pid_of_server], status_task=statuses.append, timeout=1) as comp:
+        pid = await comp.run_result(pid_of_server)
+        started = time.monotonic()
+        rtask = await comp.run(sleep_gen, 30)
+        with pytest.raises(dispycos.TaskTimeout):
+            await rtask.result(timeout=60)
+        assert time.monotonic() - started < 20  # generous: 1 s is the timeout
+        finished = codes(statuses, Status.TaskFinished)
+        assert isinstance(finished[-1].info.exception, dispycos.TaskTimeout)
+        assert await comp.options(timeout=None).run_result(pid_of_server) == pid  # the same process
+        assert await comp.run_result(sleep_gen, 0.1) == 0.1  # within its timeout: its result
+
+
+@pytest_twisted.ensureDeferred
+async def test_timeout_of_a_plain_function_replaces_its_server(fresh_node):
+    """
+    time.sleep(30) in a worker thread cannot be interrupted: with timeout=1
+    its server process is replaced; the client sees TaskTimeout (not
+    TaskAbandoned), another task on that server is retried as usual, and
+    the replacement runs the next task.
+    """
+    node = fresh_node(cpus=1)
+    statuses = []
+    async with Session(node, [sleep_plain, sleep_gen, pid_of_server], status_task=statuses.append) as comp:
+        pid = await comp.run_result(pid_of_server)
+        other = await comp.options(retries=1).run_async(sleep_gen, 4)  # shares the server
+        started = time.monotonic()
+        rtask = await comp.options(timeout=1).run(sleep_plain, 30)
+        with pytest.raises(dispycos.TaskTimeout):
+            await rtask.result(timeout=60)
+        assert time.monotonic() - started < 25
+        assert await other.result(timeout=60) == 4  # abandoned with the server, run again on its replacement
+        assert len(codes(statuses, Status.TaskRetried)) == 1
+        new_pid = await comp.run_result(pid_of_server)
+        assert new_pid != pid and node.server_pids() == [new_pid]
+        assert await comp.run_result(sleep_plain, 0.1) == 0.1
+        assert "did not end within its grace" in node.output()
+        timed_out = [s.info for s in codes(statuses, Status.TaskFinished) if s.info.task is rtask]
+        assert len(timed_out) == 1 and isinstance(timed_out[0].exception, dispycos.TaskTimeout)
+
+
+# -- cancellation --------------------------------------------------------------------------------
+
+
+@pytest_twisted.ensureDeferred
+async def test_cancel_a_queued_run(fresh_node, tmp_path):
+    """cancel() on a run() still waiting for a server: the task never starts."""
+    node = fresh_node(cpus=1)
+    statuses = []
+    marker = tmp_path / "marker"
+    async with Session(node, [sleep_gen, write_marker, square], status_task=statuses.append) as comp:
+        busy = await comp.run(sleep_gen, 1)
+        queued = comp.run(write_marker, str(marker))
+        assert not queued.called  # waits for the only server
+        queued.cancel()
+        with pytest.raises(defer.CancelledError):
+            await queued
+        after = comp.run(square, 3)  # queued behind the cancelled one (first come, first served)
+        assert await (await after).result(timeout=30) == 9
+        assert await busy.result(timeout=30) == 1
+        assert not marker.exists()
+        created = [s.info.task.name for s in codes(statuses, Status.TaskCreated)]
+        assert created == ["sleep_gen", "square"]
+
+
+@pytest_twisted.ensureDeferred
+async def test_cancel_result_terminates_the_task(fresh_node):
+    """cancel() on result() terminates the task; a result() that times out leaves it running."""
+    node = fresh_node(cpus=1)
+    statuses = []
+    async with Session(node, [sleep_gen], status_task=statuses.append) as comp:
+        rtask = await comp.run(sleep_gen, 1.5)
+        with pytest.raises(dispycos.TimeoutError):
+            await rtask.result(timeout=0.2)
+        assert await rtask.result(timeout=30) == 1.5  # it went on
+
+        rtask = await comp.run(sleep_gen, 30)
+        waiting = rtask.result()
+        waiting.cancel()
+        with pytest.raises(defer.CancelledError):
+            await waiting
+        with pytest.raises(dispycos.TaskTerminated):
+            await rtask.result(timeout=20)
+        finished = [s.info for s in codes(statuses, Status.TaskFinished) if s.info.task is rtask]
+        assert len(finished) == 1 and isinstance(finished[0].exception, dispycos.TaskTerminated)
+        assert await comp.run_result(sleep_gen, 0.1) == 0.1
+
+
+# -- as_completed -------------------------------------------------------------------------------
+
+
+@pytest_twisted.ensureDeferred
+async def test_as_completed_yields_in_completion_order(node):
+    async with Session(node, [sleep_gen]) as comp:
+        rtasks = [await comp.run_async(sleep_gen, s) for s in (1.5, 0.2, 0.8)]
+        order = [rtasks.index(rt) + 1 async for rt in dispycos.as_completed(rtasks)]
+        assert order == [2, 3, 1]
+        rtasks = [await comp.run_async(sleep_gen, s) for s in (0.1, 20)]
+        got = []
+        with pytest.raises(dispycos.TimeoutError):
+            async for rt in dispycos.as_completed(rtasks, timeout=2):
+                got.append(await rt.result())
+        assert got == [0.1]
+        await rtasks[1].terminate()

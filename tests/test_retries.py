@@ -83,6 +83,14 @@ def square(x):
     return x * x
 
 
+def map_item(x):
+    """A map task: 5 ms in a worker thread; its square and the address of the node that ran it."""
+    import time
+
+    time.sleep(0.005)
+    return (x * x, dispycos_server_location.addr)  # noqa: F821 - a global of every server
+
+
 def pid_of_server():
     import os
 
@@ -209,6 +217,129 @@ async def test_retry_on_an_exception_type(fresh_node, tmp_path):
                 await comp.options(**options).run_result(always_fails, path)
             assert len(pids_in(path)) == 1, name
         assert len(codes(statuses, Status.TaskRetried)) == 1 + 2
+
+
+@pytest_twisted.ensureDeferred
+async def test_a_retry_goes_to_another_server_when_one_exists(fresh_node, tmp_path):
+    """The server of a failed attempt is still there (retry_on): the retry goes to the other one."""
+    node = fresh_node(cpus=2)
+    statuses = []
+    async with Session(node, [fails_first], status_task=statuses.append) as comp:
+        await wait_for(lambda: len(node.server_pids()) == 2, timeout=20)
+        for name in ("one", "two"):  # (each time both servers are free: the same would be picked again)
+            path = str(tmp_path / name)
+            rtask = await comp.options(retries=1, retry_on=(ValueError,)).run(fails_first, path)
+            first = rtask.location
+            assert await rtask.result(timeout=30) == "attempt 2"
+            pids = pids_in(path)
+            assert len(pids) == 2 and pids[0] != pids[1] and rtask.location != first
+        assert len(codes(statuses, Status.TaskRetried)) == 2
+
+
+# -- retries of maps ---------------------------------------------------------------------------
+
+
+async def _servers(comp, count):
+    """Wait (bounded) until C{comp} has C{count} servers."""
+    for _ in range(400):
+        if len(await comp.servers()) >= count:
+            return
+        await sleep(0.05)
+    raise AssertionError("fewer than %d servers" % count)
+
+
+@pytest_twisted.ensureDeferred
+async def test_a_node_killed_mid_map_loses_and_repeats_no_result(fresh_node):
+    """
+    2,000 items over two nodes of 2 servers, retries=2: the node on
+    127.0.0.2 is SIGKILLed (its whole process group) after 400 results; the
+    map still yields every result exactly once, in input order, the rest
+    from the node that is left.
+    """
+    import secrets
+
+    secret = secrets.token_hex(8)
+    a = fresh_node(cpus=2, secret=secret, host="127.0.0.1")
+    b = fresh_node(cpus=2, secret=secret, host="127.0.0.2")
+    statuses = []
+    scheduler = Scheduler(nodes=[a.location, b.location], secret=secret, discover=False)
+    comp = Computation([map_item], status_task=statuses.append, retries=2)
+    try:
+        await comp.schedule(timeout=30)
+        await _servers(comp, 4)
+        results = []
+        async for r in comp.map(map_item, range(2000)):
+            results.append(r)
+            if len(results) == 400:
+                assert {addr for _, addr in results} == {"127.0.0.1", "127.0.0.2"}
+                os.killpg(b.proc.pid, signal.SIGKILL)
+        assert [value for value, _ in results] == [x * x for x in range(2000)]
+        assert len(codes(statuses, Status.TaskCreated)) == 2000
+        retried = codes(statuses, Status.TaskRetried)
+        assert len(retried) >= 1  # what the node had not sent back ran again
+        assert all(s.info.task.location.addr == "127.0.0.1" for s in retried)
+        finished = codes(statuses, Status.TaskFinished)
+        assert len(finished) == 2000 and all(s.info.exception is None for s in finished)
+        assert len({s.info.task.tid for s in finished}) == 2000
+        assert await comp.servers() and all(loc.addr == "127.0.0.1" for loc in await comp.servers())
+    finally:
+        await comp.close(terminate=True)
+        await scheduler.close()
+
+
+@pytest_twisted.ensureDeferred
+async def test_chaos_map_with_servers_killed_at_random(fresh_node):
+    """
+    5,000 short tasks through map(..., retries=3) while a random server of
+    the node is SIGKILLed every 0.5 s (at most 8 times; the node starts a
+    fresh one each time): all 5,000 results, correct, in order, none
+    missing or twice.
+    """
+    node = fresh_node(cpus=3)
+    statuses = []
+    rng = random.Random(15)
+    kills = []
+    async with Session(node, [short_plain], status_task=statuses.append, retries=3) as comp:
+        await _servers(comp, 3)
+
+        def kill_one():
+            pids = node.server_pids()
+            if pids and len(kills) < 8:
+                victim = rng.choice(pids)
+                try:
+                    os.kill(victim, signal.SIGKILL)
+                    kills.append(victim)
+                except ProcessLookupError:
+                    pass
+
+        killer = task.LoopingCall(kill_one)
+        killer.start(0.5, now=False)
+        started = time.monotonic()
+        try:
+            results = [value async for value, _ in comp.map(short_plain, range(5000))]
+        finally:
+            killer.stop()
+        took = time.monotonic() - started
+        assert results == [x * x for x in range(5000)]
+        assert len(kills) >= 3, kills  # the servers were killed while the map ran
+        finished = codes(statuses, Status.TaskFinished)
+        assert len(finished) == 5000 and all(s.info.exception is None for s in finished)
+        assert len(codes(statuses, Status.TaskCreated)) == 5000
+        retried = len(codes(statuses, Status.TaskRetried))
+        assert retried >= 1
+        print("chaos map: 5000 results, %d servers killed, %d tasks retried, %.1f s" % (len(kills), retried, took))
+
+
+@pytest_twisted.ensureDeferred
+async def test_a_map_with_a_timeout(fresh_node):
+    """timeout=2 on run_results: the batch stuck in time.sleep(30) ends the run with TaskTimeout; the node goes on."""
+    node = fresh_node(cpus=1)
+    async with Session(node, [sleep_plain]) as comp:
+        started = time.monotonic()
+        with pytest.raises(dispycos.TaskTimeout):
+            await comp.options(timeout=2).run_results(sleep_plain, [0.1, 30, 0.1])
+        assert time.monotonic() - started < 25
+        assert await comp.options(timeout=2).run_results(sleep_plain, [0.1, 0.2]) == [0.1, 0.2]
 
 
 # -- timeouts ----------------------------------------------------------------------------------

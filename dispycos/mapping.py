@@ -241,6 +241,8 @@ class MapRun:
                 d.errback()
         elif self._finished():
             self._waiter = None
+            self._stop_probe()
+            self._end_progress()
             d.errback(StopAsyncIteration())
 
     def _next_outcome(self):

@@ -10,6 +10,7 @@ per batch of outcomes (never per task), and redraw at most every
 L{MIN_INTERVAL} seconds.
 """
 
+import os
 import sys
 import time
 
@@ -38,8 +39,24 @@ def progress_bar(total, stream=None, desc=None):
         from tqdm import tqdm
     except ImportError:
         return CounterLine(total, stream, desc)
-    return tqdm(total=total, file=stream, desc=desc, unit="task", dynamic_ncols=True, mininterval=MIN_INTERVAL,
-                smoothing=0.1)
+    # A terminal that reports no size (a bare pseudo-terminal) would get no
+    # bar at all from tqdm: it gets one of the usual width.
+    sized = _columns(stream) > 0
+    size = {} if sized else {"ncols": DEFAULT_COLUMNS, "nrows": DEFAULT_ROWS}
+    return tqdm(total=total, file=stream, desc=desc, unit="task", dynamic_ncols=sized, mininterval=MIN_INTERVAL,
+                smoothing=0.1, **size)
+
+
+#: Size of a terminal that does not report its size.
+DEFAULT_COLUMNS, DEFAULT_ROWS = 80, 24
+
+
+def _columns(stream):
+    """The width of terminal C{stream}, 0 when it does not say."""
+    try:
+        return os.get_terminal_size(stream.fileno()).columns
+    except Exception:
+        return 0
 
 
 def _duration(seconds):

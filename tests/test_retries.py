@@ -454,3 +454,117 @@ async def test_as_completed_yields_in_completion_order(node):
                 got.append(await rt.result())
         assert got == [0.1]
         await rtasks[1].terminate()
+
+
+# -- progress ----------------------------------------------------------------------------------
+
+
+def test_progress_counter_line_figures():
+    """Without tqdm: one line with count, percentage, rate and ETA, rewritten in place."""
+    import io
+
+    from dispycos.progress import CounterLine
+
+    now = [100.0]
+    out = io.StringIO()
+    line = CounterLine(100, out, desc="square", clock=lambda: now[0])
+    now[0] = 105.0
+    line.update(50)
+    assert line.line(now[0]) == "square: 50/100 tasks (50%), 10.0 tasks/s, ETA 00:05"
+    now[0] = 110.0
+    line.update(50)
+    line.close()
+    text = out.getvalue()
+    assert text.startswith("\rsquare: 50/100") and text.endswith("100/100 tasks (100%), 10.0 tasks/s, ETA 00:00\x1b[K\n")
+    assert CounterLine(None, out, clock=lambda: 10.0).line(70.0) == "0 tasks, 0.0 tasks/s, 01:00"
+
+
+class _Terminal:
+    """A pseudo-terminal: C{stream} (its slave end, a terminal) and what was written to it so far."""
+
+    def __init__(self):
+        import pty
+
+        self.master, slave = pty.openpty()
+        os.set_blocking(self.master, False)
+        self.stream = os.fdopen(slave, "w")
+        self.chunks = []
+        self.reader = task.LoopingCall(self.read)  # drained on the reactor: a writer never blocks on it
+        self.reader.start(0.02)
+
+    def resize(self, columns):
+        import fcntl
+        import struct
+        import termios
+
+        fcntl.ioctl(self.master, termios.TIOCSWINSZ, struct.pack("HHHH", 24, columns, 0, 0))
+
+    def read(self):
+        while True:
+            try:
+                data = os.read(self.master, 65536)
+            except (BlockingIOError, OSError):
+                return
+            if not data:
+                return
+            self.chunks.append(data)
+
+    def text(self):
+        self.stream.flush()
+        self.read()
+        return b"".join(self.chunks).decode("utf-8", "replace")
+
+    def close(self):
+        self.reader.stop()
+        self.stream.close()
+        os.close(self.master)
+
+
+@pytest_twisted.ensureDeferred
+async def test_progress_bar_on_a_terminal_and_nothing_elsewhere(node, monkeypatch, tmp_path):
+    """
+    progress=True: a bar with count, rate and ETA (tqdm's; without tqdm the
+    counter line) when stderr is a terminal; nothing when it is a file.
+    """
+    import re
+    import sys
+
+    from dispycos.progress import progress_bar
+
+    terminal = _Terminal()
+    try:
+        async with Session(node, [square]) as comp:
+            monkeypatch.setattr(sys, "stderr", terminal.stream)
+            assert await comp.run_results(square, range(300), progress=True) == [x * x for x in range(300)]
+            text = terminal.text()
+            assert "300/300" in text and "task/s" in text
+            assert re.search(r"\[\d\d:\d\d<\d\d:\d\d", text)  # elapsed < time left
+            assert "|" in text  # a bar (the terminal reports no size: the usual width)
+            terminal.resize(100)
+            assert [r async for r in comp.options(retries=1).map(square, range(200), progress=True)] == [
+                x * x for x in range(200)]
+            last = terminal.text()[len(text):].rstrip().rsplit("\r", 1)[-1]
+            assert "200/200" in last and "|" in last and len(last) <= 100
+
+            monkeypatch.setitem(sys.modules, "tqdm", None)  # tqdm not installed: the counter line
+            seen = len(terminal.text())
+            assert await comp.run_results(square, range(100), progress=True) == [x * x for x in range(100)]
+            line = terminal.text()[seen:]
+            assert "100/100 tasks (100%)" in line and "tasks/s, ETA 00:00" in line and "|" not in line
+            monkeypatch.delitem(sys.modules, "tqdm")
+
+            # not a terminal: nothing at all
+            with open(tmp_path / "stderr", "w") as f:
+                monkeypatch.setattr(sys, "stderr", f)
+                assert progress_bar(10) is None
+                assert await comp.run_results(square, range(300), progress=True) == [x * x for x in range(300)]
+                assert [r async for r in comp.map(square, range(50), progress=True)] == [x * x for x in range(50)]
+            assert (tmp_path / "stderr").read_text() == ""
+            assert await comp.run_results(square, range(10)) == [x * x for x in range(10)]
+            monkeypatch.setattr(sys, "stderr", terminal.stream)
+            seen = len(terminal.text())
+            assert await comp.run_results(square, range(300)) == [x * x for x in range(300)]
+            assert terminal.text()[seen:] == ""  # (no progress asked: none)
+    finally:
+        monkeypatch.undo()
+        terminal.close()

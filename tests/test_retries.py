@@ -236,6 +236,52 @@ async def test_a_retry_goes_to_another_server_when_one_exists(fresh_node, tmp_pa
         assert len(codes(statuses, Status.TaskRetried)) == 2
 
 
+@pytest_twisted.ensureDeferred
+async def test_retries_and_cancel_through_a_shared_scheduler(fresh_node, tmp_path):
+    """
+    The same through a shared scheduler process: a retry keeps off the
+    server of the failed attempt (the placement says so over the wire), a
+    task whose server is SIGKILLed runs again, a cancelled queued run never
+    starts.
+    """
+    from .test_shared import SchedulerProcess
+
+    node = fresh_node(cpus=2)
+    sched = SchedulerProcess([node.location], node.secret)
+    statuses = []
+    comp = Computation([fails_first, slow_double, sleep_gen, write_marker, square], secret=node.secret,
+                       status_task=statuses.append, retries=1)
+    try:
+        await comp.schedule(sched.location, timeout=30)
+        await _servers(comp, 2)
+        path = str(tmp_path / "attempts")
+        assert await comp.options(retry_on=(ValueError,)).run_result(fails_first, path) == "attempt 2"
+        assert len(set(pids_in(path))) == 2
+
+        path = str(tmp_path / "pids")
+        rtask = await comp.run(slow_double, path, 4)
+        await wait_for(lambda: len(pids_in(path)) == 1, timeout=20)
+        os.kill(pids_in(path)[0], signal.SIGKILL)
+        assert await rtask.result(timeout=60) == 8
+        assert len(codes(statuses, Status.TaskRetried)) == 2
+
+        await wait_for(lambda: len(node.server_pids()) == 2, timeout=30)
+        await _servers(comp, 2)
+        busy = [await comp.run(sleep_gen, 1) for _ in range(2)]
+        marker = tmp_path / "marker"
+        queued = comp.run(write_marker, str(marker))
+        assert not queued.called
+        queued.cancel()
+        with pytest.raises(defer.CancelledError):
+            await queued
+        assert await comp.run_result(square, 5) == 25
+        assert [await b.result(timeout=30) for b in busy] == [1, 1]
+        assert not marker.exists()
+    finally:
+        await comp.close(terminate=True)
+        sched.stop()
+
+
 # -- retries of maps ---------------------------------------------------------------------------
 
 

@@ -153,6 +153,7 @@ class TaskOptionsView(_TaskMethods):
 
     @property
     def computation(self):
+        """The L{Computation} this is a view of."""
         return self._computation
 
     def __repr__(self):

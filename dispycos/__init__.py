@@ -23,6 +23,7 @@ from .errors import (
     TaskAbandoned,
     TaskError,
     TaskTerminated,
+    TaskTimeout,
     TimeoutError,
     UnknownTaskError,
 )
@@ -50,6 +51,7 @@ _LAZY = {
     "RemoteTask": ".tasks",
     "Task": ".tasks",
     "TaskRef": ".tasks",
+    "as_completed": ".completion",
 }
 
 
@@ -77,6 +79,6 @@ __all__ = [
     "__version__", "Channel", "ChannelRef", "DispycosNodeAllocate", "Client", "Computation", "Scheduler", "LocalCluster", "default_cluster", "Task", "TaskRef", "RemoteTask",
     "Location", "Status", "DispycosStatus", "DispycosNodeInfo", "DispycosNodeAvailInfo", "DispycosTaskInfo",
     "TaskInfo", "DispycosError", "ScheduleError", "RemoteTaskError", "TaskTerminated", "TaskAbandoned",
-    "TaskError", "FileTransferError", "MailboxFull", "NoServerError", "ComputationClosed", "PayloadTooLarge", "PicklingError", "SetupError",
+    "TaskTimeout", "as_completed", "TaskError", "FileTransferError", "MailboxFull", "NoServerError", "ComputationClosed", "PayloadTooLarge", "PicklingError", "SetupError",
     "AuthenticationError", "UnknownTaskError", "TimeoutError", "MinPulseInterval", "MaxPulseInterval",
 ] + _status_names

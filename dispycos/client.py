@@ -17,6 +17,7 @@ from zope.interface import implementer
 
 from . import config, serialize
 from .allocate import DispycosNodeAllocate, allocate_cpus
+from .attempts import TaskControl, TaskOptions
 from .discovery import find_scheduler
 from .errors import ComputationClosed, NoServerError, PicklingError, ScheduleError
 from .interfaces import IComputationEvents
@@ -43,7 +44,124 @@ def _result_of(rtask):
     return rtask.result()
 
 
-class Computation:
+#: An option of C{options()} not given (keep the current value).
+_KEEP = object()
+
+
+class _TaskMethods:
+    """
+    The methods that create tasks, shared by a L{Computation} (with its
+    default options) and the views C{options()} returns (with theirs).
+    """
+
+    def options(self, retries=_KEEP, retry_on=_KEEP, timeout=_KEEP):
+        """
+        A view of this computation whose C{run*}, C{map} and C{run_results}
+        methods use these options instead (those not given stay): C{retries}
+        (attempts after the first for a task lost with its server or node,
+        or that raised a C{retry_on} type), C{retry_on} (exception classes or
+        names), C{timeout} (seconds a task may run; then it is terminated and
+        C{result()} errbacks with L{dispycos.TaskTimeout})::
+
+            rtask = await comp.options(retries=2, timeout=60).run(compute, 5)
+        """
+        changes = {name: value for name, value in
+                   (("retries", retries), ("retry_on", retry_on), ("timeout", timeout)) if value is not _KEEP}
+        return TaskOptionsView(self._computation, self._options.replace(**changes))
+
+    def run_at(self, where, fn, *args, **kwargs):
+        """
+        Deferred firing with a L{RemoteTask} for C{fn(*args, **kwargs)} on node
+        C{where} (IP or name) or server C{where} (a L{Location}), once it has
+        no CPU task. C{cancel()} before it fires takes the task off the queue.
+        """
+        return self._computation._run(where, fn, args, kwargs, True, self._options)
+
+    def run(self, fn, *args, **kwargs):
+        """
+        Deferred firing with a L{RemoteTask} on the least-loaded free server
+        (C{cancel()} before it fires takes the task off the queue).
+        """
+        return self._computation._run(None, fn, args, kwargs, True, self._options)
+
+    def run_async_at(self, where, fn, *args, **kwargs):
+        """As L{run_at}, but the task does not count as a CPU task."""
+        return self._computation._run(where, fn, args, kwargs, False, self._options)
+
+    def run_async(self, fn, *args, **kwargs):
+        """As L{run}, but the task does not count as a CPU task."""
+        return self._computation._run(None, fn, args, kwargs, False, self._options)
+
+    def run_result_at(self, where, fn, *args, **kwargs):
+        """Deferred firing with the result of C{fn} run at C{where}."""
+        return self.run_at(where, fn, *args, **kwargs).addCallback(_result_of)
+
+    def run_result(self, fn, *args, **kwargs):
+        """Deferred firing with the result of C{fn} run on some server."""
+        return self.run(fn, *args, **kwargs).addCallback(_result_of)
+
+    def run_results(self, fn, iterable, progress=False):
+        """
+        Deferred firing with the list of results of C{fn} over C{iterable}, in
+        input order (a tuple item is the argument list). Errbacks with the
+        first failure. Tasks go to servers in batches (see L{map}). With
+        C{progress}, a progress bar on stderr when it is a terminal.
+        """
+        comp = self._computation
+        try:
+            comp._check_open()
+        except ComputationClosed:
+            return defer.fail()
+        return run_results(comp, fn, iterable, self._options, progress)
+
+    def map(self, fn, iterable, ordered=True, window=None, progress=False):
+        """
+        An async iterator of the results of C{fn} over C{iterable} (a tuple
+        item is the argument list): in input order, or as they come when not
+        C{ordered}. The input is read lazily and at most C{window} tasks
+        (default: 4 x servers x batch size) are submitted and not yet yielded;
+        tasks go to servers in batches sized from their measured durations,
+        each batch one CPU task. The first failure ends the iteration with
+        that error (the map's other tasks are terminated). With retries, the
+        unfinished tasks of a lost batch run again (each result comes once).
+        With C{progress}, a progress bar on stderr when it is a terminal::
+
+            async for result in comp.map(compute, range(1000000)):
+                ...
+        """
+        comp = self._computation
+        comp._check_open()
+        return MapRun(comp, fn, iterable, ordered=ordered, window=window, options=self._options,
+                      progress=progress)
+
+    # pycos names
+    rtask_at = run_at
+    rtask = run
+    io_rtask_at = run_async_at
+    io_rtask = run_async
+
+
+class TaskOptionsView(_TaskMethods):
+    """
+    A computation with other task options (what C{Computation.options()}
+    returns): its C{run*}, C{map} and C{run_results} methods create the
+    computation's tasks with these options.
+    """
+
+    def __init__(self, computation, options):
+        self._computation = computation
+        self._options = options
+
+    @property
+    def computation(self):
+        """The L{Computation} this is a view of."""
+        return self._computation
+
+    def __repr__(self):
+        return "<%r of %r>" % (self._options, self._computation)
+
+
+class Computation(_TaskMethods):
     """
     A computation: code (C{components}) that runs as tasks on servers.
 
@@ -52,6 +170,15 @@ class Computation:
         cloudpickle; modules and files are copied to every node.
     @param status_task: a local L{Task} (messages go to its mailbox) or a
         callable, given every L{DispycosStatus}.
+    @param retries: how many times a task lost with its server or node (or
+        that raised a C{retry_on} type) runs again, on another server when
+        there is one (default 0). A retried task may have run partly: its
+        side effects happen at least once.
+    @param retry_on: exception classes (or their names) that also retry a
+        task that raised them, within C{retries}.
+    @param timeout: seconds a task may run; then it is terminated (a plain
+        function by replacing its server process if it does not end within a
+        second) and C{result()} errbacks with L{dispycos.TaskTimeout}.
     """
 
     log = Logger()
@@ -59,9 +186,10 @@ class Computation:
     def __init__(self, components, pulse_interval=10, node_allocations=(), status_task=None,
                  node_setup=None, server_setup=None, disable_nodes=False, disable_servers=False,
                  peers_communicate=False, secret="", certfile=None, keyfile=None, cafile=None,
-                 dest_path=None, nodes=None, reactor=None, **unknown):
+                 dest_path=None, nodes=None, reactor=None, retries=0, retry_on=(), timeout=None, **unknown):
         if unknown:
             raise TypeError("Computation() got unexpected arguments: %s" % ", ".join(sorted(unknown)))
+        self._options = TaskOptions(retries, retry_on, timeout)
         if not isinstance(components, (list, tuple)):
             components = [components]
         if not (config.MinPulseInterval <= pulse_interval <= config.MaxPulseInterval):
@@ -297,6 +425,7 @@ class Computation:
     def _closed_by_scheduler(self, reason):
         if self._closed:
             return
+        self._closing = True  # (no task runs again)
         for rtask in list(self._tasks.values()):
             self.runtime._settle(rtask, (ABANDONED, "computation closed by the scheduler: %s" % reason))
         self._active = False
@@ -345,8 +474,33 @@ class Computation:
         if self._scheduler_gone is not None:
             raise ComputationClosed("the scheduler is gone: %s" % (self._scheduler_gone,))
 
-    def _run(self, where, fn, args, kwargs, cpu):
+    @property
+    def _computation(self):
+        return self
+
+    @property
+    def retries(self):
+        """Default retries of this computation's tasks."""
+        return self._options.retries
+
+    @property
+    def retry_on(self):
+        """Default C{retry_on} of this computation's tasks."""
+        return self._options.retry_on
+
+    @property
+    def timeout(self):
+        """Default timeout of this computation's tasks (seconds, or None)."""
+        return self._options.timeout
+
+    def _takes_retries(self):
+        """Whether a task may run again now (not while the computation closes)."""
+        return self._active and not self._closing and not self._closed and self._scheduler_gone is None
+
+    def _run(self, where, fn, args, kwargs, cpu, options):
         # Explicit callbacks, no generator: this is the per-task path.
+        if options.plain:
+            options = None
         try:
             self._check_open()
             ref, code = self._function_ref(fn)
@@ -364,11 +518,15 @@ class Computation:
         except Exception:
             return defer.fail()
         if isinstance(placed, defer.Deferred):
-            return placed.addCallback(self._send_task, fn, blob, code, args, kwargs, cpu)
-        return defer.succeed(self._send_task(placed, fn, blob, code, args, kwargs, cpu))
+            return placed.addCallback(self._send_task, fn, blob, code, args, kwargs, cpu, options, where)
+        return defer.succeed(self._send_task(placed, fn, blob, code, args, kwargs, cpu, options, where))
 
-    def _send_task(self, entry, fn, blob, code, args, kwargs, cpu):
-        """Create the task on C{entry}'s server (one-way): its L{RemoteTask} at once."""
+    def _send_task(self, entry, fn, blob, code, args, kwargs, cpu, options=None, where=None):
+        """
+        Create the task on C{entry}'s server (one-way): its L{RemoteTask} at
+        once. With C{options} (retries, a timeout) a L{TaskControl} runs its
+        attempts.
+        """
         runtime = self.runtime
         tid = runtime.next_remote_tid()
         rtask = RemoteTask(entry.location, tid, getattr(fn, "__name__", "task"), computation=self)
@@ -379,13 +537,19 @@ class Computation:
         if self.status_task is not None:  # no record per task for nobody
             rtask.info = TaskInfo(rtask, args, kwargs, time.time())
             self._status(Status.TaskCreated, rtask.info)
+        if options is not None:
+            control = rtask._control = TaskControl(self, rtask, options, blob, code, args, kwargs, cpu, where)
+            runtime.send_task(entry.location, tid, blob, code)
+            control.sent()
+            return rtask
         runtime.send_task(entry.location, tid, blob, code)
         return rtask
 
     def _task_ended(self, rtask):
         self._tasks.pop(rtask.tid, None)
-        if self._scheduler is not None:
-            self._scheduler.task_done(rtask._entry, rtask._cpu)
+        entry = rtask._entry
+        if self._scheduler is not None and entry is not None:
+            self._scheduler.task_done(entry, rtask._cpu)
         info = rtask.info
         if info is not None and self.status_task is not None:
             info.end_time = time.time()
@@ -395,68 +559,6 @@ class Computation:
             else:
                 info.exception = outcome_result(rtask.outcome, rtask).value
             self._status(Status.TaskFinished, info)
-
-    def run_at(self, where, fn, *args, **kwargs):
-        """
-        Deferred firing with a L{RemoteTask} for C{fn(*args, **kwargs)} on node
-        C{where} (IP or name) or server C{where} (a L{Location}), once it has
-        no CPU task.
-        """
-        return self._run(where, fn, args, kwargs, True)
-
-    def run(self, fn, *args, **kwargs):
-        """Deferred firing with a L{RemoteTask} on the least-loaded free server."""
-        return self._run(None, fn, args, kwargs, True)
-
-    def run_async_at(self, where, fn, *args, **kwargs):
-        """As L{run_at}, but the task does not count as a CPU task."""
-        return self._run(where, fn, args, kwargs, False)
-
-    def run_async(self, fn, *args, **kwargs):
-        """As L{run}, but the task does not count as a CPU task."""
-        return self._run(None, fn, args, kwargs, False)
-
-    def run_result_at(self, where, fn, *args, **kwargs):
-        """Deferred firing with the result of C{fn} run at C{where}."""
-        return self.run_at(where, fn, *args, **kwargs).addCallback(_result_of)
-
-    def run_result(self, fn, *args, **kwargs):
-        """Deferred firing with the result of C{fn} run on some server."""
-        return self.run(fn, *args, **kwargs).addCallback(_result_of)
-
-    def run_results(self, fn, iterable, progress=False):
-        """
-        Deferred firing with the list of results of C{fn} over C{iterable}, in
-        input order (a tuple item is the argument list). Errbacks with the
-        first failure. Tasks go to servers in batches (see L{map}).
-        """
-        try:
-            self._check_open()
-        except ComputationClosed:
-            return defer.fail()
-        return run_results(self, fn, iterable)
-
-    def map(self, fn, iterable, ordered=True, window=None):
-        """
-        An async iterator of the results of C{fn} over C{iterable} (a tuple
-        item is the argument list): in input order, or as they come when not
-        C{ordered}. The input is read lazily and at most C{window} tasks
-        (default: 4 x servers x batch size) are submitted and not yet yielded;
-        tasks go to servers in batches sized from their measured durations,
-        each batch one CPU task. The first failure ends the iteration with
-        that error (the map's other tasks are terminated)::
-
-            async for result in comp.map(compute, range(1000000)):
-                ...
-        """
-        self._check_open()
-        return MapRun(self, fn, iterable, ordered=ordered, window=window)
-
-    # pycos names
-    rtask_at = run_at
-    rtask = run
-    io_rtask_at = run_async_at
-    io_rtask = run_async
 
     # -- control of nodes and servers ------------------------------------------------
 

@@ -80,6 +80,10 @@ class TaskAbandoned(TaskError):
     """The task was lost with its server or node."""
 
 
+class TaskTimeout(TaskError):
+    """The task ran longer than its C{timeout} and was terminated (its server replaced if it had to be)."""
+
+
 class MailboxFull(DispycosError):
     """A task's mailbox holds as many messages as allowed; the message was refused."""
 

@@ -30,12 +30,14 @@ class IScheduler(Interface):
     def release(computation, terminate=False):
         """Deferred firing once every node of C{computation} is released (or it left the queue)."""
 
-    def place(computation, cpu, where=None):
+    def place(computation, cpu, where=None, avoid=None):
         """
         A server entry (C{location}, C{node_addr}) for a task, booked for it at
-        once, or a Deferred firing with one: a CPU task waits, first come
-        first served, for a server without a CPU task. C{where}: None, a node
-        (address or name) or a server L{Location}.
+        once, or a Deferred firing with one (C{cancel()} stops waiting: the
+        task never gets that server): a CPU task waits, first come first
+        served, for a server without a CPU task. C{where}: None, a node
+        (address or name) or a server L{Location}. C{avoid}: server
+        L{Location}s not to use while another server exists (a retry).
         """
 
     def task_done(entry, cpu):

@@ -7,6 +7,13 @@ The input is read lazily; items go to servers in batches (groups) that a
 server runs one after another as one CPU task, sized from the durations
 measured so far as joblib's auto batching does; at most C{window} tasks are
 submitted and not yet yielded, so a million-item map runs in bounded memory.
+
+With retries (C{comp.options(retries=N)}), the unfinished tasks of a batch
+lost with its server go out again in new batches, on other servers while
+there are any, and so does a task that raised a C{retry_on} type: each
+result is taken once, whatever ran twice. With a timeout, a batch that
+reports no outcome for that long is terminated: its running task ends with
+L{dispycos.TaskTimeout}, the ones behind it go out again.
 """
 
 import collections
@@ -17,9 +24,11 @@ from twisted.internet import defer
 from twisted.logger import Logger
 
 from . import serialize
+from .attempts import ESCALATE_AFTER, TERMINATE_GRACE
 from .errors import PicklingError
+from .progress import progress_bar
 from .status import Status, TaskInfo
-from .outcomes import OK, outcome_result
+from .outcomes import ABANDONED, OK, TERMINATED, TIMEOUT, outcome_result
 from .tasks import RemoteTask
 
 #: A group should take about this long on its server (seconds): long enough
@@ -94,11 +103,16 @@ class BatchSizer:
 
 
 class RemoteGroup:
-    """The client's record of a group of a map's tasks sent to one server."""
+    """
+    The client's record of a group of a map's tasks sent to one server: the
+    map's items C{first}... (or, for a group of tasks sent again, the items
+    C{indices}); with retries or a timeout, their C{calls} and C{attempts}.
+    """
 
-    __slots__ = ("mapper", "entry", "location", "tid", "count", "first", "received", "sent_at", "infos", "ran")
+    __slots__ = ("mapper", "entry", "location", "tid", "count", "first", "received", "sent_at", "infos", "ran",
+                 "calls", "indices", "attempts", "faulty", "timed_out", "lost_seen", "watch")
 
-    def __init__(self, mapper, entry, tid, count, first, infos=None):
+    def __init__(self, mapper, entry, tid, count, first, infos=None, calls=None, indices=None, attempts=None):
         self.mapper = mapper
         self.entry = entry
         self.location = entry.location
@@ -110,6 +124,21 @@ class RemoteGroup:
         self.infos = infos
         #: Seconds its tasks held their server so far (as the server reports).
         self.ran = None
+        self.calls = calls
+        self.indices = indices
+        self.attempts = attempts
+        #: Lost or timed out (its timings say nothing of its tasks).
+        self.faulty = False
+        self.timed_out = False
+        #: Whether the first task it lost (the one that was running) was seen.
+        self.lost_seen = False
+        #: Its timeout (no outcome for that long), then its escalation.
+        self.watch = None
+
+    def index(self, pos):
+        """The map's index of the group's task C{pos}."""
+        indices = self.indices
+        return self.first + pos if indices is None else indices[pos]
 
     def outcomes(self, start, outcomes, seconds=None):
         if seconds is not None:
@@ -120,6 +149,7 @@ class RemoteGroup:
         """Its server or node was lost: what did not come back is abandoned."""
         left = self.count - self.received
         if left > 0:
+            self.faulty = True
             self.mapper._outcomes(self, self.received, [outcome] * left)
 
 
@@ -131,12 +161,15 @@ class MapRun:
     """
     One map of C{fn} over C{iterable} on computation C{comp}: an async
     iterator of results (in input order when C{ordered}), or, with
-    C{collect}, a Deferred of the list of all results (L{result}).
+    C{collect}, a Deferred of the list of all results (L{result}). With
+    C{options} (retries, a timeout: L{dispycos.attempts.TaskOptions}) lost
+    tasks run again and groups have a deadline; with C{progress}, a progress
+    bar on stderr when it is a terminal.
     """
 
     log = Logger()
 
-    def __init__(self, comp, fn, iterable, ordered=True, window=None, collect=False):
+    def __init__(self, comp, fn, iterable, ordered=True, window=None, collect=False, options=None, progress=False):
         self.comp = comp
         self.runtime = comp.runtime
         self.scheduler = comp._scheduler
@@ -169,6 +202,11 @@ class MapRun:
         self.reactor = comp.reactor
         self._probe_timer = None
         self._probe_over = False
+        #: Options that ask for something (retries, a timeout), else None.
+        self.options = options if options is not None and not options.plain else None
+        #: Tasks to send again: C{(servers to avoid, [(index, args, attempts), ...])}.
+        self.retry_queue = collections.deque()
+        self.progress = progress_bar(self.total, desc=self.name) if progress else None
 
     # -- the async iterator ------------------------------------------------------
 
@@ -203,6 +241,8 @@ class MapRun:
                 d.errback()
         elif self._finished():
             self._waiter = None
+            self._stop_probe()
+            self._end_progress()
             d.errback(StopAsyncIteration())
 
     def _next_outcome(self):
@@ -211,7 +251,7 @@ class MapRun:
         return self.ready.popleft() if self.ready else None
 
     def _finished(self):
-        if not self.exhausted or self.groups:
+        if not self.exhausted or self.groups or self.retry_queue:
             return False
         return self.collect or self.yielded >= self.next_index
 
@@ -228,6 +268,7 @@ class MapRun:
     def _check_done(self):
         if self._finished() or self.failure is not None:
             self._stop_probe()
+            self._end_progress()
         if self._done is None or self._done.called:
             return
         if self.failure is not None:
@@ -264,23 +305,29 @@ class MapRun:
         self._fill()
 
     def _fill(self):
-        """Ask for servers while there is input and room in the window."""
-        while (self.placing is None and not self.exhausted and self.failure is None and not self.closed
-               and (self.collect or self._in_flight() < self._limit()) and not self._probing()):
+        """Ask for servers while there are tasks to send again, or input and room in the window."""
+        while self.placing is None and self.failure is None and not self.closed:
+            retry = bool(self.retry_queue)
+            if not retry and not (not self.exhausted and (self.collect or self._in_flight() < self._limit())
+                                  and not self._probing()):
+                return
             try:
-                placed = self.scheduler.place(self.events, True, None)
+                if retry:  # (within the window: these were read already)
+                    placed = self.scheduler.place(self.events, True, None, avoid=self.retry_queue[0][0])
+                else:
+                    placed = self.scheduler.place(self.events, True, None)
             except Exception as e:
                 self._fail(e)
                 return
             if isinstance(placed, defer.Deferred):
                 self.placing = placed
-                placed.addCallbacks(self._placed, self._place_failed)
+                placed.addCallbacks(self._placed, self._place_failed, callbackArgs=(retry,))
                 return
-            self._submit(placed)
+            self._submit(placed, retry)
 
-    def _placed(self, entry):
+    def _placed(self, entry, retry=False):
         self.placing = None
-        self._submit(entry)
+        self._submit(entry, retry)
         self._fill()
 
     def _place_failed(self, failure):
@@ -288,8 +335,11 @@ class MapRun:
         if not failure.check(defer.CancelledError):
             self._fail(failure.value)
 
-    def _submit(self, entry):
+    def _submit(self, entry, retry=False):
         """Send the next batch to C{entry} (a free server), or give it back when there is nothing to send."""
+        if retry and self.retry_queue and self.failure is None and not self.closed:
+            self._resubmit(entry)
+            return
         size = self.sizer.size
         if self.total is not None:
             # Near the end, spread what is left over the servers (down to
@@ -325,18 +375,50 @@ class MapRun:
         self.next_index += len(batch)
         tid = self.runtime.next_remote_tids(len(batch))
         infos = self._created(entry, tid, batch) if self.comp.status_task is not None else None
-        group = RemoteGroup(self, entry, tid, len(batch), first, infos)
-        self.groups[tid] = group
-        self.runtime.send_group(entry.location, group, calls, self.code)
+        if self.options is None:
+            group = RemoteGroup(self, entry, tid, len(batch), first, infos)
+        else:
+            group = RemoteGroup(self, entry, tid, len(batch), first, infos, calls=batch)
+        self._send_group(group, calls)
 
-    def _created(self, entry, tid, batch):
-        """TaskCreated for each task of a batch (only when someone listens)."""
+    def _send_group(self, group, calls):
+        self.groups[group.tid] = group
+        self.runtime.send_group(group.location, group, calls, self.code)
+        if self.options is not None and self.options.timeout is not None:
+            group.watch = self.reactor.callLater(self.options.timeout, self._group_expired, group)
+
+    def _resubmit(self, entry):
+        """Send tasks of lost groups again, as a group of their own, to C{entry}."""
+        avoid, items = self.retry_queue[0]
+        size = max(1, self.sizer.size)
+        if len(items) > size:
+            self.retry_queue[0] = (avoid, items[size:])
+            items = items[:size]
+        else:
+            self.retry_queue.popleft()
+        indices = [index for index, _, _ in items]
+        batch = [args for _, args, _ in items]
+        try:
+            calls = serialize.dumps((self.ref, batch), "arguments of %s" % (self.name,))
+        except PicklingError as e:  # (they pickled before)
+            self.scheduler.task_done(entry, True)
+            self._fail(e)
+            return
+        tid = self.runtime.next_remote_tids(len(batch))
+        infos = (self._created(entry, tid, batch, Status.TaskRetried) if self.comp.status_task is not None
+                 else None)
+        group = RemoteGroup(self, entry, tid, len(batch), None, infos, calls=batch, indices=indices,
+                            attempts=[n for _, _, n in items])
+        self._send_group(group, calls)
+
+    def _created(self, entry, tid, batch, status=Status.TaskCreated):
+        """TaskCreated (or TaskRetried) for each task of a batch (only when someone listens)."""
         infos, now = [], time.time()
         for i, args in enumerate(batch):
             rtask = RemoteTask(entry.location, tid + i, self.name)
             info = TaskInfo(rtask, args, {}, now)
             infos.append(info)
-            self.comp._status(Status.TaskCreated, info)
+            self.comp._status(status, info)
         return infos
 
     # -- outcomes -----------------------------------------------------------------
@@ -344,20 +426,119 @@ class MapRun:
     def _outcomes(self, group, start, outcomes):
         if group.tid not in self.groups:
             return
-        first = group.first + start
-        for i, outcome in enumerate(outcomes):
-            self._one(first + i, outcome)
-            if group.infos is not None:
-                self._finished_status(group.infos[start + i], outcome)
+        again = False
+        if self.options is None:
+            first = group.first + start
+            for i, outcome in enumerate(outcomes):
+                self._one(first + i, outcome)
+                if group.infos is not None:
+                    self._finished_status(group.infos[start + i], outcome)
+            if self.progress is not None:
+                self.progress.update(len(outcomes))
+        else:
+            again = self._screened(group, start, outcomes)
         group.received = max(group.received, start + len(outcomes))
         if group.received >= group.count:
-            del self.groups[group.tid]
-            self.runtime.remote_groups.pop(group.tid, None)
-            self.scheduler.task_done(group.entry, True)
-            self.sizer.observe(group.count, time.monotonic() - group.sent_at, group.ran)
+            self._group_done(group)
+        elif group.watch is not None and not group.timed_out:
+            group.watch.reset(self.options.timeout)  # it goes on: the deadline is for the next outcome
+        if again:
             self._fill()
         self._wake()
         self._check_done()
+
+    def _group_done(self, group):
+        del self.groups[group.tid]
+        self.runtime.remote_groups.pop(group.tid, None)
+        self.scheduler.task_done(group.entry, True)
+        if group.watch is not None:
+            if group.watch.active():
+                group.watch.cancel()
+            group.watch = None
+        group.calls = None
+        if not group.faulty:
+            self.sizer.observe(group.count, time.monotonic() - group.sent_at, group.ran)
+        self._fill()
+
+    # -- retries and timeouts --------------------------------------------------------
+
+    def _screened(self, group, start, outcomes):
+        """
+        Outcomes of a map with options: those of lost or failed tasks that
+        run again are held back (L{_screen}). True when some run again.
+        """
+        again = False
+        taken = 0
+        for i, outcome in enumerate(outcomes):
+            pos = start + i
+            if outcome[0] != OK:
+                outcome = self._screen(group, pos, outcome)
+                if outcome is None:
+                    again = True
+                    continue
+            self._one(group.index(pos), outcome)
+            taken += 1
+            if group.infos is not None:
+                self._finished_status(group.infos[pos], outcome)
+        if self.progress is not None:
+            self.progress.update(taken)
+        return again
+
+    def _screen(self, group, pos, outcome):
+        """
+        The outcome of task C{pos} of C{group} that did not succeed, or None
+        when it runs again. Of the tasks a group lost (with its server, or
+        terminated for its timeout) the first was the one running: it counts
+        an attempt (its outcome is L{TIMEOUT} when the group timed out); the
+        ones behind it never ran, or their outcomes went with the server:
+        they go again as they were.
+        """
+        kind = outcome[0]
+        if kind == ABANDONED or (group.timed_out and kind == TERMINATED):
+            if group.lost_seen:
+                self._again(group, pos, 0)
+                return None
+            group.lost_seen = True
+            if group.timed_out:
+                outcome = (TIMEOUT, self.options.timeout)
+        attempts = group.attempts[pos] if group.attempts is not None else 0
+        options = self.options
+        if attempts < options.retries and options.retries_outcome(outcome) and self.comp._takes_retries():
+            self._again(group, pos, 1)
+            return None
+        return outcome
+
+    def _again(self, group, pos, attempt):
+        """Queue task C{pos} of C{group} to be sent again (C{attempt}: 1 when that counts as a retry)."""
+        if self.failure is not None or self.closed:
+            return
+        attempts = (group.attempts[pos] if group.attempts is not None else 0) + attempt
+        item = (group.index(pos), group.calls[pos], attempts)
+        avoid = frozenset((group.location,))
+        queue = self.retry_queue
+        if queue and queue[-1][0] == avoid:
+            queue[-1][1].append(item)
+        else:
+            queue.append((avoid, [item]))
+
+    def _group_expired(self, group):
+        """No outcome of C{group} for C{timeout} seconds: terminate it (its server ends itself if it must)."""
+        group.watch = None
+        if group.tid not in self.groups:
+            return
+        group.timed_out = group.faulty = True
+        self.runtime.terminate_group(group, TERMINATE_GRACE).addErrback(lambda f: None)
+        group.watch = self.reactor.callLater(TERMINATE_GRACE + ESCALATE_AFTER, self._group_stuck, group)
+
+    def _group_stuck(self, group):
+        """The terminated group did not even answer: its server's reactor is stuck; restart the server."""
+        group.watch = None
+        if group.tid not in self.groups:
+            return
+        self.log.warn("map batch {t} did not end after its timeout: restarting server {loc}", t=group.tid,
+                      loc=group.location)
+        self.comp._control("close_server", group.location, terminate=True, restart=True).addErrback(
+            lambda f: self.log.warn("restarting server {loc}: {e}", loc=group.location, e=f.getErrorMessage()))
 
     def _one(self, index, outcome):
         if outcome[0] != OK and self.failure is None:
@@ -391,12 +572,19 @@ class MapRun:
         self._wake()
         self._check_done()
 
+    def _end_progress(self):
+        progress, self.progress = self.progress, None
+        if progress is not None:
+            progress.close()
+
     def close(self):
         """Stop: no more input is read; tasks of this map still running are terminated."""
         if self.closed:
             return
         self.closed = True
+        self.retry_queue.clear()
         self._stop_probe()
+        self._end_progress()
         if self.placing is not None:
             placing, self.placing = self.placing, None
             placing.cancel()
@@ -409,10 +597,10 @@ class MapRun:
         return defer.succeed(None)
 
 
-def run_results(comp, fn, iterable):
+def run_results(comp, fn, iterable, options=None, progress=False):
     """The list of C{fn}'s results over C{iterable}, in input order (the first failure errbacks)."""
     try:
-        run = MapRun(comp, fn, iterable, collect=True)
+        run = MapRun(comp, fn, iterable, collect=True, options=options, progress=progress)
     except Exception:
         return defer.fail()
     return run.result()

@@ -3,7 +3,8 @@
 Outcomes of tasks as they travel between processes: C{(kind, value)} with
 kind L{OK} (the result), L{ERROR} (type name, text, traceback, exception),
 L{TERMINATED} or L{ABANDONED} (why), and the L{DispycosError} each stands
-for at the task's creator.
+for at the task's creator. L{TIMEOUT} (the seconds allowed) never travels:
+a client gives it to a task it terminated for running too long.
 """
 
 import traceback
@@ -11,9 +12,9 @@ import traceback
 from twisted.python.failure import Failure
 
 from . import serialize
-from .errors import PicklingError, RemoteTaskError, TaskAbandoned, TaskTerminated
+from .errors import PicklingError, RemoteTaskError, TaskAbandoned, TaskTerminated, TaskTimeout
 
-OK, ERROR, TERMINATED, ABANDONED = "ok", "error", "terminated", "abandoned"
+OK, ERROR, TERMINATED, ABANDONED, TIMEOUT = "ok", "error", "terminated", "abandoned", "timeout"
 
 
 def error_outcome(exc, tb_text=None):
@@ -88,4 +89,6 @@ def outcome_result(outcome, task=None):
         return Failure(RemoteTaskError(name, text, tb_text, exc, task))
     if kind == TERMINATED:
         return Failure(TaskTerminated("task %s was terminated" % (task,), task))
+    if kind == TIMEOUT:
+        return Failure(TaskTimeout("task %s ran longer than its timeout of %s s and was terminated" % (task, value), task))
     return Failure(TaskAbandoned("task %s was abandoned (%s)" % (task, value or "server lost"), task))

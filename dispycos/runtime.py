@@ -264,11 +264,14 @@ class PeerAMP(StreamingAMP):
         return send_blob(self, blob).addCallback(lambda r: {"outcome": None, "outcome_blob": r[0]})
 
     @commands.Terminate.responder
-    def _terminate(self, task):
+    def _terminate(self, task, grace=None):
         rt = self.runtime
         t = rt.tasks.get(task) or rt.groups.get(task)
         if t is not None:
-            return t.terminate().addCallback(lambda _: {})
+            ended = t.terminate()
+            if grace is not None and rt.executor is not None:
+                rt.executor.end_if_stuck(t, ended, grace)
+            return ended.addCallback(lambda _: {})
         if task in rt.finished:
             return {}
         raise UnknownTaskError("no task %d at %s" % (task, rt.location))
@@ -795,14 +798,23 @@ class Runtime:
         d.addCallback(lambda p: p.callRemote(commands.WaitTask, task=ref.tid).addCallback(got, p))
         return with_timeout(d, timeout, self.reactor, "result of %s" % (ref,))
 
-    def terminate_group(self, group):
-        """Terminate what still runs of a group of tasks this process created."""
-        return self.call(group.location, commands.Terminate, task=group.tid).addCallback(lambda _: None)
+    def terminate_group(self, group, grace=None):
+        """Terminate what still runs of a group of tasks this process created (see L{terminate})."""
+        return self._terminate_at(group.location, group.tid, grace)
 
-    def terminate(self, ref):
+    def terminate(self, ref, grace=None):
+        """
+        Terminate task C{ref}; with C{grace}, its server process ends itself
+        if the task has not ended C{grace} seconds later (a plain function in a
+        C call), and its node starts a fresh one.
+        """
         if ref.location == self.location and ref.tid in self.tasks:
             return self.tasks[ref.tid].terminate()
-        return self.call(ref.location, commands.Terminate, task=ref.tid).addCallback(lambda _: None)
+        return self._terminate_at(ref.location, ref.tid, grace)
+
+    def _terminate_at(self, location, tid, grace):
+        kw = {} if grace is None else {"grace": float(grace)}
+        return self.call(location, commands.Terminate, task=tid, **kw).addCallback(lambda _: None)
 
     # -- outcomes of tasks this process created elsewhere ---------------------------
 

@@ -192,17 +192,32 @@ class RemoteScheduler:
 
     # -- what the computation asks --------------------------------------------------------
 
-    def place(self, comp, cpu, where=None):
+    def place(self, comp, cpu, where=None, avoid=None):
+        """
+        Ask the shared scheduler for a server. C{cancel()} stops waiting; a
+        server booked after that is given back at once.
+        """
         server = isinstance(where, Location)
+        kw = {"avoid": [str(loc) for loc in avoid]} if avoid else {}
         d = self._call(commands.Place, computation=comp.id, cpu=cpu, where="" if where is None else str(where),
-                       server=server)
+                       server=server, **kw)
+        out = defer.Deferred(lambda _: None)
 
         def placed(r):
             loc = Location.parse(r["location"], 0)
             self.runtime.computation_of[loc] = comp.id
-            return Placed(loc, r["node"])
+            booked = Placed(loc, r["node"])
+            if out.called:  # cancelled meanwhile
+                self.task_done(booked, cpu)
+            else:
+                out.callback(booked)
 
-        return d.addCallback(placed)
+        def failed(f):
+            if not out.called:
+                out.errback(f)
+
+        d.addCallbacks(placed, failed)
+        return out
 
     def held_node_link(self, comp, where):
         """Files for a held node go through a shared scheduler's own link: not from here."""

@@ -261,11 +261,16 @@ def _local_address_for(nodes):
 
 
 class _Placement:
-    def __init__(self, computation, cpu, where, deferred):
+    """A task waiting for a server: C{where} it may go, and servers to C{avoid} while another exists."""
+
+    __slots__ = ("computation", "cpu", "where", "deferred", "avoid")
+
+    def __init__(self, computation, cpu, where, deferred, avoid=None):
         self.computation = computation
         self.cpu = cpu
         self.where = where
         self.deferred = deferred
+        self.avoid = avoid
 
 
 #: The private scheduler of each reactor (what Computation.schedule() uses by default).
@@ -842,30 +847,41 @@ class Scheduler:
 
     # -- placement ----------------------------------------------------------------
 
-    def place(self, comp, cpu, where=None):
+    def place(self, comp, cpu, where=None, avoid=None):
         """
         The L{ServerEntry} to run a task on, booked for it: at once when one
         is free (and no task waits ahead of it), else a Deferred firing with
-        it. A CPU task needs a server without a CPU task (waiting, first
-        come first served, while there is none); least loaded first.
+        it (C{cancel()} takes it off the queue). A CPU task needs a server
+        without a CPU task (waiting, first come first served, while there is
+        none); least loaded first. C{avoid}: locations not to use while the
+        computation has another server (a retried task's earlier ones); such
+        a task goes before the tasks waiting their first turn.
         """
         if comp is not self.active:
             return defer.fail(ComputationClosed("computation is not active"))
         if where is not None and not self._known(where):
             return defer.fail(NoServerError("no server at %s" % (where,)))
-        queue = self.waiting_cpu if cpu and where is None else self.waiting
+        queue = self.waiting_cpu if cpu and where is None and not avoid else self.waiting
+        p = _Placement(comp, cpu, where, None, avoid or None)
         if not queue or queue is self.waiting:
-            p = _Placement(comp, cpu, where, None)
             entry = self._pick(p)
             if entry is not None:
                 self._book(p, entry)
                 return entry
-        d = defer.Deferred()
-        queue.append(_Placement(comp, cpu, where, d))
+        d = p.deferred = defer.Deferred(lambda d: self._unqueue(p))
+        queue.append(p)
         self._dispatch()
         if not d.called:
             self._fail_if_no_servers()
         return d
+
+    def _unqueue(self, p):
+        """A waiting placement was cancelled: it leaves the queue."""
+        for queue in (self.waiting, self.waiting_cpu):
+            try:
+                queue.remove(p)
+            except ValueError:
+                pass
 
     def servers_now(self, comp):
         """The servers of C{comp} that take tasks (a list, at once)."""
@@ -889,16 +905,24 @@ class Scheduler:
         info = entry.node.info
         return where in (entry.node.location.addr, str(entry.location), info.name if info else None)
 
+    def _usable(self, entry, where):
+        return (entry.ready and not entry.suspended and not entry.node.suspended
+                and (where is None or self._matches(entry, where)))
+
     def _pick(self, p):
         best, best_key = None, None
         cpu = p.cpu
+        avoid = p.avoid
+        if avoid and not any(e.location not in avoid and self._usable(e, p.where) for e in self.servers):
+            avoid = None  # no other server: the same one again
         busy = {}  # node -> its servers running a CPU task
         for entry in self.servers:
             if entry.cpu_busy:
                 busy[entry.node] = busy.get(entry.node, 0) + 1
         for entry in self.servers:
             if (not entry.ready or entry.suspended or (cpu and entry.cpu_busy) or entry.node.suspended
-                    or (p.where is not None and not self._matches(entry, p.where))):
+                    or (p.where is not None and not self._matches(entry, p.where))
+                    or (avoid is not None and entry.location in avoid)):
                 continue
             node = entry.node
             key = (busy.get(node, 0) / max(len(node.servers), 1), entry.tasks)

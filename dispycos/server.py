@@ -32,6 +32,8 @@ from .reactorthread import in_worker_thread
 from .tasks import Task
 
 _FD_IN, _FD_OUT = 3, 4
+#: Exit status of a server that ends itself because a terminated task would not end.
+STUCK_EXIT = 3
 
 log = Logger()
 
@@ -267,6 +269,32 @@ class Server:
                              outcomes=serialize.dumps([failed] * count, "outcomes"))
             return
         self.starter.enqueue(ServerGroup(self, proto, tid, fn, arglist))
+
+    def end_if_stuck(self, task, ended, grace):
+        """
+        C{task} (a task or group) is being terminated (C{ended} fires once it
+        has ended): if it is still running C{grace} seconds from now - a plain
+        function in a C call or a sleep, which no exception interrupts - this
+        process ends, what is queued for other processes written first; the
+        node starts a fresh one, and the clients of the tasks that were here
+        see them abandoned.
+        """
+        if ended.called:
+            return
+        call = self.reactor.callLater(grace, self._stuck, task)
+
+        def done(result):
+            if call.active():
+                call.cancel()
+            return result
+
+        ended.addBoth(done)
+
+    def _stuck(self, task):
+        log.warn("task {t} did not end within its grace after being terminated: server {i} ends, its node "
+                 "starts a fresh one", t=task.tid, i=self.index)
+        self.runtime.flush_links()
+        os._exit(STUCK_EXIT)
 
     @defer.inlineCallbacks
     def close(self, terminate):

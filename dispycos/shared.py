@@ -221,12 +221,13 @@ class ClientChannel(StreamingAMP):
         return {}
 
     @commands.Place.responder
-    def _place(self, computation, cpu, where, server):
+    def _place(self, computation, cpu, where, server, avoid=None):
         comp = self._comp(computation)
         target = None
         if where:
             target = Location.parse(where, 0) if server else where
-        placed = self.service.scheduler.place(comp, cpu, target)
+        avoid = frozenset(Location.parse(a, 0) for a in avoid) if avoid else None
+        placed = self.service.scheduler.place(comp, cpu, target, avoid)
         if not isinstance(placed, defer.Deferred):
             return {"location": str(placed.location), "node": placed.node_addr}
         return placed.addCallback(lambda entry: {"location": str(entry.location), "node": entry.node_addr})

@@ -31,6 +31,8 @@ class Status(enum.IntEnum):
     TaskFinished = 22
     TaskAbandoned = 23
     TaskTerminated = 24
+    #: A task runs again (a retry): info is the new attempt's L{TaskInfo}.
+    TaskRetried = 25
     ComputationScheduled = 31
     ClientScheduled = 31
     ComputationClosed = 32

@@ -252,7 +252,18 @@ class RemoteTask(TaskRef):
     """
     A task created by this process on a server (what C{Computation.run}
     returns). Its outcome is pushed here, so C{result()} costs no round trip.
+
+    A task with retries or a timeout may run as several attempts (each with
+    an id of its own, maybe on another server): C{location} and C{tid} are
+    those of the current attempt, and C{send}, C{deliver}, C{terminate} and
+    C{result} follow it (see L{dispycos.attempts}).
     """
+
+    #: The attempts of a task with options (L{dispycos.attempts.TaskControl}), else None.
+    _control = None
+    #: C{(location, tid)} of the first attempt once another was made (the hash stays).
+    _key0 = None
+    _entry = None
 
     def __init__(self, location, tid, name="", computation=None, info=None):
         super().__init__(location, tid, name, computation.runtime if computation is not None else None)
@@ -261,10 +272,22 @@ class RemoteTask(TaskRef):
         self.outcome = None
         self._waiters = []
 
+    def __hash__(self):
+        key = self._key0
+        return hash(key if key is not None else (self.location, self.tid))
+
     def _set_outcome(self, outcome):
-        """Record the outcome; the computation books it before waiters wake up."""
+        """
+        Record the outcome (of the last attempt: one that is retried starts
+        another); the computation books it before waiters wake up.
+        """
         if self.outcome is not None:
             return False
+        control = self._control
+        if control is not None:
+            outcome = control.settle(outcome)
+            if outcome is None:
+                return False  # another attempt runs
         self.outcome = outcome
         comp = self.computation
         if comp is not None:
@@ -274,20 +297,76 @@ class RemoteTask(TaskRef):
             d.callback(None)
         return True
 
+    def send(self, msg):
+        """As L{TaskRef.send}, to the current attempt (between two: to the next one)."""
+        control = self._control
+        if control is None:
+            return TaskRef.send(self, msg)
+        control.send(msg)
+
+    @blocking_in_thread
+    def deliver(self, msg, timeout=None):
+        """As L{TaskRef.deliver}, to the current attempt (between two: to the next one)."""
+        control = self._control
+        if control is None:
+            return self._runtime().deliver(self, msg, timeout)
+        return control.deliver(msg, timeout)
+
+    @blocking_in_thread
+    def terminate(self):
+        """Terminate the task (no attempt follows); the Deferred fires once it has ended."""
+        control = self._control
+        if control is None:
+            return self._runtime().terminate(self)
+        return control.terminate()
+
     @blocking_in_thread
     def result(self, timeout=None):
         """
         Deferred firing with the task's return value; errbacks with
         L{RemoteTaskError} if it raised, L{TaskTerminated} if it was
-        terminated, L{TaskAbandoned} if its server or node was lost.
+        terminated, L{TaskAbandoned} if its server or node was lost,
+        L{TaskTimeout} if it ran longer than its timeout, L{TimeoutError}
+        if C{timeout} seconds pass first (the task goes on).
+        C{cancel()} on the Deferred terminates the task.
         """
         if self.outcome is not None:
             result = outcome_result(self.outcome, self)
             return defer.fail(result) if isinstance(result, Failure) else defer.succeed(result)
-        d = defer.Deferred(lambda d: self._waiters.remove(d) if d in self._waiters else None)
+        d = defer.Deferred(self._cancel_wait)
         self._waiters.append(d)
-        d.addCallback(lambda _: outcome_result(self.outcome, self))
-        return with_timeout(d, timeout, self._runtime().reactor, "result of %s" % (self,))
+        d.addCallback(self._outcome_value)
+        if timeout is not None:
+            self._wait_at_most(d, timeout)
+        return d
+
+    def _outcome_value(self, _):
+        return outcome_result(self.outcome, self)
+
+    def _cancel_wait(self, d):
+        """C{cancel()} on a C{result()} Deferred: stop waiting, and terminate the task."""
+        if d in self._waiters:
+            self._waiters.remove(d)
+        if self.outcome is None:
+            self.terminate().addErrback(lambda f: None)
+
+    def _wait_at_most(self, d, timeout):
+        """Errback C{d} with L{TimeoutError} after C{timeout} seconds; the task is left alone."""
+
+        def expired():
+            if d in self._waiters:
+                self._waiters.remove(d)
+            if not d.called:
+                d.errback(TimeoutError("result of %s timed out after %s s" % (self, timeout)))
+
+        call = self._runtime().reactor.callLater(timeout, expired)
+
+        def done(result):
+            if call.active():
+                call.cancel()
+            return result
+
+        d.addBoth(done)
 
 
 _task_param = {}

@@ -229,6 +229,9 @@ ORIGINAL_CODES = {
 }
 
 
+#: Codes the second edition added (SPEC 6.2), after the original's.
+SECOND_EDITION_CODES = {"TaskRetried": 25}
+
 #: Names that the Status enum defines as aliases of an earlier name with the same value.
 ALIASES = {"TaskStarted", "ClientScheduled", "ClientClosed"}
 CANONICAL = {n: v for n, v in ORIGINAL_CODES.items() if n not in ALIASES}
@@ -256,7 +259,8 @@ def test_status_aliases():
     assert Status.TaskCreated is Status.TaskStarted
     assert Status.ComputationClosed is Status.ClientClosed
     assert Status.ComputationScheduled is Status.ClientScheduled
-    assert set(Status.__members__) == set(ORIGINAL_CODES)
+    assert set(Status.__members__) == set(ORIGINAL_CODES) | set(SECOND_EDITION_CODES)
+    assert all(Status[n] == v for n, v in SECOND_EDITION_CODES.items())
     assert {n for n, m in Status.__members__.items() if m.name != n} == ALIASES
     assert isinstance(Status.NodeDiscovered, int)
     assert Status(18) is Status.ServerAbandoned

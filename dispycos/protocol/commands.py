@@ -277,9 +277,13 @@ class WaitTask(amp.Command):
 
 
 class Terminate(amp.Command):
-    """Terminate a task; answers once it has ended."""
+    """
+    Terminate a task; answers once it has ended. With C{grace}, a task still
+    running C{grace} seconds later ends its server process (the node starts a
+    fresh one).
+    """
 
-    arguments = [(b"task", amp.Integer())]
+    arguments = [(b"task", amp.Integer()), (b"grace", amp.Float(optional=True))]
     response = []
     errors = _common_errors
 
@@ -412,6 +416,8 @@ class Place(amp.Command):
         (b"cpu", amp.Boolean()),
         (b"where", amp.Unicode()),
         (b"server", amp.Boolean()),
+        # Servers to keep off while another exists (a retried task's earlier ones).
+        (b"avoid", amp.ListOf(amp.Unicode(), optional=True)),
     ]
     response = [(b"location", amp.Unicode()), (b"node", amp.Unicode())]
     errors = _common_errors

@@ -19,7 +19,13 @@ setup(
     include_package_data=False,
     zip_safe=False,
     install_requires=["twisted>=24.7", "pyopenssl", "service-identity", "psutil", "cloudpickle>=3"],
-    extras_require={"test": ["pytest", "pytest-twisted", "hypothesis", "playwright"]},
+    extras_require={
+        # The joblib backend "dispycos" (dispycos.joblib): pip install dispycos[joblib]
+        "joblib": ["joblib>=1.3"],
+        # The blocking API's tests drive it through scikit-learn (joblib) and a real Jupyter kernel.
+        "test": ["pytest", "pytest-twisted", "hypothesis", "playwright", "joblib>=1.3", "scikit-learn",
+                 "nbclient", "nbformat", "ipykernel", "jupyter_client"],
+    },
     entry_points={
         "console_scripts": [
             "dispycosnode = dispycos.scripts:node_main",

@@ -310,8 +310,33 @@ with LocalCluster(cpus=1) as cluster, Computation([long_task, waiter, square], s
     with open(marker + "-3.end") as f:
         print("server task ended by", f.read())
     print("next", comp.run_result(square, 6))
+
+    # 4. map: interrupted, its tasks are terminated.
+    try:
+        for r in comp.map(long_task, [(marker + "-5", 30), (marker + "-6", 30)]):
+            sys.exit("map was not interrupted")
+    except KeyboardInterrupt:
+        print("interrupted map")
+    deadline = time.time() + 20
+    while not os.path.exists(marker + "-5.end") and time.time() < deadline:
+        time.sleep(0.05)
+    with open(marker + "-5.end") as f:
+        print("server task ended by", f.read())
+    print("next", comp.run_result(square, 7))
+
+    # 5. receive() of a local mailbox: interrupted, it takes nothing out.
+    me = Task()
+    try:
+        open(marker + "-7", "w").close()
+        me.receive()
+        sys.exit("receive() was not interrupted")
+    except KeyboardInterrupt:
+        print("interrupted receive")
+    me.send("for the next receive")
+    print("then", me.receive(timeout=30))
+    me.terminate()
     done = [s.info for s in statuses if getattr(s, "status", None) == dispycos.Status.TaskFinished]
-    print("terminated", sum(isinstance(i.exception, dispycos.TaskTerminated) for i in done) >= 2)
+    print("terminated", sum(isinstance(i.exception, dispycos.TaskTerminated) for i in done) >= 3)
 print("exit")
 """
 
@@ -324,9 +349,9 @@ def test_ctrl_c_interrupts_a_blocking_call_and_the_computation_goes_on(workdir):
         assert node_line.startswith("node ") and node_line.split()[2] == "True", node_line
         node_pid = int(node_line.split()[1])
         lines = []
-        for name in ("-1", "-2", "-3"):
+        for name in ("-1", "-2", "-3", "-5", "-7"):
             wait_for_file(marker + name, proc)
-            if name == "-2":
+            if name in ("-2", "-7"):
                 time.sleep(0.5)  # (the file is written just before result() is called: let it start waiting)
             os.killpg(proc.pid, signal.SIGINT)  # as a terminal's Ctrl-C or Jupyter's interrupt does
             while True:  # (what it printed since the last interrupt, up to the line of this one)
@@ -345,5 +370,7 @@ def test_ctrl_c_interrupts_a_blocking_call_and_the_computation_goes_on(workdir):
     assert out.splitlines() == ["interrupted run_result", "server task ended by TaskTerminated", "next 25",
                                 "interrupted result", "then still there",
                                 "interrupted run_results", "server task ended by TaskTerminated", "next 36",
+                                "interrupted map", "server task ended by TaskTerminated", "next 49",
+                                "interrupted receive", "then for the next receive",
                                 "terminated True", "exit"], out
     assert_clean(workdir)

@@ -15,12 +15,14 @@ A reactor outside the main thread gets no SIGCHLD, so Twisted would never
 notice that a child process (a L{dispycos.LocalCluster}'s node) ended: a
 poll in the reactor's thread reaps them (L{REAP_INTERVAL}).
 
-Written on Twisted directly rather than crochet: crochet (a dependency
-that has not had a release since 2023) would bring the same two pieces --
-a reactor thread with a polling reaper, and a blocking wait -- but its
-waits know nothing of what a cancelled dispycos call must undo, and it
-stops the reactor in an exit hook of its own, which would take the order
-of shutting down (computations before clusters) away from dispycos.
+Written on Twisted directly rather than on crochet: crochet (maintained,
+but slow-moving) would bring the same two pieces -- a reactor thread with a
+polling reaper, and a blocking wait -- but its waits know nothing of what
+an abandoned dispycos call must undo (terminate its tasks, leave a queue),
+and it stops the reactor in an exit hook of its own, which would take the
+shutting down at interpreter exit (computations closed, clusters' nodes
+stopped, by the reactor's shutdown triggers) out of dispycos's hands; a
+dependency for some eighty lines is not worth that.
 """
 
 import atexit

@@ -154,8 +154,6 @@ class TaskRef(_Wrapper):
     C{terminate(timeout=None)}, C{location}, C{name}.
     """
 
-    _deferred = "TaskRef"
-
     def __init__(self, wrapped, call_timeout=None):
         self.wrapped = wrapped
         self.call_timeout = call_timeout

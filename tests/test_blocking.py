@@ -103,9 +103,16 @@ def slow(seconds, task=None):
 def fails(n):
     raise ValueError("bad %d" % n)
 
+import threading
+
+def reactor_threads():
+    return [t for t in threading.enumerate() if t.name == "dispycos-reactor"]
+
 out = {}
 statuses = []
+out["reactor_threads"] = [len(reactor_threads())]       # none yet: started on first use
 with LocalCluster(cpus=2) as cluster:
+    out["reactor_threads"].append(len(reactor_threads()))
     out["cluster_is_started"] = cluster.pid is not None and cluster.node_location is not None
     with Computation([square, echo, plain_echo, slow, fails], status_task=statuses.append) as comp:
         out["run_result"] = comp.run_result(square, 7)
@@ -182,6 +189,8 @@ with LocalCluster(cpus=2) as cluster:
     except dispycos.DispycosError as e:
         out["run_after_close"] = type(e).__name__
 
+out["reactor_threads"].append(len(reactor_threads()))  # one, shared by every object, for the whole run
+out["reactor_daemon"] = all(t.daemon for t in reactor_threads())
 finished = [s.info for s in statuses if getattr(s, "status", None) == dispycos.Status.TaskFinished]
 out["terminated_tasks"] = sorted(str(i.args) for i in finished if isinstance(i.exception, dispycos.TaskTerminated))
 print(json.dumps(out, sort_keys=True))
@@ -193,7 +202,7 @@ def test_blocking_handles_and_bounded_waits(workdir):
     assert rc == 0, out
     got = json.loads(out.splitlines()[-1])
     assert got == {
-        "cluster_is_started": True,
+        "reactor_threads": [0, 1, 1], "reactor_daemon": True, "cluster_is_started": True,
         "run_result": 49, "run_results": [1, 4, 9], "map": [0, 1, 4, 9, 16], "map_unordered": [0, 1, 4, 9, 16],
         "nodes": ["127.0.0.1"], "servers": 2, "run_result_at": 9, "rtask_alias": 16,
         "handle": "RemoteTask", "deliver": 1, "receive": ["echo", "hello"], "result": "HELLO", "finish": "HELLO",

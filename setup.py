@@ -19,7 +19,15 @@ setup(
     include_package_data=False,
     zip_safe=False,
     install_requires=["twisted>=24.7", "pyopenssl", "service-identity", "psutil", "cloudpickle>=3"],
-    extras_require={"test": ["pytest", "pytest-twisted", "hypothesis", "playwright", "tqdm"], "progress": ["tqdm"]},
+    extras_require={
+        # The joblib backend "dispycos" (dispycos.joblib): pip install dispycos[joblib]
+        "joblib": ["joblib>=1.3"],
+        # run_results/map(progress=True) draw a tqdm bar when it is installed.
+        "progress": ["tqdm"],
+        # The blocking API's tests drive it through scikit-learn (joblib) and a real Jupyter kernel.
+        "test": ["pytest", "pytest-twisted", "hypothesis", "playwright", "tqdm", "joblib>=1.3", "scikit-learn",
+                 "nbclient", "nbformat", "ipykernel", "jupyter_client"],
+    },
     entry_points={
         "console_scripts": [
             "dispycosnode = dispycos.scripts:node_main",

@@ -20,6 +20,31 @@ from .errors import DispycosError
 
 _READY = re.compile(rb"ready at (\S+):(\d+) with (\d+) servers")
 
+#: How the node starts: as C{python -m dispycos.scripts}, in a session of
+#: its own (a Ctrl-C to the client's process group, from a terminal or
+#: Jupyter, does not reach it: the client stops it), and, on Linux, sent
+#: SIGTERM if the client dies first (so it never outlives a killed client).
+_NODE_MAIN = """\
+import os, runpy, signal, sys
+os.setsid()
+if sys.platform.startswith("linux"):
+    import ctypes
+    ctypes.CDLL(None, use_errno=True).prctl(1, signal.SIGTERM)  # PR_SET_PDEATHSIG
+    if os.getppid() != %d:
+        os.kill(os.getpid(), signal.SIGTERM)
+runpy.run_module("dispycos.scripts", run_name="__main__", alter_sys=True)
+"""
+
+
+def _write(stream, data):
+    """Copy C{data} (bytes) to C{stream}, a binary-capable file or a text-only one (a notebook's)."""
+    buffer = getattr(stream, "buffer", None)
+    if buffer is not None:
+        buffer.write(data)
+    else:
+        stream.write(data.decode("utf-8", "replace"))
+    stream.flush()
+
 
 class _NodeProcess(ProcessProtocol):
     log = Logger()
@@ -34,8 +59,7 @@ class _NodeProcess(ProcessProtocol):
 
     def outReceived(self, data):
         if self.echo:
-            sys.stdout.buffer.write(data)
-            sys.stdout.flush()
+            _write(sys.stdout, data)
         if not self.ready.called:
             self._buf += data
             m = _READY.search(self._buf)
@@ -47,8 +71,7 @@ class _NodeProcess(ProcessProtocol):
         self.output.append(data)
         del self.output[:-50]
         if self.debug:
-            sys.stderr.buffer.write(data)
-            sys.stderr.flush()
+            _write(sys.stderr, data)
 
     def processEnded(self, reason):
         if not self.ready.called:
@@ -81,6 +104,7 @@ class LocalCluster:
         self.pid = None
         self._proc = None
         self._dir = None
+        self._exit_trigger = None
 
     @defer.inlineCallbacks
     def start(self):
@@ -88,7 +112,7 @@ class LocalCluster:
         from .scheduler import Scheduler
 
         self._dir = tempfile.mkdtemp(prefix="dispycos-local-")
-        argv = [sys.executable, "-m", "dispycos.scripts", "-c", str(self.cpus), "-i", "127.0.0.1",
+        argv = [sys.executable, "-c", _NODE_MAIN % os.getpid(), "-c", str(self.cpus), "-i", "127.0.0.1",
                 "--tcp_ports", "0", "--dest_path", self._dir, "--daemon"]
         if self.debug:
             argv.append("-d")
@@ -98,6 +122,8 @@ class LocalCluster:
         self._proc = _NodeProcess(self.echo, self.debug)
         transport = self.reactor.spawnProcess(self._proc, sys.executable, argv, env=env)
         self.pid = transport.pid
+        # The node is in a session of its own: stopping the reactor stops it.
+        self._exit_trigger = self.reactor.addSystemEventTrigger("before", "shutdown", self.stop)
         try:
             host, port, _ = yield self._proc.ready
         except Exception:
@@ -111,6 +137,12 @@ class LocalCluster:
     @defer.inlineCallbacks
     def stop(self):
         """Close the scheduler, stop the node (by its PID) and remove its files."""
+        trigger, self._exit_trigger = self._exit_trigger, None
+        if trigger is not None:
+            try:
+                self.reactor.removeSystemEventTrigger(trigger)
+            except (ValueError, KeyError):
+                pass
         if self.scheduler is not None:
             yield self.scheduler.close()
             self.scheduler = None

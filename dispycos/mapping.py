@@ -198,7 +198,8 @@ class MapRun:
         self.ready = collections.deque()  # unordered: outcomes not yielded yet
         self.results = [] if collect else None
         self._waiter = None
-        self._done = defer.Deferred() if collect else None
+        # Cancelling run_results() ends the map (its running tasks are terminated).
+        self._done = defer.Deferred(lambda d: self.close()) if collect else None
         self.reactor = comp.reactor
         self._probe_timer = None
         self._probe_over = False

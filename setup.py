@@ -19,7 +19,11 @@ setup(
     include_package_data=False,
     zip_safe=False,
     install_requires=["twisted>=24.7", "pyopenssl", "service-identity", "psutil", "cloudpickle>=3"],
-    extras_require={"test": ["pytest", "pytest-twisted", "hypothesis", "playwright"]},
+    extras_require={
+        "test": ["pytest", "pytest-twisted", "hypothesis", "playwright", "prometheus_client"],
+        # /metrics (--metrics_port, Scheduler(metrics_port=)): imported only by a process that serves it.
+        "metrics": ["prometheus_client"],
+    },
     entry_points={
         "console_scripts": [
             "dispycosnode = dispycos.scripts:node_main",

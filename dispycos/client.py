@@ -15,7 +15,7 @@ from twisted.logger import Logger
 
 from zope.interface import implementer
 
-from . import config, serialize
+from . import config, metrics, serialize
 from .allocate import DispycosNodeAllocate, allocate_cpus
 from .discovery import find_scheduler
 from .errors import ComputationClosed, NoServerError, PicklingError, ScheduleError
@@ -51,6 +51,9 @@ class Computation:
         cloudpickle; modules and files are copied to every node.
     @param status_task: a local L{Task} (messages go to its mailbox) or a
         callable, given every L{DispycosStatus}.
+    @param forward_output: what tasks print (their stdout and stderr lines)
+        appears on this process's stdout and stderr, each line prefixed
+        C{[task-name@server] } (see L{dispycos.output}).
     """
 
     log = Logger()
@@ -58,7 +61,7 @@ class Computation:
     def __init__(self, components, pulse_interval=10, node_allocations=(), status_task=None,
                  node_setup=None, server_setup=None, disable_nodes=False, disable_servers=False,
                  peers_communicate=False, secret="", certfile=None, keyfile=None, cafile=None,
-                 dest_path=None, nodes=None, reactor=None, **unknown):
+                 dest_path=None, nodes=None, reactor=None, forward_output=False, **unknown):
         if unknown:
             raise TypeError("Computation() got unexpected arguments: %s" % ", ".join(sorted(unknown)))
         if not isinstance(components, (list, tuple)):
@@ -84,6 +87,9 @@ class Computation:
         self.secret = secret
         self.certfile, self.keyfile, self.cafile = certfile, keyfile, cafile
         self.dest_path = dest_path
+        self.forward_output = bool(forward_output)
+        #: Its tasks, counted here (its private scheduler's L{metrics.Counts} once scheduled).
+        self._counts = metrics.Counts()
         self._code = {}
         self._files = []
         for item in components:
@@ -206,8 +212,14 @@ class Computation:
         self._scheduler = scheduler
         self.reactor = scheduler.reactor
         self.runtime = scheduler.runtime
+        self._counts = getattr(scheduler, "counts", None) or self._counts
+        if self.forward_output:
+            from .output import write_output
+
+            self.runtime.task_output = write_output
         # What servers must know of the computation travels with its code.
-        settings = {"peers_communicate": bool(self.peers_communicate), "client": str(self.runtime.location)}
+        settings = {"peers_communicate": bool(self.peers_communicate), "client": str(self.runtime.location),
+                    "forward_output": self.forward_output}
         self._components_blob = serialize.dumps(dict(self._code, __dispycos__=settings), "components")
         d = self._pending_schedule = defer.Deferred()
 
@@ -373,6 +385,7 @@ class Computation:
         rtask._entry = entry
         rtask._cpu = cpu
         self._tasks[tid] = rtask
+        self._counts.tasks_started += 1
         runtime.expect(rtask)
         if self.status_task is not None:  # no record per task for nobody
             rtask.info = TaskInfo(rtask, args, kwargs, time.time())
@@ -382,6 +395,10 @@ class Computation:
 
     def _task_ended(self, rtask):
         self._tasks.pop(rtask.tid, None)
+        counts = self._counts
+        counts.tasks_ended += 1
+        if rtask.outcome[0] != OK:
+            counts.ended_badly(rtask.outcome[0])
         if self._scheduler is not None:
             self._scheduler.task_done(rtask._entry, rtask._cpu)
         info = rtask.info

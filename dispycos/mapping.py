@@ -141,6 +141,7 @@ class MapRun:
         self.runtime = comp.runtime
         self.scheduler = comp._scheduler
         self.events = comp._events  # how the scheduler knows the computation
+        self.counts = comp._counts
         self.ref, self.code = comp._function_ref(fn)
         self.name = getattr(fn, "__name__", "task")
         self.items = iter(iterable)
@@ -327,6 +328,7 @@ class MapRun:
         infos = self._created(entry, tid, batch) if self.comp.status_task is not None else None
         group = RemoteGroup(self, entry, tid, len(batch), first, infos)
         self.groups[tid] = group
+        self.counts.tasks_started += len(batch)
         self.runtime.send_group(entry.location, group, calls, self.code)
 
     def _created(self, entry, tid, batch):
@@ -345,6 +347,7 @@ class MapRun:
         if group.tid not in self.groups:
             return
         first = group.first + start
+        self.counts.tasks_ended += len(outcomes)
         for i, outcome in enumerate(outcomes):
             self._one(first + i, outcome)
             if group.infos is not None:
@@ -360,8 +363,10 @@ class MapRun:
         self._check_done()
 
     def _one(self, index, outcome):
-        if outcome[0] != OK and self.failure is None:
-            self._fail(outcome_result(outcome).value)
+        if outcome[0] != OK:
+            self.counts.ended_badly(outcome[0])
+            if self.failure is None:
+                self._fail(outcome_result(outcome).value)
         if self.collect:
             if outcome[0] == OK:
                 results = self.results

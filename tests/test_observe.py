@@ -8,6 +8,7 @@ import json
 import os
 import re
 import shutil
+import signal
 import socket
 import subprocess
 import sys
@@ -134,7 +135,11 @@ def metrics_node():
 async def test_metrics_count_what_ran(metrics_node):
     node = metrics_node
     scheduler = Scheduler(nodes=[node.location], secret=node.secret, discover=False, metrics_port=0)
-    comp = Computation([square, gen_square, fail])
+    files = tempfile.mkdtemp(prefix="dispycos-test-files-")
+    data_file = os.path.join(files, "data.bin")
+    with open(data_file, "wb") as f:
+        f.write(b"d" * 100_000)
+    comp = Computation([square, gen_square, fail, data_file])  # the file travels as a stream
     try:
         assert scheduler.metrics_url.startswith("http://127.0.0.1:")
         before, _ = await scrape(scheduler.metrics_url)
@@ -161,7 +166,8 @@ async def test_metrics_count_what_ran(metrics_node):
         assert values["dispycos_connections"] >= 3  # the node and its two servers
         assert values["dispycos_messages_sent_total"] > 7 and values["dispycos_messages_received_total"] > 7
         assert values["dispycos_sent_bytes_total"] > 0 and values["dispycos_received_bytes_total"] > 0
-        assert values["dispycos_streams_sent_total"] >= 0
+        assert values["dispycos_streams_sent_total"] == 1
+        assert values["dispycos_streams_received_total"] == 0
         assert values["dispycos_auth_failures_total"] == 0
 
         # The node hears from its servers once a second while their counts change.
@@ -181,6 +187,7 @@ async def test_metrics_count_what_ran(metrics_node):
         assert nvalues["dispycos_computations_active"] == 1
         assert nvalues["dispycos_connections"] >= 3  # the scheduler's link, the client at each server
         assert nvalues["dispycos_messages_received_total"] > 7
+        assert nvalues["dispycos_streams_received_total"] == 1
 
         # Failures and a task still running are counted apart.
         with pytest.raises(dispycos.RemoteTaskError):
@@ -214,6 +221,7 @@ async def test_metrics_count_what_ran(metrics_node):
     finally:
         await comp.close(terminate=True)
         await scheduler.close()
+        shutil.rmtree(files, ignore_errors=True)
 
     # What servers reported stays counted after their computation (and processes) ended.
     deadline = time.monotonic() + 30
@@ -458,3 +466,58 @@ async def test_forward_output_slow_client_does_not_block_the_server(node, capfd)
     assert lost > 0
     assert len(numbers) + lost == n  # every line arrived or was counted as dropped
     assert numbers[0] == 0
+
+
+def test_twistd_node_json_log_and_metrics():
+    """The twistd plugin takes the same options: JSON records on its log, /metrics on its port."""
+    from .conftest import env_for_children
+
+    dest = tempfile.mkdtemp(prefix="dispycos-test-twistd-")
+    env = env_for_children(dest)
+    env["DISPYCOS_SECRET"] = "s5"
+    ready = os.path.join(dest, "ready")
+    port = free_port()
+    twistd = os.path.join(os.path.dirname(sys.executable), "twistd")
+    cmd = [twistd, "-n", "--pidfile=", "dispycosnode", "-c", "1", "-i", "127.0.0.1", "--tcp_ports", "0", "--daemon",
+           "--dest_path", os.path.join(dest, "d"), "--ready_file", ready, "--log_format", "json",
+           "--metrics_port", str(port)]
+    proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, env=env, cwd=dest,
+                            start_new_session=True)
+    try:
+        deadline = time.monotonic() + 30
+        while not os.path.exists(ready) and proc.poll() is None and time.monotonic() < deadline:
+            time.sleep(0.05)
+        assert os.path.exists(ready)
+        _, page = fetch("http://127.0.0.1:%d/metrics" % port)
+        values = {s.name: s.value for f in parser.text_string_to_metric_families(page) for s in f.samples}
+        assert values["dispycos_tasks_finished_total"] == 0
+        deadline = time.monotonic() + 30
+        while values.get("dispycos_servers") != 1 and time.monotonic() < deadline:
+            time.sleep(0.1)
+            _, page = fetch("http://127.0.0.1:%d/metrics" % port)
+            values = {s.name: s.value for f in parser.text_string_to_metric_families(page) for s in f.samples}
+        assert values["dispycos_servers"] == 1
+    finally:
+        proc.send_signal(signal.SIGTERM)
+        try:
+            out, _ = proc.communicate(timeout=30)
+        finally:
+            try:
+                os.killpg(proc.pid, signal.SIGKILL)
+            except (ProcessLookupError, PermissionError):
+                pass
+            shutil.rmtree(dest, ignore_errors=True)
+    text = out.decode("utf-8", "replace")
+    records = _json_records(text)
+    assert any("ready at" in r["message"] for r in records)
+    assert any("metrics at http://127.0.0.1:%d/metrics" % port in r["message"] for r in records)
+
+
+def test_shared_scheduler_json_log(fresh_node):
+    node = fresh_node(cpus=1)
+    sched = SchedulerProcess([node.location], node.secret, args=["--log_format", "json"])
+    sched.stop()
+    text = sched.proc.stdout.read().decode("utf-8", "replace")
+    records = _json_records(text)
+    assert any("listening at 127.0.0.1:%d" % sched.port in r["message"] for r in records), text
+    assert all(line.startswith("\x1e{") for line in text.split("\n") if line), text[:2000]

@@ -22,6 +22,10 @@ Where each number is known:
 * a shared scheduler knows nodes, servers and computations (tasks go from
   clients to servers directly: it never sees them).
 
+C{tasks_retried} and C{tasks_timed_out} are there for task retries and
+time-outs (C{retries=}, C{timeout=}: SPEC 6.2), which this code base does
+not have yet: they read 0 until those count into them.
+
 C{/metrics} shows counts only (no task names, arguments or secrets), so it
 needs no token; it listens on loopback unless told otherwise.
 """
@@ -306,6 +310,12 @@ class MetricsServer:
     registry of its own (several services in one process do not clash).
     The page is made on the reactor's thread when scraped, so the numbers
     of one scrape are of one moment.
+
+    (Not C{prometheus_client.twisted.MetricsResource}: it binds the global
+    reactor and renders in that reactor's thread pool, so it would read the
+    service's lists and dicts off the reactor thread while the reactor
+    changes them, and serve a C{Scheduler(reactor=...)} from the wrong
+    reactor. The encoding is prometheus_client's all the same.)
     """
 
     def __init__(self, reactor, values, host="127.0.0.1", port=0):
@@ -330,6 +340,7 @@ class MetricsServer:
 
     @property
     def url(self):
+        """The address of the page (C{http://host:port/metrics})."""
         host = "[%s]" % self.host if ":" in self.host else self.host
         return "http://%s:%d/metrics" % (host, self.port)
 
@@ -376,14 +387,17 @@ def serve(reactor, values, host, port, what):
 
 
 def serve_node(node, host, port):
+    """Serve a L{dispycos.node.NodeService}'s numbers (L{node_values})."""
     return serve(node.reactor, partial(node_values, node), host, port, "dispycosnode %s" % node.name)
 
 
 def serve_private_scheduler(scheduler, host, port):
+    """Serve a private L{dispycos.scheduler.Scheduler}'s numbers (L{private_scheduler_values})."""
     return serve(scheduler.reactor, partial(private_scheduler_values, scheduler), host, port,
                  "scheduler %s" % scheduler.name)
 
 
 def serve_shared_scheduler(service, host, port):
+    """Serve the shared scheduler's numbers (L{shared_scheduler_values})."""
     return serve(service.reactor, partial(shared_scheduler_values, service), host, port,
                  "dispycos scheduler %s" % service.scheduler_name)

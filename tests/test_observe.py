@@ -552,3 +552,28 @@ def test_shared_scheduler_json_log(fresh_node):
     records = _json_records(text)
     assert any("listening at 127.0.0.1:%d" % sched.port in r["message"] for r in records), text
     assert all(line.startswith("\x1e{") for line in text.split("\n") if line), text[:2000]
+
+
+@pytest_twisted.ensureDeferred
+async def test_forward_output_through_a_shared_scheduler(fresh_node, capfd):
+    node = fresh_node(cpus=1)
+    sched = SchedulerProcess([node.location], node.secret)
+    comp = Computation([printer], secret=node.secret, forward_output=True)
+    try:
+        await comp.schedule(sched.location, timeout=30)
+        rtask = await comp.run(printer, 50)
+        assert await rtask.result() == 50
+        prefix = "[printer@%s] " % rtask.location
+        out = ""
+
+        def complete():
+            nonlocal out
+            out += capfd.readouterr()[0]
+            return (prefix + "no newline at the end") in out
+
+        await wait_for(complete, timeout=30)
+    finally:
+        await comp.close()
+        sched.stop()
+    lines = [line[len(prefix):] for line in out.splitlines() if line.startswith(prefix)]
+    assert lines == ["line %d" % i for i in range(50)] + ["no newline at the end"]

@@ -24,9 +24,11 @@ setup(
         "joblib": ["joblib>=1.3"],
         # run_results/map(progress=True) draw a tqdm bar when it is installed.
         "progress": ["tqdm"],
+        # /metrics (--metrics_port, Scheduler(metrics_port=)): imported only by a process that serves it.
+        "metrics": ["prometheus_client"],
         # The blocking API's tests drive it through scikit-learn (joblib) and a real Jupyter kernel.
         "test": ["pytest", "pytest-twisted", "hypothesis", "playwright", "tqdm", "joblib>=1.3", "scikit-learn",
-                 "nbclient", "nbformat", "ipykernel", "jupyter_client"],
+                 "nbclient", "nbformat", "ipykernel", "jupyter_client", "prometheus_client"],
     },
     entry_points={
         "console_scripts": [

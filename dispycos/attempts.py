@@ -176,6 +176,7 @@ class TaskControl:
         """Free the lost attempt's server and ask for another (not the same, while another exists)."""
         comp, rtask = self.comp, self.rtask
         self.retried += 1
+        comp._counts.tasks_retried += 1
         self.last = outcome
         self.avoid.add(rtask.location)
         entry, rtask._entry = rtask._entry, None

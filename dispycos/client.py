@@ -15,7 +15,7 @@ from twisted.logger import Logger
 
 from zope.interface import implementer
 
-from . import config, serialize
+from . import config, metrics, serialize
 from .allocate import DispycosNodeAllocate, allocate_cpus
 from .attempts import TaskControl, TaskOptions
 from .discovery import find_scheduler
@@ -179,6 +179,9 @@ class Computation(_TaskMethods):
     @param timeout: seconds a task may run; then it is terminated (a plain
         function by replacing its server process if it does not end within a
         second) and C{result()} errbacks with L{dispycos.TaskTimeout}.
+    @param forward_output: what tasks print (their stdout and stderr lines)
+        appears on this process's stdout and stderr, each line prefixed
+        C{[task-name@server] } (see L{dispycos.output}).
     """
 
     log = Logger()
@@ -186,7 +189,8 @@ class Computation(_TaskMethods):
     def __init__(self, components, pulse_interval=10, node_allocations=(), status_task=None,
                  node_setup=None, server_setup=None, disable_nodes=False, disable_servers=False,
                  peers_communicate=False, secret="", certfile=None, keyfile=None, cafile=None,
-                 dest_path=None, nodes=None, reactor=None, retries=0, retry_on=(), timeout=None, **unknown):
+                 dest_path=None, nodes=None, reactor=None, retries=0, retry_on=(), timeout=None,
+                 forward_output=False, **unknown):
         if unknown:
             raise TypeError("Computation() got unexpected arguments: %s" % ", ".join(sorted(unknown)))
         self._options = TaskOptions(retries, retry_on, timeout)
@@ -213,6 +217,9 @@ class Computation(_TaskMethods):
         self.secret = secret
         self.certfile, self.keyfile, self.cafile = certfile, keyfile, cafile
         self.dest_path = dest_path
+        self.forward_output = bool(forward_output)
+        #: Its tasks, counted here (its private scheduler's L{metrics.Counts} once scheduled).
+        self._counts = metrics.Counts()
         self._code = {}
         self._files = []
         for item in components:
@@ -335,8 +342,14 @@ class Computation(_TaskMethods):
         self._scheduler = scheduler
         self.reactor = scheduler.reactor
         self.runtime = scheduler.runtime
+        self._counts = getattr(scheduler, "counts", None) or self._counts
+        if self.forward_output:
+            from .output import write_output
+
+            self.runtime.task_output = write_output
         # What servers must know of the computation travels with its code.
-        settings = {"peers_communicate": bool(self.peers_communicate), "client": str(self.runtime.location)}
+        settings = {"peers_communicate": bool(self.peers_communicate), "client": str(self.runtime.location),
+                    "forward_output": self.forward_output}
         self._components_blob = serialize.dumps(dict(self._code, __dispycos__=settings), "components")
         d = self._pending_schedule = defer.Deferred()
 
@@ -533,6 +546,7 @@ class Computation(_TaskMethods):
         rtask._entry = entry
         rtask._cpu = cpu
         self._tasks[tid] = rtask
+        self._counts.tasks_started += 1
         runtime.expect(rtask)
         if self.status_task is not None:  # no record per task for nobody
             rtask.info = TaskInfo(rtask, args, kwargs, time.time())
@@ -547,6 +561,10 @@ class Computation(_TaskMethods):
 
     def _task_ended(self, rtask):
         self._tasks.pop(rtask.tid, None)
+        counts = self._counts
+        counts.tasks_ended += 1
+        if rtask.outcome[0] != OK:
+            counts.ended_badly(rtask.outcome[0])
         entry = rtask._entry
         if self._scheduler is not None and entry is not None:
             self._scheduler.task_done(entry, rtask._cpu)

@@ -174,6 +174,7 @@ class MapRun:
         self.runtime = comp.runtime
         self.scheduler = comp._scheduler
         self.events = comp._events  # how the scheduler knows the computation
+        self.counts = comp._counts
         self.ref, self.code = comp._function_ref(fn)
         self.name = getattr(fn, "__name__", "task")
         self.items = iter(iterable)
@@ -380,6 +381,7 @@ class MapRun:
             group = RemoteGroup(self, entry, tid, len(batch), first, infos)
         else:
             group = RemoteGroup(self, entry, tid, len(batch), first, infos, calls=batch)
+        self.counts.tasks_started += len(batch)
         self._send_group(group, calls)
 
     def _send_group(self, group, calls):
@@ -430,6 +432,7 @@ class MapRun:
         again = False
         if self.options is None:
             first = group.first + start
+            self.counts.tasks_ended += len(outcomes)
             for i, outcome in enumerate(outcomes):
                 self._one(first + i, outcome)
                 if group.infos is not None:
@@ -477,6 +480,7 @@ class MapRun:
                 if outcome is None:
                     again = True
                     continue
+            self.counts.tasks_ended += 1
             self._one(group.index(pos), outcome)
             taken += 1
             if group.infos is not None:
@@ -514,6 +518,7 @@ class MapRun:
         if self.failure is not None or self.closed:
             return
         attempts = (group.attempts[pos] if group.attempts is not None else 0) + attempt
+        self.counts.tasks_retried += attempt
         item = (group.index(pos), group.calls[pos], attempts)
         avoid = frozenset((group.location,))
         queue = self.retry_queue
@@ -542,8 +547,10 @@ class MapRun:
             lambda f: self.log.warn("restarting server {loc}: {e}", loc=group.location, e=f.getErrorMessage()))
 
     def _one(self, index, outcome):
-        if outcome[0] != OK and self.failure is None:
-            self._fail(outcome_result(outcome).value)
+        if outcome[0] != OK:
+            self.counts.ended_badly(outcome[0])
+            if self.failure is None:
+                self._fail(outcome_result(outcome).value)
         if self.collect:
             if outcome[0] == OK:
                 results = self.results

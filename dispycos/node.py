@@ -4,7 +4,6 @@ The node daemon (C{dispycosnode}): listens for schedulers, runs one server
 process per CPU, sets a computation up on them and wipes it afterwards.
 """
 
-import ipaddress
 import os
 import platform
 import socket
@@ -14,11 +13,11 @@ from twisted.internet import defer, task
 from twisted.internet.protocol import Factory
 from twisted.logger import Logger
 
-from . import config, paths
+from . import config, metrics, paths
 from .discovery import Discovery
 from .errors import DispycosError, FileTransferError, SetupError
 from .streams import StreamingAMP, safe_join
-from .tls import TLS, is_loopback
+from .tls import TLS
 from .tls import listen as tls_listen
 from .protocol import auth, commands
 from .serverpool import ServerSlot
@@ -69,13 +68,14 @@ def avail_info(path=None):
         return {"cpu": None, "memory": None, "disk": None, "swap": None}
 
 
-class NodeProtocol(StreamingAMP):
+class NodeProtocol(metrics.CountedConnection, StreamingAMP):
     """A scheduler's connection to this node (it may also send files for the node directory)."""
 
     def __init__(self, node):
         super().__init__(node.reactor, lambda dest, computation: node.stream_root(self, dest, computation),
                          node.max_file_size, keyring=node.keyring, location="")
         self.node = node
+        self.counts = node.counts
         self.last_pulse = node.reactor.seconds()
         self.pulse_interval = None
 
@@ -145,8 +145,18 @@ class NodeService(service.Service):
                  udp_port=config.NodePort, peers=(), scheduler_port=config.SchedulerPort,
                  serve=-1, on_exit=None, service_window=None, zombie_period=0, pid_file=None,
                  stdin_commands=False, max_file_size=0, tls_files=(), twisted_tls=False, node_secret=None,
-                 sched_normal=False):
+                 sched_normal=False, metrics_port=None, metrics_host="127.0.0.1", log_format="text"):
         self.reactor = reactor
+        # Observability (dispycos.metrics): this node's links, what ended servers had
+        # reported; /metrics on metrics_host:metrics_port (None: not served);
+        # log_format "json" for the servers' logs too.
+        self.counts = metrics.Counts()
+        self.retired_counts = metrics.Counts()
+        self.computations_taken = 0
+        self.metrics_port = metrics_port
+        self.metrics_host = metrics_host
+        self.metrics = None
+        self.log_format = log_format
         self.twisted_tls = twisted_tls
         self.sched_normal = sched_normal
         self.max_file_size = max_file_size
@@ -233,6 +243,8 @@ class NodeService(service.Service):
         d.addCallback(self._announce_ready)
         self.discovery = Discovery(self.reactor, self.hosts, self.udp_port, self.key, self._discovered)
         self.discovery.start()
+        if self.metrics_port is not None:
+            self.metrics = metrics.serve_node(self, self.metrics_host, self.metrics_port)
         self._watchdog = task.LoopingCall(self._check_scheduler)
         self._watchdog.clock = self.reactor
         self._watchdog.start(self.min_pulse_interval, now=False)
@@ -257,10 +269,11 @@ class NodeService(service.Service):
         addr = self.ext_hosts[0] if self.ext_hosts else (self.hosts[0] or "0.0.0.0")
         line = "dispycosnode %s ready at %s:%d with %d servers" % (self.name, addr, self.port, len(self.slots))
         self.log.info(line)
-        try:
-            print(line, flush=True)
-        except Exception:
-            pass
+        if self.log_format != "json":  # (a JSON log has it; its stream has nothing else)
+            try:
+                print(line, flush=True)
+            except Exception:
+                pass
         if self.ready_file:
             paths.replace_file(self.ready_file, "%s:%d\n" % (addr, self.port))
         self.announce()
@@ -299,6 +312,8 @@ class NodeService(service.Service):
         for p in self.listening:
             yield p.stopListening()
         self.listening = []
+        if self.metrics is not None:
+            yield self.metrics.stop()
         if self.active is not None:
             try:
                 proto = self.active["proto"]
@@ -493,6 +508,7 @@ class NodeService(service.Service):
             self.log.warn("a server could not be set up: {f}", f=f.getErrorMessage())
         self.log.info("computation {c} set up on {n} servers", c=computation, n=len(servers))
         active["served"] = True
+        self.computations_taken += 1
         self.note_activity()
         return {"servers": servers, "node_dir": self.node_dir}
 

@@ -93,7 +93,7 @@ class Options(UnderscoreOptions):
         ["save_config", None, None, "Save the options (JSON) to this file and exit."],
         ["config", None, None, "Load options from this file (written by --save_config); "
                                "options on the command line win."],
-    ]
+    ] + UnderscoreOptions.observability_parameters
 
     _repeatable = ("ip_addr", "ext_ip_addr", "tcp_ports", "peer")
     #: Derived in postOptions, not options of their own.
@@ -172,6 +172,7 @@ class Options(UnderscoreOptions):
         if self["zombie_period"] < 0:
             raise usage.UsageError("--zombie_period must not be negative")
         service_window(self)  # validates the service times
+        self.check_observability()
 
 
 def service_window(options, clock=None):
@@ -403,4 +404,7 @@ def makeService(options, reactor=None):
         zombie_period=options["zombie_period"],
         pid_file=pid_file,
         stdin_commands=stdin_commands,
+        metrics_port=options["metrics_port"],
+        metrics_host=options["metrics_host"],
+        log_format=options["log_format"],
     ), options)

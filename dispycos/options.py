@@ -133,6 +133,30 @@ class UnderscoreOptions(usage.Options):
         except paths.UnsafePathError as e:
             raise usage.UsageError(str(e))
 
+    #: Options of both programs: /metrics and the log stream (see L{check_observability}).
+    observability_parameters = [
+        ["metrics_port", None, None, "Serve /metrics (Prometheus text format; needs dispycos[metrics]) on this port "
+                                     "(0: any free port, logged).", int],
+        ["metrics_host", None, "127.0.0.1", "Address /metrics listens on (default: loopback)."],
+        ["log_format", None, "text", "Log stream format: text, or json (one JSON object per record)."],
+        ["log_file", None, None, "Write the log stream to this file (appended) instead of stderr."],
+    ]
+
+    def check_observability(self):
+        """C{--metrics_port} needs prometheus_client; C{--log_format}/C{--log_file} must be usable."""
+        from . import logs
+
+        logs.check_options(self)
+        if self["metrics_port"] is not None:
+            if not 0 <= self["metrics_port"] < 65536:
+                raise usage.UsageError("--metrics_port must be a port number (0-65535)")
+            from .metrics import MetricsUnavailable, check_available
+
+            try:
+                check_available()
+            except MetricsUnavailable as e:
+                raise usage.UsageError("--metrics_port: %s" % e)
+
     @staticmethod
     def fail(prog, error):
         """End the program at once (2) with C{error} on one line of stderr, from the console script and twistd alike."""

@@ -27,7 +27,8 @@ from .status import Location
 from .streams import StreamingAMP, send_blob
 from .tls import connect as tls_connect
 from .tls import listen as tls_listen
-from .outcomes import ABANDONED, decode_outcome, decode_outcomes, encode_outcome, error_outcome, outcome_result
+from .metrics import CountedConnection, Counts
+from .outcomes import ABANDONED, OK, decode_outcome, decode_outcomes, encode_outcome, error_outcome, outcome_result
 from .protocol.transport import write_now
 from .reactorthread import with_timeout
 
@@ -82,7 +83,7 @@ def current_runtime(create=True):
     return runtime_for(reactor, create)
 
 
-class PeerAMP(StreamingAMP):
+class PeerAMP(CountedConnection, StreamingAMP):
     """A connection between two processes of a computation."""
 
     def __init__(self, runtime, listening):
@@ -94,6 +95,7 @@ class PeerAMP(StreamingAMP):
             location=str(runtime.location),
         )
         self.runtime = runtime
+        self.counts = getattr(runtime, "counts", None)  # (None: a stand-in runtime that counts nothing)
         self.peer_loc = None
         self.flush_group = runtime.queued
         #: Ids of code (L{commands.DefineCode}) sent on this connection.
@@ -211,6 +213,14 @@ class PeerAMP(StreamingAMP):
     def _messages_refused(self, task, reason):
         if self.peer_loc is not None:
             self.runtime.refused[(self.peer_loc, task)] = reason
+        return {}
+
+    @commands.TaskOutput.responder
+    def _task_output(self, batch):
+        output = getattr(self.runtime, "task_output", None)
+        if output is not None:  # only a client that asked for it (forward_output) writes anything
+            for stream, lines in unpack_items(batch):
+                output(stream, lines)
         return {}
 
     @commands.Deliver.responder
@@ -349,6 +359,10 @@ class Runtime:
         #: Where this process may connect (None: anywhere); servers without
         #: peers_communicate may reach only their client.
         self.may_connect = None
+        #: This process's connections and, on a server, the tasks it runs (L{dispycos.metrics}).
+        self.counts = Counts()
+        #: C{task_output(stream, lines)} writes what tasks printed (a client with forward_output), or None.
+        self.task_output = None
 
     @property
     def threadpool(self):
@@ -427,6 +441,11 @@ class Runtime:
         if task._in_group:  # its group reports the outcome
             return
         creator = task._creator
+        if creator is not None:  # a task some process created here (not a local or setup task)
+            counts = self.counts
+            counts.tasks_ended += 1
+            if task.outcome[0] != OK:
+                counts.ended_badly(task.outcome[0])
         blob = encode_outcome(task.outcome) if creator is not None and creator.connected else None
         self._keep_finished(task.tid, task.outcome, len(blob) if blob is not None else 0)
         if blob is not None:

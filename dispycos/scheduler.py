@@ -18,7 +18,7 @@ from twisted.internet import defer, error, task
 from twisted.logger import Logger
 from zope.interface import implementer
 
-from . import config
+from . import config, metrics
 from .errors import (AuthenticationError, ComputationClosed, ConnectionLostError, DispycosError, FileTransferError,
                      NoServerError, ScheduleError, SetupError)
 from .protocol import auth, commands
@@ -33,12 +33,13 @@ from .streams import send_file
 from .paths import read_secret_file, resolve_secret
 
 
-class _NodeClient(DispycosAMP):
+class _NodeClient(metrics.CountedConnection, DispycosAMP):
     """The scheduler's connection to one node."""
 
     def __init__(self, link):
         super().__init__(link.scheduler.reactor)
         self.link = link
+        self.counts = link.scheduler.runtime.counts
 
     def connectionLost(self, reason):
         super().connectionLost(reason)
@@ -309,6 +310,9 @@ class Scheduler:
         abandoned (default: 5 pulse intervals; 0: never, only a lost
         connection counts).
     @param pulse_interval: the heartbeat interval while no computation runs.
+    @param metrics_port: serve C{/metrics} (Prometheus; needs
+        C{dispycos[metrics]}) on this port (0: any free one, see
+        C{metrics_url}) of C{metrics_host} (default loopback); None: not served.
     """
 
     log = Logger()
@@ -316,7 +320,8 @@ class Scheduler:
     def __init__(self, nodes=(), secret="", ip_addr=None, reactor=None, private=True, udp_port=config.SchedulerPort,
                  node_port=config.NodePort, discover=None, certfile=None, keyfile=None, cafile=None, tcp_port=0,
                  ext_ip_addr=None, name=None, dest_path=None, max_file_size=0, secret_file=None, zombie_period=None,
-                 pulse_interval=10, node_secret=None, node_secret_file=None, client_key=None):
+                 pulse_interval=10, node_secret=None, node_secret_file=None, client_key=None, metrics_port=None,
+                 metrics_host="127.0.0.1"):
         if reactor is None:
             from twisted.internet import reactor
         self.reactor = reactor
@@ -358,6 +363,12 @@ class Scheduler:
         if private and max_file_size:
             runtime.max_file_size = max_file_size
         self.runtime = runtime
+        #: Tasks of this scheduler's computations, counted at the client (L{dispycos.metrics}).
+        self.counts = metrics.Counts()
+        self.computations_taken = 0
+        self.metrics = None
+        if metrics_port is not None:
+            self.metrics = metrics.serve_private_scheduler(self, metrics_host, metrics_port)
         self.links = {}
         self.queue = deque()
         self.active = None
@@ -711,6 +722,7 @@ class Scheduler:
             comp.id = uuid.uuid4().hex
         comp.key = os.urandom(32)
         self.queue.append(comp)
+        self.computations_taken += 1
         # On the next turn: a remote client must have our answer (the
         # computation's id) before it hears anything else about it.
         self.reactor.callLater(0, self._next)
@@ -999,6 +1011,13 @@ class Scheduler:
             self.runtime.lost_hooks.remove(self._connection_lost)
         if _private.get(self.reactor) is self:
             del _private[self.reactor]
+        if self.metrics is not None:
+            yield self.metrics.stop()
+
+    @property
+    def metrics_url(self):
+        """Where this scheduler serves C{/metrics} (None without C{metrics_port})."""
+        return self.metrics.url if self.metrics is not None else None
 
 
 # Status codes as class attributes, as in pycos programs (msg.status == Scheduler.ComputationClosed).

@@ -10,51 +10,39 @@ import sys
 
 from twisted.application.service import MultiService
 from twisted.internet import defer, task
-from twisted.logger import (FilteringLogObserver, ILogObserver, LogLevel, LogLevelFilterPredicate, globalLogBeginner,
-                            textFileLogObserver)
+from twisted.logger import ILogObserver
 from twisted.python import usage
 from twisted.python.components import Componentized
 
-
-def log_predicate(debug):
-    """Info (or debug) level, without AMP's per-connection chatter unless debugging."""
-    predicate = LogLevelFilterPredicate(LogLevel.debug if debug else LogLevel.info)
-    if not debug:
-        for namespace in ("twisted.protocols.amp", "twisted.internet.protocol", "dispycos.discovery._Socket"):
-            predicate.setLogLevelForNamespace(namespace, LogLevel.warn)
-    return predicate
-
-
-def start_logging(debug, stream=None):
-    """Log to C{stream} (stderr) at the level L{log_predicate} gives."""
-    globalLogBeginner.beginLoggingTo(
-        [FilteringLogObserver(textFileLogObserver(stream or sys.stderr), [log_predicate(debug)])],
-        redirectStandardIO=False,
-    )
+from .logs import log_observer, log_predicate, open_log_file, start_logging  # noqa: F401 (log_predicate: API)
 
 
 class _TwistdLogLevel(MultiService):
     """
     The top service a twistd plugin returns: on joining twistd's
     application it gives it the log observer twistd would make for
-    C{--logfile} (stdout with C{-n}), filtered at the level the plugin's
-    C{-d} asks for, as the console scripts do. (twistd uses an application's
-    ILogObserver component instead of making its own.)
+    C{--logfile} (stdout with C{-n}; the plugin's C{--log_file} wins),
+    filtered at the level the plugin's C{-d} asks for and in the format of
+    its C{--log_format}, as the console scripts do. (twistd uses an
+    application's ILogObserver component instead of making its own.)
     """
 
-    def __init__(self, child, debug, twistd):
+    def __init__(self, child, debug, twistd, log_format="text", log_file=None):
         super().__init__()
         self.debug = debug
         self.twistd = twistd
+        self.log_format = log_format
+        self.log_file = log_file
         child.setServiceParent(self)
 
     def setServiceParent(self, parent):
         if isinstance(parent, Componentized) and parent.getComponent(ILogObserver) is None:
-            parent.setComponent(ILogObserver, FilteringLogObserver(
-                textFileLogObserver(self._log_file()), [log_predicate(self.debug)]))
+            parent.setComponent(ILogObserver, log_observer(self.debug, self._log_file(), self.log_format))
         return super().setServiceParent(parent)
 
     def _log_file(self):
+        if self.log_file:
+            return open_log_file(self.log_file)
         path = self.twistd.get("logfile")
         if path == "-" or (not path and self.twistd.get("nodaemon")):
             return sys.stdout
@@ -70,13 +58,15 @@ class _TwistdLogLevel(MultiService):
 def for_twistd(service, options):
     """
     C{service} as a twistd plugin's C{makeService} should return it: with
-    C{-d} deciding the log level, unless twistd was told how to log
-    (C{--logger}, C{--syslog}). Outside twistd, C{service} itself.
+    C{-d} deciding the log level and C{--log_format}/C{--log_file} its
+    format and file, unless twistd was told how to log (C{--logger},
+    C{--syslog}). Outside twistd, C{service} itself.
     """
     twistd = getattr(options, "parent", None)
     if twistd is None or not hasattr(twistd, "get") or twistd.get("logger") or twistd.get("syslog"):
         return service
-    return _TwistdLogLevel(service, bool(options.get("debug")), twistd)
+    return _TwistdLogLevel(service, bool(options.get("debug")), twistd, options.get("log_format") or "text",
+                           options.get("log_file"))
 
 
 def _run_service(options_class, make_service, argv, prog):
@@ -93,7 +83,8 @@ def _run_service(options_class, make_service, argv, prog):
     except usage.UsageError as e:
         print("%s: %s" % (prog, e), file=sys.stderr)
         sys.exit(2)
-    start_logging(options.get("debug"))
+    start_logging(options.get("debug"), log_format=options.get("log_format") or "text",
+                  log_file=options.get("log_file"))
 
     def main(reactor):
         svc.privilegedStartService()

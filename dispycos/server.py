@@ -107,6 +107,17 @@ class ServerControl(amp.AMP):
         if n or self.server.was_busy:
             self.callRemote(commands.Busy, tasks=n)
         self.server.was_busy = bool(n)
+        self.report_counts()
+
+    _reported = None
+
+    def report_counts(self):
+        """Tell the node this process's counts (L{dispycos.metrics}) when they changed; a Deferred."""
+        values = self.server.runtime.counts.as_list()
+        if values == self._reported:
+            return defer.succeed(None)
+        self._reported = values
+        return self.callRemote(commands.ServerCounts, counts=values).addErrback(lambda f: None)
 
     def connectionLost(self, reason):
         super().connectionLost(reason)
@@ -142,6 +153,8 @@ class Server:
         self.functions = {}
         self.starter = Starter(reactor, runtime)
         runtime.executor = self
+        #: With forward_output, where tasks' prints go (a L{dispycos.output.Output}); else None.
+        self.output = None
 
     def init(self, computation, key, components, node_dir, server_dir, location="", node_globals=None):
         try:
@@ -171,6 +184,10 @@ class Server:
         _in_globals(self.components, "dispycos_server_location", self.runtime.location)
         _in_globals(self.components, "dispycos_close_server", self.close_server)
         _in_globals(self.components, "dispycos_close_node", self.close_node)
+        if settings.get("forward_output") and self.output is None:
+            from .output import Output
+
+            self.output = Output(self.reactor, str(self.runtime.location))
         self.runtime.keys[computation] = key
         self.runtime.default_computation = computation
         log.info("server {i} at {loc} initialized for computation {c}", i=self.index, loc=self.runtime.location, c=computation)
@@ -250,8 +267,15 @@ class Server:
             fn = resolve_function(self, proto, ref)
             task = Task._create(runtime, fn, args, kwargs, tid=tid, creator=proto)
         except Exception as e:
+            counts = runtime.counts
+            counts.tasks_started += 1
+            counts.tasks_ended += 1
+            counts.tasks_failed += 1
             runtime.creation_failed(proto, tid, e)
             return
+        runtime.counts.tasks_started += 1
+        if self.output is not None:
+            task._sink = self.output.sink(proto, task.name)
         self.starter.enqueue(task)
 
     def create_group(self, proto, tid, count, calls):
@@ -262,13 +286,21 @@ class Server:
                 raise DispycosError("a group of %d tasks came with %d calls" % (count, len(arglist)))
             fn = resolve_function(self, proto, ref)
         except Exception as e:
+            counts = self.runtime.counts
+            counts.tasks_started += count
+            counts.tasks_ended += count
+            counts.tasks_failed += count
             self.runtime.log.warn("group {tid} from {peer} not created: {e}", tid=tid, peer=proto._peer(), e=e)
             # One error for every task of the group (pickled once: the same object).
             failed = plain_outcome(error_outcome(e, ""))
             proto.queue_call(commands.GroupEnded, task=tid, start=0,
                              outcomes=serialize.dumps([failed] * count, "outcomes"))
             return
-        self.starter.enqueue(ServerGroup(self, proto, tid, fn, arglist))
+        self.runtime.counts.tasks_started += count
+        group = ServerGroup(self, proto, tid, fn, arglist)
+        if self.output is not None:
+            group.sink = self.output.sink(proto, getattr(fn, "__name__", "task"))
+        self.starter.enqueue(group)
 
     def end_if_stuck(self, task, ended, grace):
         """
@@ -327,6 +359,13 @@ class Server:
             yield defer.DeferredList(lost, consumeErrors=True)
             if call.active():
                 call.cancel()
+        # The last counts reach the node before this process ends (bounded wait).
+        if self.control is not None:
+            report = self.control.report_counts()
+            call = self.reactor.callLater(2, report.cancel)
+            yield report
+            if call.active():
+                call.cancel()
         self.reactor.callLater(0, self._exit)
 
     def _exit(self):
@@ -338,6 +377,7 @@ _OPTIONS = {
     "index": (int, None), "host": (str, "127.0.0.1"), "port": (int, 0), "announce": (str, None),
     "parent": (int, 0), "debug": (bool, False), "max_file_size": (int, 0), "certfile": (str, None),
     "keyfile": (str, None), "cafile": (str, None), "sched_normal": (bool, False), "twisted_tls": (bool, False),
+    "log_format": (str, "text"),
 }
 
 
@@ -385,9 +425,10 @@ def main(argv=None):
     from twisted.internet import reactor, stdio
     from twisted.python.threadpool import ThreadPool
 
-    from .scripts import start_logging
+    from .logs import start_logging
 
-    start_logging(args.debug)
+    # (JSON records on stderr: the node logs them as its own, see ServerSlot.)
+    start_logging(args.debug, log_format=args.log_format)
     from .runtime import Runtime, set_runtime
 
     pool = ThreadPool(minthreads=1, maxthreads=64, name="dispycos-tasks")

@@ -13,6 +13,7 @@ from twisted.internet.protocol import ProcessProtocol
 from twisted.logger import Logger
 from twisted.protocols import amp
 
+from . import logs, metrics
 from .protocol import commands
 
 _FD_TO_CHILD, _FD_FROM_CHILD = 3, 4
@@ -64,6 +65,11 @@ class _ControlAMP(amp.AMP):
             note()
         return {}
 
+    @commands.ServerCounts.responder
+    def _counts(self, counts):
+        metrics.server_reported(self.slot, counts)
+        return {}
+
     @commands.CloseRequest.responder
     def _close_request(self, node, terminate, restart):
         self.slot.node.close_request(self.slot, node, terminate, restart)
@@ -110,6 +116,8 @@ class ServerSlot(ProcessProtocol):
         self._out = b""
         self._stdout = b""
         self.tasks = 0
+        #: What the server process reported of its counts (L{dispycos.metrics.FIELDS} order), or None.
+        self.counts = None
 
     # -- life cycle ---------------------------------------------------------------
 
@@ -126,6 +134,8 @@ class ServerSlot(ProcessProtocol):
         ]
         if self.node.debug:
             argv.append("--debug")
+        if getattr(self.node, "log_format", "text") != "text":
+            argv += ["--log_format", self.node.log_format]
         for flag in ("twisted_tls", "sched_normal"):
             if getattr(self.node, flag, False):
                 argv.append("--" + flag)
@@ -176,10 +186,21 @@ class ServerSlot(ProcessProtocol):
         else:
             self._out += data
             *lines, self._out = self._out.split(b"\n")
+            json_records = getattr(self.node, "log_format", "text") == "json"
             for line in lines:
-                self.log.info("server {i}: {line}", i=self.index, line=line.decode("utf-8", "replace"))
+                text = line.decode("utf-8", "replace")
+                event = logs.server_event(self.index, text) if json_records else None
+                if event is not None:
+                    self.log.observer(event)  # the server's record, as the node's
+                elif not json_records or text.strip("\x1e"):
+                    self.log.info("server {i}: {line}", i=self.index, line=text)
 
     def _write_stdout(self, data):
+        if getattr(self.node, "log_format", "text") == "json":
+            # A JSON log stream has nothing but records: what tasks printed is logged line by line.
+            for line in data.decode("utf-8", "replace").splitlines():
+                self.log.info("server {i} output: {line}", i=self.index, line=line)
+            return
         try:
             sys.stdout.buffer.write(data)
             sys.stdout.flush()
@@ -194,6 +215,9 @@ class ServerSlot(ProcessProtocol):
             self.wanted_port = 0  # its port may have been taken meanwhile
         self.running = False
         self.is_ready = False
+        self.tasks = 0
+        if getattr(self.node, "retired_counts", None) is not None:
+            metrics.server_ended(self.node, self)
         if self.control is not None:
             self.control.connectionLost(reason)
             self.control = None

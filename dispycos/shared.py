@@ -17,12 +17,11 @@ from twisted.internet.protocol import Factory
 from twisted.logger import Logger
 from zope.interface import implementer
 
-from . import config, paths
+from . import config, metrics, paths
 from .errors import ComputationClosed, DispycosError, FileTransferError
 from .interfaces import IComputationEvents
 from .protocol import auth, commands
 from .protocol.arguments import unpack_items
-from .protocol.base import DispycosAMP
 from .scheduler import Scheduler
 from .streams import StreamingAMP, safe_join
 from .tls import listen as tls_listen
@@ -175,12 +174,13 @@ class _NoComputation:
     status_task = None
 
 
-class ClientChannel(StreamingAMP):
+class ClientChannel(metrics.CountedConnection, StreamingAMP):
     """One client's connection to the shared scheduler (it streams its component files here)."""
 
     def __init__(self, svc):
         super().__init__(svc.reactor, self._file_root, svc.max_file_size, keyring=svc.keyring, location="")
         self.service = svc
+        self.counts = svc.scheduler.runtime.counts
         self.computations = {}
 
     def _file_root(self, dest, computation):
@@ -288,7 +288,8 @@ class SchedulerService(service.Service):
 
     def __init__(self, reactor, hosts=("127.0.0.1",), tcp_port=config.SchedulerPort, secret="", nodes=(),
                  zombie_period=None, udp_port=config.SchedulerPort, ext_hosts=(), stdin_commands=False,
-                 http_port=None, name=None, dest_path=None, max_file_size=0, node_secret=None, **scheduler_options):
+                 http_port=None, name=None, dest_path=None, max_file_size=0, node_secret=None, metrics_port=None,
+                 metrics_host="127.0.0.1", **scheduler_options):
         self.reactor = reactor
         self.scheduler_name = name or socket.gethostname()
         self._dest_path = dest_path
@@ -311,6 +312,10 @@ class SchedulerService(service.Service):
         self.monitor = None
         self.scheduler_options = scheduler_options
         self.scheduler = None
+        #: /metrics (L{dispycos.metrics}) on metrics_host:metrics_port; None: not served.
+        self.metrics_port = metrics_port
+        self.metrics_host = metrics_host
+        self.metrics = None
         self.listening = []
         self.port = None
         self._reaper = None
@@ -342,6 +347,8 @@ class SchedulerService(service.Service):
         self._reaper.start(config.MinPulseInterval, now=False)
         self.log.info("dispycos scheduler {name} listening at {h}:{p}", name=self.scheduler_name,
                       h=self.hosts[0] or "0.0.0.0", p=port)
+        if self.metrics_port is not None:
+            self.metrics = metrics.serve_shared_scheduler(self, self.metrics_host, self.metrics_port)
         if self.http_port is not None:
             from .httpd import HTTPServer
 
@@ -390,6 +397,8 @@ class SchedulerService(service.Service):
             self.console.stop()
         if self.monitor is not None:
             yield self.monitor.shutdown(wait=False)
+        if self.metrics is not None:
+            yield self.metrics.stop()
         for p in self.listening:
             yield p.stopListening()
         self.listening = []

@@ -36,7 +36,7 @@ class Options(UnderscoreOptions):
         ["cafile", None, None, "CA to verify peers against."],
         ["zombie_period", None, None, "Seconds of silence after which a client is dropped.", float],
         ["http_port", None, None, "Serve the monitor on this port.", int],
-    ]
+    ] + UnderscoreOptions.observability_parameters
     _repeatable = ("ip_addr", "ext_ip_addr", "node")
 
     def opt_node(self, value):
@@ -56,6 +56,7 @@ class Options(UnderscoreOptions):
             raise usage.UsageError("--zombie_period must not be negative")
         self.check_security("clients could run code on every node",
                             "the dispycos scheduler runs WITHOUT A SECRET on a non-loopback address")
+        self.check_observability()
 
 
 def makeService(options, reactor=None):
@@ -89,4 +90,6 @@ def makeService(options, reactor=None):
         name=options["name"],
         dest_path=dest_path,
         max_file_size=options["max_file_size"],
+        metrics_port=options["metrics_port"],
+        metrics_host=options["metrics_host"],
     ), options)

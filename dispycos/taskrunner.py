@@ -25,7 +25,7 @@ from .protocol import commands
 from .runtime import INLINE_LIMIT
 from .errors import TaskTerminated
 from .outcomes import OK, TERMINATED, encode_outcome, encode_outcomes, error_outcome
-from .tasks import Task, _async_raise, _Runner, _wants_task
+from .tasks import Task, _async_raise, _Runner, _SinkRunner, _wants_task
 
 #: Seconds of task starts (of tasks that end at once) in one reactor turn.
 SLICE = 0.005
@@ -140,6 +140,11 @@ class ServerGroup:
         self.ended = False
         self._waiters = []
         self._going_on = False
+        #: Its tasks that failed / were terminated so far (the rest finished): counted at its end.
+        self.failed = 0
+        self.terminated = 0
+        #: Where its tasks' prints go (a L{dispycos.output.Sink}: forward_output), or None.
+        self.sink = None
         #: When its first task started (how long it has held its server tells its creator how to size batches).
         self.started_at = None
         self.on_reactor = inspect.isgeneratorfunction(fn) or inspect.iscoroutinefunction(fn)
@@ -177,6 +182,16 @@ class ServerGroup:
     # -- on the reactor ------------------------------------------------------------
 
     def _loop(self):
+        sink = self.sink
+        if sink is None:
+            return self._slice()
+        previous = sink.enter()
+        try:
+            self._slice()
+        finally:
+            sink.leave(previous)
+
+    def _slice(self):
         deadline = time.monotonic() + SLICE
         while self.index < self.count and not self.terminating:
             i = self.index
@@ -204,7 +219,9 @@ class ServerGroup:
         except BaseException as e:
             self._item_ended(lazy, error_outcome(e))
             return True
-        runner = _Runner(it, self.coroutine, lambda outcome: self._waited(lazy, outcome))
+        done = lambda outcome: self._waited(lazy, outcome)  # noqa: E731
+        runner = _Runner(it, self.coroutine, done) if self.sink is None else _SinkRunner(it, self.coroutine, done,
+                                                                                         self.sink)
         self.current = runner
         self._going_on = True
         try:
@@ -215,7 +232,15 @@ class ServerGroup:
 
     def _item_ended(self, lazy, outcome):
         self.outcomes.append(outcome)
+        if outcome[0] is not OK:
+            self._count_bad(outcome)
         self._ended(lazy, outcome)
+
+    def _count_bad(self, outcome):
+        if outcome[0] == TERMINATED:
+            self.terminated += 1
+        else:
+            self.failed += 1
 
     def _waited(self, lazy, outcome):
         self.current = None
@@ -230,6 +255,9 @@ class ServerGroup:
         self.thread = threading.get_ident()
         outcomes = self.outcomes
         last = time.monotonic()
+        sink = self.sink
+        if sink is not None:
+            previous = sink.enter()
         try:
             for i in range(self.count):
                 if self.terminating:
@@ -244,6 +272,8 @@ class ServerGroup:
                 except BaseException as e:
                     outcome = (TERMINATED, None) if self.terminating else error_outcome(e)
                 outcomes.append(outcome)
+                if outcome[0] is not OK:
+                    self._count_bad(outcome)
                 if lazy is not None and lazy._task is not None:
                     self.reactor.callFromThread(lazy._task._done, outcome)
                 now = time.monotonic()
@@ -252,6 +282,9 @@ class ServerGroup:
                     self.reactor.callFromThread(self._report)
         finally:
             self.thread = None
+            if sink is not None:
+                sink.thread_done()
+                sink.leave(previous)
 
     def _thread_done(self, result):
         if isinstance(result, Failure):
@@ -286,9 +319,14 @@ class ServerGroup:
         if self.ended:
             return
         # What was never run (terminated) ends as terminated.
+        never = self.count - len(self.outcomes)
         while len(self.outcomes) < self.count:
             self.outcomes.append((TERMINATED, None))
         self.ended = True
+        counts = self.runtime.counts
+        counts.tasks_ended += self.count
+        counts.tasks_failed += self.failed
+        counts.tasks_terminated += self.terminated + max(0, never)
         self._report()
         self.runtime.groups.pop(self.tid, None)
         self.calls = self.outcomes = ()

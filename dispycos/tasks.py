@@ -146,6 +146,25 @@ class _Runner:
                 self._step(None, TaskTerminated("terminated"))
 
 
+class _SinkRunner(_Runner):
+    """
+    A runner whose task's prints go to its client (C{forward_output}): its
+    C{sink} is this thread's current one around each step of the task's code
+    (see L{dispycos.output}).
+    """
+
+    def __init__(self, it, coroutine, done, sink):
+        super().__init__(it, coroutine, done)
+        self.sink = sink
+
+    def _step(self, value, exc, yielded=_NOTHING):
+        previous = self.sink.enter()
+        try:
+            return _Runner._step(self, value, exc, yielded)
+        finally:
+            self.sink.leave(previous)
+
+
 def _async_raise(thread_id, exc_type):
     ctypes.pythonapi.PyThreadState_SetAsyncExc(ctypes.c_ulong(thread_id), ctypes.py_object(exc_type))
 
@@ -407,6 +426,8 @@ class Task(_TaskAPI):
 
     _creator = None
     _in_group = False
+    #: Where its prints go (a L{dispycos.output.Sink}: forward_output), or None.
+    _sink = None
 
     @classmethod
     def _create(cls, runtime, fn, args, kwargs, on_done=None, tid=None, creator=None, in_group=False):
@@ -465,7 +486,10 @@ class Task(_TaskAPI):
                 it = fn(*self.args, **self.kwargs)
             except BaseException as e:
                 return self._done(error_outcome(e))
-            self._runner = _Runner(it, inspect.iscoroutine(it), self._done)
+            if self._sink is None:
+                self._runner = _Runner(it, inspect.iscoroutine(it), self._done)
+            else:
+                self._runner = _SinkRunner(it, inspect.iscoroutine(it), self._done, self._sink)
             self._runner.start()
         else:
             d = threads.deferToThreadPool(self.reactor, self._rt.threadpool, self._in_thread)
@@ -476,6 +500,9 @@ class Task(_TaskAPI):
         if getattr(self, "_terminating", False):
             self._thread = None
             return (TERMINATED, None)
+        sink = self._sink
+        if sink is not None:
+            previous = sink.enter()
         try:
             return (OK, self.fn(*self.args, **self.kwargs))
         except TaskTerminated:
@@ -486,6 +513,9 @@ class Task(_TaskAPI):
             return error_outcome(e)
         finally:
             self._thread = None
+            if sink is not None:
+                sink.thread_done()
+                sink.leave(previous)
 
     def _thread_done(self, result):
         if isinstance(result, Failure):

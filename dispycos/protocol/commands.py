@@ -566,3 +566,27 @@ class ChannelSend(amp.Command):
     ]
     response = [(b"count", amp.Integer())]
     errors = _common_errors
+
+
+# -- observability (dispycos.metrics, dispycos.output) ----------------------------------
+
+
+class ServerCounts(amp.Command):
+    """
+    Server → node, once a second while they change and once as the server
+    closes: its counts since it started (L{dispycos.metrics.FIELDS} order).
+    """
+
+    arguments = [(b"counts", amp.ListOf(amp.Integer()))]
+    response = []
+
+
+class TaskOutput(amp.Command):
+    """
+    Server → client, one-way batch (C{Computation(forward_output=True)}):
+    C{(stream, lines)} pairs, stream 1 for stdout and 2 for stderr, lines
+    already prefixed with their task and server.
+    """
+
+    arguments = [(b"batch", BigBytes())]
+    requiresAnswer = False

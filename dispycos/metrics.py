@@ -201,7 +201,7 @@ CATALOG = [
 
 def _task_values(c):
     ended = c.tasks_ended
-    bad = c.tasks_failed + c.tasks_terminated + c.tasks_abandoned
+    bad = c.tasks_failed + c.tasks_terminated + c.tasks_abandoned + c.tasks_timed_out
     return {
         "dispycos_tasks_started": c.tasks_started,
         "dispycos_tasks_finished": ended - bad,

@@ -275,6 +275,35 @@ async def test_metrics_count_what_ran(metrics_node):
 
 
 @pytest_twisted.ensureDeferred
+async def test_metrics_count_retries_and_timeouts(fresh_node, tmp_path):
+    """A task retried once (retry_on) and one past its timeout, as a single task and in a map."""
+    from .test_retries import fails_first, sleep_gen
+
+    node = fresh_node()
+    scheduler = Scheduler(nodes=[node.location], secret=node.secret, discover=False, metrics_port=0)
+    comp = Computation([fails_first, sleep_gen])
+    try:
+        await comp.schedule(timeout=30)
+        once = comp.options(retries=2, retry_on=(ValueError,))
+        assert await once.run_result(fails_first, str(tmp_path / "a")) == "attempt 2"
+        mapped = [r async for r in once.map(fails_first, [str(tmp_path / "b"), str(tmp_path / "c")])]
+        assert mapped == ["attempt 2", "attempt 2"]
+        with pytest.raises(dispycos.TaskTimeout):
+            await comp.options(timeout=1).run_result(sleep_gen, 30)
+        values, text = await scrape(scheduler.metrics_url)
+        assert values["dispycos_tasks_retried_total"] == 3
+        assert values["dispycos_tasks_timed_out_total"] == 1
+        assert values["dispycos_tasks_running"] == 0
+        assert values["dispycos_tasks_started_total"] == 4
+        assert values["dispycos_tasks_finished_total"] == 3
+    finally:
+        await comp.close(terminate=True)
+        await scheduler.close()
+    if shutil.which("promtool") is not None:
+        assert promtool_check(text) == ""
+
+
+@pytest_twisted.ensureDeferred
 async def test_shared_scheduler_metrics(fresh_node):
     node = fresh_node(cpus=1)
     port = free_port()

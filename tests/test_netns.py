@@ -51,6 +51,7 @@ class NsNode:
 CLIENT = r'''
 import json, sys, time
 from twisted.internet import task, defer
+from twisted.logger import globalLogBeginner, textFileLogObserver
 import dispycos
 from dispycos import Status
 
@@ -76,6 +77,7 @@ async def pause(reactor, s):
 
 async def main(reactor):
     secret, my_addr = sys.argv[1], sys.argv[2]
+    globalLogBeginner.beginLoggingTo([textFileLogObserver(sys.stderr)], redirectStandardIO=False)
     statuses = []
     dispycos.Scheduler(secret=secret, ip_addr=my_addr)   # no nodes listed: UDP broadcast finds them
     comp = dispycos.Computation([compute, sleeper], pulse_interval=1, status_task=statuses.append)
@@ -128,19 +130,24 @@ task.react(lambda reactor: defer.ensureDeferred(main(reactor)))
 
 
 def read_json_line(proc, deadline):
+    """The client's next JSON line; its log (C{proc.log_path}) in the error when there is none in time."""
     import select
+
+    def log():
+        with open(proc.log_path) as f:
+            return f.read()[-4000:]
 
     while time.monotonic() < deadline:
         ready, _, _ = select.select([proc.stdout], [], [], 0.5)
         if ready:
             line = proc.stdout.readline()
             if not line:
-                raise AssertionError("client exited: %s" % proc.stderr.read()[-3000:])
+                raise AssertionError("client exited: %s" % log())
             try:
                 return json.loads(line)
             except ValueError:
                 continue
-    raise AssertionError("no answer from the client in time")
+    raise AssertionError("no answer from the client in time; its log:\n%s" % log())
 
 
 def test_multi_host_discovery_spread_cut_and_restored_link(namespaces, tmp_path):
@@ -149,9 +156,12 @@ def test_multi_host_discovery_spread_cut_and_restored_link(namespaces, tmp_path)
     nodes = [NsNode(hosts, 1, secret), NsNode(hosts, 2, secret)]
     script = tmp_path / "client.py"
     script.write_text(CLIENT)
-    client = subprocess.Popen(hosts.python(3, str(script), secret, hosts.addr(3)),
-                              stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
-                              env=env_for_children(), start_new_session=True)
+    log_path = tmp_path / "client.log"
+    with open(log_path, "w") as log:
+        client = subprocess.Popen(hosts.python(3, str(script), secret, hosts.addr(3)),
+                                  stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=log, text=True,
+                                  env=env_for_children(), start_new_session=True)
+    client.log_path = log_path
     try:
         deadline = time.monotonic() + 120
         tag, found = read_json_line(client, deadline)

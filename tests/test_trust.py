@@ -260,9 +260,12 @@ async def test_idle_connections_cannot_lock_out_the_scheduler(fresh_node):
 
 class _Scheduler:
     def __init__(self, entry):
+        from dispycos import metrics
+
         self.active = None
         self.entry = entry
         self.done = []
+        self.runtime = type("Runtime", (), {"counts": metrics.Counts()})()
 
     def entry_at(self, location):
         return self.entry if str(location) == "127.0.0.1:7000" else None

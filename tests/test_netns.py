@@ -130,24 +130,36 @@ task.react(lambda reactor: defer.ensureDeferred(main(reactor)))
 
 
 def read_json_line(proc, deadline):
-    """The client's next JSON line; its log (C{proc.log_path}) in the error when there is none in time."""
+    """
+    The client's next JSON line; its log (C{proc.log_path}) in the error when
+    there is none in time. Reads the pipe itself (C{os.read}): lines that
+    arrived together must not wait in a file object's buffer, where
+    C{select} cannot see them.
+    """
     import select
 
     def log():
         with open(proc.log_path) as f:
             return f.read()[-4000:]
 
-    while time.monotonic() < deadline:
-        ready, _, _ = select.select([proc.stdout], [], [], 0.5)
-        if ready:
-            line = proc.stdout.readline()
-            if not line:
-                raise AssertionError("client exited: %s" % log())
+    fd = proc.stdout.fileno()
+    pending = proc.__dict__.setdefault("pending", bytearray())
+    while True:
+        while b"\n" in pending:
+            line, _, rest = bytes(pending).partition(b"\n")
+            pending[:] = rest
             try:
                 return json.loads(line)
             except ValueError:
                 continue
-    raise AssertionError("no answer from the client in time; its log:\n%s" % log())
+        if time.monotonic() >= deadline:
+            raise AssertionError("no answer from the client in time; its log:\n%s" % log())
+        ready, _, _ = select.select([fd], [], [], 0.5)
+        if ready:
+            data = os.read(fd, 65536)
+            if not data:
+                raise AssertionError("client exited: %s" % log())
+            pending += data
 
 
 def test_multi_host_discovery_spread_cut_and_restored_link(namespaces, tmp_path):

@@ -153,18 +153,23 @@ class Monitor(service.MultiService):
             yield task.deferLater(self.reactor, 0.5, lambda: None)
         if self._shut:
             return None
-        self._shut = True
-        if self.computation.status_task == self.status_task:
-            self.computation.status_task = self._previous
-        self.hub.close()
         if self.running:
             yield defer.maybeDeferred(self.stopService)
+        else:
+            self._detach()
         log.info("Stopped HTTP server at port {port}", port=self.port)
         return None
 
     def stopService(self):
-        self.hub.close()
+        """Stop watching (the computation gets its own C{status_task} back), end the streams, stop listening."""
+        self._detach()
         return super().stopService()
+
+    def _detach(self):
+        self._shut = True
+        if self.computation.status_task == self.status_task:
+            self.computation.status_task = self._previous
+        self.hub.close()
 
     # -- what the pages show and do (kept on the monitor for programs and tests) -----------
 
@@ -173,7 +178,17 @@ class Monitor(service.MultiService):
     seq = property(lambda self: self.model.seq, doc="the number of the last change announced")
     poll_sec = property(lambda self: self.model.settings.poll_sec)
     show_task_args = property(lambda self: self.model.settings.show_task_args)
-    max_streams = property(lambda self: self.hub.max_streams)
+    computation_status = property(lambda self: self.model.computation_status)
+
+    @property
+    def max_streams(self):
+        """The most C{/events} streams served at once."""
+        return self.hub.max_streams
+
+    @max_streams.setter
+    def max_streams(self, value):
+        self.hub.max_streams = value
+
     _streams = property(lambda self: self.hub.streams, doc="the open event streams")
 
     def cluster_status(self, history=True):

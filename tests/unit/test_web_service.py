@@ -10,6 +10,7 @@ import json
 
 import pytest
 import pytest_twisted
+from twisted.application.service import MultiService
 from twisted.internet import defer
 from twisted.internet.address import IPv4Address
 from twisted.internet.error import CannotListenError
@@ -112,6 +113,18 @@ def test_listens_when_started_not_when_made(reactor, comp, capsys):
     assert m.getServiceNamed("monitor-http") is m.http
     d = m.shutdown(wait=False)
     assert d.called and not m.running
+
+
+def test_a_child_of_a_service_tree(reactor, comp, capsys):
+    parent = MultiService()
+    m = Monitor(comp, "tcp:0", reactor, token="t")
+    m.setServiceParent(parent)
+    assert reactor.tcpServers == []
+    parent.startService()
+    assert len(reactor.tcpServers) == 1 and m.http.running
+    d = parent.stopService()
+    assert d.called and not m.running and not m.http.running and m.hub.closed
+    assert comp.status_task == comp.own_status_task  # the computation has its own status_task back
 
 
 def test_http_server_starts_at_once_unless_told(reactor, comp, capsys):

@@ -259,8 +259,7 @@ class HTTPServer(Monitor):
             from twisted.internet import reactor  # the default of the public API; the parts get it injected
         description = listen or listen_description(host or "", port, certfile, keyfile)
         scheme = "https" if description.split(":", 1)[0] in ("ssl", "tls") or (listen is None and certfile) else "http"
-        # The computation's status_task is taken only once listening (a port in use leaves it as it was).
-        previous = computation.status_task
+        previous = computation.status_task  # (given back if it cannot listen: a port in use changes nothing)
         super().__init__(computation, description, reactor, host=host, poll_sec=poll_sec, DocumentRoot=DocumentRoot,
                          show_task_args=show_task_args, allowed_hosts=allowed_hosts, name=name, token=token,
                          max_streams=max_streams, scheme=scheme)
@@ -269,4 +268,5 @@ class HTTPServer(Monitor):
                 self.startService()
             except BaseException:
                 computation.status_task = previous
+                self.running = 0
                 raise

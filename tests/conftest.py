@@ -1,5 +1,6 @@
 """
 Fixtures that start real dispycos processes on 127.0.0.1 and stop them by PID.
+(The fast in-memory tier, with no processes and no sockets, is tests/unit/.)
 """
 
 import os

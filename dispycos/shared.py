@@ -399,14 +399,17 @@ class SchedulerService(service.Service):
             yield self.monitor.shutdown(wait=False)
         if self.metrics is not None:
             yield self.metrics.stop()
-        for p in self.listening:
-            yield p.stopListening()
-        self.listening = []
-        if self.scheduler is not None:
-            comp = self.scheduler.active
-            if isinstance(comp, RemoteComputation):
-                yield comp.close(reason="scheduler stopping")
-            yield self.scheduler.close()
-        if self.dest_path is not None:
-            paths.remove_tree(self.dest_path)
+        try:
+            for p in self.listening:
+                yield p.stopListening()
+            self.listening = []
+            if self.scheduler is not None:
+                comp = self.scheduler.active
+                if isinstance(comp, RemoteComputation):
+                    yield comp.close(reason="scheduler stopping")
+                yield self.scheduler.close()
+        finally:
+            # Clients' files go however the rest ended.
+            if self.dest_path is not None:
+                paths.remove_tree(self.dest_path)
         yield service.Service.stopService(self)

@@ -172,7 +172,7 @@ def test_multi_host_discovery_spread_cut_and_restored_link(namespaces, tmp_path)
     with open(log_path, "w") as log:
         client = subprocess.Popen(hosts.python(3, str(script), secret, hosts.addr(3)),
                                   stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=log, text=True,
-                                  env=env_for_children(), start_new_session=True)
+                                  env=env_for_children(tmp_path), start_new_session=True)
     client.log_path = log_path
     try:
         deadline = time.monotonic() + 120

@@ -4,9 +4,11 @@ in others, computations queued first come first served.
 """
 
 import os
+import shutil
 import signal
 import subprocess
 import sys
+import tempfile
 import time
 
 import pytest
@@ -35,6 +37,12 @@ class SchedulerProcess:
                "-i", "127.0.0.1", "-t", str(self.port), "--daemon"]
         for n in nodes:
             cmd += ["--node", n]
+        # A --dest_path of its own unless the test gives one: a scheduler the test kills leaves nothing.
+        self.dest = None
+        if "--dest_path" not in args:
+            self.dest = tempfile.mkdtemp(prefix="dispycos-test-sched-")
+            os.chmod(self.dest, 0o700)
+            cmd += ["--dest_path", self.dest]
         self.proc = subprocess.Popen(cmd + list(args), stdout=subprocess.PIPE, stderr=subprocess.STDOUT, env=env)
         self.location = "127.0.0.1:%d" % self.port
         import socket as _s
@@ -76,6 +84,8 @@ class SchedulerProcess:
             except subprocess.TimeoutExpired:
                 self.proc.kill()
                 self.proc.wait()
+        if self.dest is not None:
+            shutil.rmtree(self.dest, ignore_errors=True)
 
 
 @pytest.fixture
@@ -181,6 +191,7 @@ def test_scheduler_stdin_commands_through_a_pipe(tmp_path):
 
 CLIENT = r'''
 import sys
+import tempfile
 from twisted.internet import task, defer
 import dispycos
 

@@ -22,8 +22,6 @@ import hashlib
 import hmac
 import os
 
-from cryptography.hazmat.primitives.kdf.scrypt import Scrypt
-
 NONCE_BYTES = 32
 #: What a key is for: proving a node's secret (schedulers ⇄ nodes, node discovery) ...
 NODE = "node"
@@ -38,8 +36,10 @@ def key_from_secret(secret, use=NODE):
     """The HMAC key of C{secret} (str or bytes; empty is allowed) for links of kind C{use}."""
     if isinstance(secret, str):
         secret = secret.encode("utf-8")
-    kdf = Scrypt(salt=b"dispycos-2:" + use.encode("ascii"), length=32, n=SCRYPT_N, r=8, p=1)
-    return kdf.derive(secret or b"")
+    # The standard library's scrypt (OpenSSL's): importing cryptography here would cost
+    # every node and server process ~10 MiB and tens of milliseconds at start.
+    return hashlib.scrypt(secret or b"", salt=b"dispycos-2:" + use.encode("ascii"), n=SCRYPT_N, r=8, p=1,
+                          maxmem=64 * 1024 * 1024, dklen=32)
 
 
 def new_nonce():

@@ -8,6 +8,7 @@ import secrets
 import shutil
 import signal
 import subprocess
+import socket
 import sys
 import tempfile
 import time
@@ -37,6 +38,15 @@ def private_runtime_dir():
         else:
             os.environ["XDG_RUNTIME_DIR"] = saved
         shutil.rmtree(runtime_dir, ignore_errors=True)
+
+
+def free_port():
+    """A TCP port of 127.0.0.1 that was free a moment ago."""
+    s = socket.socket()
+    s.bind(("127.0.0.1", 0))
+    port = s.getsockname()[1]
+    s.close()
+    return port
 
 
 def env_for_children(tmpdir=None):

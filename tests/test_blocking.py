@@ -371,8 +371,10 @@ def test_ctrl_c_interrupts_a_blocking_call_and_the_computation_goes_on(workdir):
                     break
             assert line.startswith("interrupted"), "".join(lines) + proc.stdout.read()
             assert psutil.pid_exists(node_pid)  # the node, in a session of its own, was not hit
-        out, _ = proc.communicate(timeout=120)
-        out = "".join(lines) + out
+        # Not communicate(): it reads the pipe itself, and lines readline() already took into the
+        # file object's buffer would be lost. (What is left is a few lines: the pipe cannot fill.)
+        proc.wait(timeout=120)
+        out = "".join(lines) + proc.stdout.read()
     finally:
         if proc.poll() is None:
             stop_group(proc)

@@ -9,7 +9,6 @@ import json
 import os
 import re
 import signal
-import socket
 import subprocess
 import sys
 import time
@@ -22,7 +21,7 @@ import pytest_twisted
 import dispycos
 from dispycos import Computation, DispycosStatus, Location, ScheduleError, Scheduler, Status
 
-from .conftest import Session, env_for_children
+from .conftest import Session, env_for_children, free_port
 from .test_core import sleep, wait_for
 from .test_node_cli import Node
 from .test_shared import SchedulerProcess
@@ -84,13 +83,6 @@ async def servers_of(comp, n, timeout=30):
 def statuses_of(statuses, status):
     return [m.info for m in statuses if isinstance(m, DispycosStatus) and m.status == status]
 
-
-def free_port():
-    s = socket.socket()
-    s.bind(("127.0.0.1", 0))
-    port = s.getsockname()[1]
-    s.close()
-    return port
 
 
 def big_file(tmp_path, mib=20):

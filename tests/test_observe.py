@@ -9,7 +9,6 @@ import os
 import re
 import shutil
 import signal
-import socket
 import subprocess
 import sys
 import tempfile
@@ -24,19 +23,12 @@ from twisted.python import usage
 import dispycos
 from dispycos import Computation, Scheduler
 
-from .conftest import NodeProcess, Session
+from .conftest import NodeProcess, Session, free_port
 from .test_core import sleep, wait_for
 from .test_shared import SchedulerProcess
 
 parser = pytest.importorskip("prometheus_client.parser")
 
-
-def free_port():
-    s = socket.socket()
-    s.bind(("127.0.0.1", 0))
-    port = s.getsockname()[1]
-    s.close()
-    return port
 
 
 def fetch(url):
@@ -332,7 +324,12 @@ async def test_shared_scheduler_metrics(fresh_node):
         wrong = Computation([hold], secret="wrong")
         with pytest.raises(dispycos.ScheduleError):
             await wrong.schedule(sched.location, timeout=30)
-        values, _ = await scrape(url)
+        deadline = time.monotonic() + 30  # (the scheduler counts it when it sees the connection go)
+        while True:
+            values, _ = await scrape(url)
+            if values["dispycos_auth_failures_total"] >= 1 or time.monotonic() > deadline:
+                break
+            await sleep(0.1)
         assert values["dispycos_auth_failures_total"] >= 1
 
         assert await first.run_result(hold, 0.01) == 0.01

@@ -1014,3 +1014,16 @@ def test_a_listener_drops_the_oldest_silent_connection_for_a_new_one(monkeypatch
     pump.flush()
     result_of(d)
     assert server.authenticated and len(factory.dispycos_pending) == 2
+
+
+def test_wire_names_map_as_amp_maps_them():
+    """The one AMP private name dispycos uses (protocol/transport.py) still means what it meant."""
+    from twisted.protocols import amp
+
+    from dispycos.protocol.transport import wire_name_to_identifier
+
+    class Probe(amp.Command):
+        arguments = [(b"some-name", amp.Integer())]
+
+    assert wire_name_to_identifier(b"some-name") == "some_name"
+    assert Probe.parseArguments({b"some-name": b"3"}, None) == {"some_name": 3}  # AMP's own, public

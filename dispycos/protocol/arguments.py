@@ -10,6 +10,8 @@ import struct
 
 from twisted.protocols import amp
 
+from .transport import wire_name_to_identifier
+
 from ..config import MaxInlineBytes
 from ..errors import PayloadTooLarge
 
@@ -31,7 +33,7 @@ class BigBytes(amp.Argument):
         self.pieces = pieces
 
     def toBox(self, name, strings, objects, proto):
-        value = self.retrieve(objects, amp._wireNameToPythonIdentifier(name), proto)
+        value = self.retrieve(objects, wire_name_to_identifier(name), proto)
         if value is None and self.optional:
             return
         view = memoryview(value)
@@ -51,7 +53,7 @@ class BigBytes(amp.Argument):
             strings[b"%s.%d" % (name, i)] = view[start : start + _PIECE]
 
     def fromBox(self, name, strings, objects, proto):
-        key = amp._wireNameToPythonIdentifier(name)
+        key = wire_name_to_identifier(name)
         first = strings.get(name)
         if first is None:
             if self.optional:

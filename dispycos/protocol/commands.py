@@ -11,6 +11,8 @@ import json
 
 from twisted.protocols import amp
 
+from .transport import wire_name_to_identifier
+
 from .. import errors
 from .arguments import BigBytes
 
@@ -19,14 +21,14 @@ class JSON(BigBytes):
     """A JSON document (UTF-8), for metadata; never pickle."""
 
     def toBox(self, name, strings, objects, proto):
-        key = amp._wireNameToPythonIdentifier(name)
+        key = wire_name_to_identifier(name)
         if key in objects:
             objects[key] = json.dumps(objects[key]).encode("utf-8")
         super().toBox(name, strings, objects, proto)
 
     def fromBox(self, name, strings, objects, proto):
         super().fromBox(name, strings, objects, proto)
-        key = amp._wireNameToPythonIdentifier(name)
+        key = wire_name_to_identifier(name)
         if objects.get(key) is not None:
             objects[key] = json.loads(objects[key].decode("utf-8"))
 

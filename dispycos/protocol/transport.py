@@ -13,6 +13,7 @@ left to the reactor.
 """
 
 from twisted.internet import interfaces
+from twisted.protocols import amp
 
 
 def write_now(transport):
@@ -51,3 +52,13 @@ def take_unparsed(proto):
     proto._unprocessed = b""
     proto.paused = False
     return rest
+
+
+# -- AMP argument names ---------------------------------------------------------------
+#
+# An argument's wire name (bytes) as the Python keyword AMP gives responders;
+# custom Argument types that read several boxes' keys need the same mapping.
+# tests/test_protocol.py checks it still maps as AMP itself does.
+
+#: C{b"some-name"} -> C{"some_name"} (Twisted's own mapping).
+wire_name_to_identifier = amp._wireNameToPythonIdentifier

@@ -7,8 +7,8 @@ compute host; tasks there exchange messages with the client and each other.
 
 import importlib
 
-from ._version import __version__
-from .errors import (
+from dispycos._version import __version__
+from dispycos.errors import (
     AuthenticationError,
     ComputationClosed,
     DispycosError,
@@ -27,7 +27,7 @@ from .errors import (
     TimeoutError,
     UnknownTaskError,
 )
-from .status import (
+from dispycos.status import (
     DispycosNodeAvailInfo,
     DispycosNodeInfo,
     DispycosStatus,
@@ -40,18 +40,18 @@ from .status import (
 # The rest is imported on first use (PEP 562), so that node and server
 # processes ("python -m dispycos.server") load only what they run.
 _LAZY = {
-    "DispycosNodeAllocate": ".allocate",
-    "Channel": ".channels",
-    "ChannelRef": ".channels",
-    "Client": ".client",
-    "Computation": ".client",
-    "LocalCluster": ".local",
-    "default_cluster": ".local",
-    "Scheduler": ".scheduler",
-    "RemoteTask": ".tasks",
-    "Task": ".tasks",
-    "TaskRef": ".tasks",
-    "as_completed": ".completion",
+    "DispycosNodeAllocate": ".scheduler.allocate",
+    "Channel": ".peer.channels",
+    "ChannelRef": ".peer.channels",
+    "Client": ".client.computation",
+    "Computation": ".client.computation",
+    "LocalCluster": ".client.local",
+    "default_cluster": ".client.local",
+    "Scheduler": ".scheduler.core",
+    "RemoteTask": ".peer.tasks",
+    "Task": ".peer.tasks",
+    "TaskRef": ".peer.tasks",
+    "as_completed": ".client.completion",
 }
 
 

@@ -5,7 +5,7 @@ Twisted's reactor, AMP and endpoints modules try to import pyOpenSSL (and with
 it cryptography) when they are first imported, which costs ~12 MiB of resident
 memory and ~40 ms per process, and Twisted's compatibility module imports
 C{http.cookiejar} (urllib.request, http.client, email: ~3 MiB more). A node
-never needs Twisted's own TLS plumbing (L{dispycos.tls} wraps connections
+never needs Twisted's own TLS plumbing (L{dispycos.protocol.tls} wraps connections
 itself), and most tasks never do either, so node and server processes import
 Twisted with pyOpenSSL hidden, then unhide it: code that imports C{OpenSSL}
 later gets the real module. What stays off in such a process is the TLS

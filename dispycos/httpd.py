@@ -76,9 +76,9 @@ C{resume_server} returning Deferreds; tasks are terminated with their own
 C{terminate()}.
 """
 
-from .web.model import ARG_TEXT_LIMIT, HISTORY_SAMPLES, HISTORY_SECONDS, RECENT_FINISHED
-from .web.monitor import HTTPServer, Monitor
-from .web.sse import MAX_STREAMS, MAX_UNSENT
+from dispycos.web.model import ARG_TEXT_LIMIT, HISTORY_SAMPLES, HISTORY_SECONDS, RECENT_FINISHED
+from dispycos.web.monitor import HTTPServer, Monitor
+from dispycos.web.sse import MAX_STREAMS, MAX_UNSENT
 
 __all__ = ["HTTPServer", "Monitor", "MAX_STREAMS", "MAX_UNSENT", "HISTORY_SECONDS", "HISTORY_SAMPLES",
            "RECENT_FINISHED", "ARG_TEXT_LIMIT"]

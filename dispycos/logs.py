@@ -26,7 +26,7 @@ def log_predicate(debug):
     """Info (or debug) level, without AMP's per-connection chatter unless debugging."""
     predicate = LogLevelFilterPredicate(LogLevel.debug if debug else LogLevel.info)
     if not debug:
-        for namespace in ("twisted.protocols.amp", "twisted.internet.protocol", "dispycos.discovery._Socket"):
+        for namespace in ("twisted.protocols.amp", "twisted.internet.protocol", "dispycos.protocol.discovery._Socket"):
             predicate.setLogLevelForNamespace(namespace, LogLevel.warn)
     return predicate
 

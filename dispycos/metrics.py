@@ -34,7 +34,7 @@ from functools import partial
 
 from twisted.logger import Logger
 
-from .outcomes import ABANDONED, ERROR, TERMINATED, TIMEOUT
+from dispycos.peer.outcomes import ABANDONED, ERROR, TERMINATED, TIMEOUT
 
 log = Logger()
 
@@ -389,12 +389,12 @@ def serve(reactor, values, host, port, what):
 
 
 def serve_node(node, host, port):
-    """Serve a L{dispycos.node.NodeService}'s numbers (L{node_values})."""
+    """Serve a L{dispycos.node.service.NodeService}'s numbers (L{node_values})."""
     return serve(node.reactor, partial(node_values, node), host, port, "dispycosnode %s" % node.name)
 
 
 def serve_private_scheduler(scheduler, host, port):
-    """Serve a private L{dispycos.scheduler.Scheduler}'s numbers (L{private_scheduler_values})."""
+    """Serve a private L{dispycos.scheduler.core.Scheduler}'s numbers (L{private_scheduler_values})."""
     return serve(scheduler.reactor, partial(private_scheduler_values, scheduler), host, port,
                  "scheduler %s" % scheduler.name)
 

@@ -56,7 +56,7 @@ class UnderscoreOptions(usage.Options):
         if not self["ip_addr"]:
             self["ip_addr"] = ["" if self["secret"] else "127.0.0.1"]
         if not self["secret"]:
-            from .tls import is_loopback
+            from dispycos.protocol.tls import is_loopback
 
             exposed = [h for h in self["ip_addr"] if not is_loopback(h or "0.0.0.0")]
             if exposed and not self["insecure"]:
@@ -67,7 +67,7 @@ class UnderscoreOptions(usage.Options):
             if self["insecure"]:
                 print("WARNING: %s" % warning, file=sys.stderr)
         if self["certfile"] or self["keyfile"] or self["cafile"]:
-            from .tls import TLS, TLSConfigError
+            from dispycos.protocol.tls import TLS, TLSConfigError
 
             if not self["certfile"]:
                 raise usage.UsageError("TLS needs --certfile (and --keyfile) for this program's own certificate")
@@ -86,7 +86,7 @@ class UnderscoreOptions(usage.Options):
         read the file); C{-s} on the command line wins over a C{--config}
         file's C{secret_file}.
         """
-        from . import paths
+        from dispycos import paths
 
         on_command_line = "secret" in self.given
         if on_command_line and "secret_file" in self.given:
@@ -107,7 +107,7 @@ class UnderscoreOptions(usage.Options):
 
     def node_secret(self):
         """The secret of C{--node_secret_file} (None: nodes prove the secret); L{usage.UsageError} if unreadable."""
-        from . import paths
+        from dispycos import paths
 
         path = self.get("node_secret_file")
         if not path:
@@ -126,7 +126,7 @@ class UnderscoreOptions(usage.Options):
         C{--dest_path} (or the default) made or checked private to this user
         (L{paths.private_dir}); L{usage.UsageError} when it is not.
         """
-        from . import config, paths
+        from dispycos import config, paths
 
         try:
             return paths.private_dir(self["dest_path"] or config.default_dest_path(), "--dest_path")
@@ -144,13 +144,13 @@ class UnderscoreOptions(usage.Options):
 
     def check_observability(self):
         """C{--metrics_port} needs prometheus_client; C{--log_format}/C{--log_file} must be usable."""
-        from . import logs
+        from dispycos import logs
 
         logs.check_options(self)
         if self["metrics_port"] is not None:
             if not 0 <= self["metrics_port"] < 65536:
                 raise usage.UsageError("--metrics_port must be a port number (0-65535)")
-            from .metrics import MetricsUnavailable, check_available
+            from dispycos.metrics import MetricsUnavailable, check_available
 
             try:
                 check_available()

@@ -14,7 +14,7 @@ from twisted.logger import ILogObserver
 from twisted.python import usage
 from twisted.python.components import Componentized
 
-from .logs import log_observer, log_predicate, open_log_file, start_logging  # noqa: F401 (log_predicate: API)
+from dispycos.logs import log_observer, log_predicate, open_log_file, start_logging  # noqa: F401 (log_predicate: API)
 
 
 class _TwistdLogLevel(MultiService):
@@ -109,17 +109,17 @@ def _second_signal_kills():
 
 def node_main(argv=None):
     """Entry point of C{dispycosnode}."""
-    from . import _lean
+    from dispycos import _lean
 
     _lean.import_twisted()  # the node never needs Twisted's own TLS plumbing
-    from .nodetap import Options, makeService
+    from dispycos.node.tap import Options, makeService
 
     _run_service(Options, makeService, sys.argv[1:] if argv is None else argv, "dispycosnode")
 
 
 def scheduler_main(argv=None):
     """Entry point of C{dispycos}, the shared scheduler."""
-    from .tap import Options, makeService
+    from dispycos.scheduler.tap import Options, makeService
 
     _run_service(Options, makeService, sys.argv[1:] if argv is None else argv, "dispycos")
 

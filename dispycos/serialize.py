@@ -14,7 +14,7 @@ import types
 
 import cloudpickle
 
-from .errors import PicklingError
+from dispycos.errors import PicklingError
 
 # Directories whose modules a remote process can import by itself.
 _installed_roots = tuple(

@@ -10,7 +10,7 @@ import pytest
 import pytest_twisted
 
 from dispycos import Computation, DispycosNodeAllocate, Scheduler
-from dispycos.allocate import allocate_cpus
+from dispycos.scheduler.allocate import allocate_cpus
 from dispycos.status import DispycosNodeAvailInfo, DispycosNodeInfo
 
 from .test_shared import SchedulerProcess

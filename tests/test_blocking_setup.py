@@ -38,7 +38,7 @@ def test_joblib_stays_optional_for_the_rest():
     import sys
 
     code = ("import sys; sys.modules['joblib'] = None\n"
-            "import dispycos, dispycos.blocking, dispycos.executor\n"
+            "import dispycos, dispycos.blocking, dispycos.client.executor\n"
             "try:\n    import dispycos.joblib\nexcept ImportError:\n    print('needs joblib')\n")
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60, cwd=ROOT)
     assert (out.returncode, out.stdout) == (0, "needs joblib\n"), out.stderr

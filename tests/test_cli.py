@@ -9,7 +9,7 @@ import sys
 import pytest_twisted
 
 from dispycos import Computation, Scheduler
-from dispycos.nodetap import Options as NodeOptions
+from dispycos.node.tap import Options as NodeOptions
 
 from .conftest import NodeProcess, env_for_children
 

@@ -11,7 +11,7 @@ import pytest_twisted
 
 import dispycos
 from dispycos import Computation, Scheduler
-from dispycos.discovery import MAGIC, MAX_PACKET, ReplayGuard, broadcast_addresses, decode, encode
+from dispycos.protocol.discovery import MAGIC, MAX_PACKET, ReplayGuard, broadcast_addresses, decode, encode
 from dispycos.protocol.auth import key_from_secret
 
 from .conftest import NodeProcess

@@ -9,7 +9,7 @@ import re
 import shlex
 
 import dispycos
-from dispycos.nodetap import Options
+from dispycos.node.tap import Options
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 DOCKERFILE = os.path.join(os.path.dirname(dispycos.__file__), "data", "Dockerfile")

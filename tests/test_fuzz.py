@@ -31,7 +31,8 @@ from hypothesis import strategies as st
 from twisted.internet import defer, threads
 from twisted.protocols import amp
 
-from dispycos import Computation, Scheduler, config, discovery
+from dispycos import Computation, Scheduler, config
+from dispycos.protocol import discovery
 from dispycos.protocol import auth, commands
 from dispycos.protocol.arguments import pack_items
 

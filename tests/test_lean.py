@@ -59,7 +59,7 @@ def test_lean_import_in_a_fresh_interpreter():
 
 
 def test_import_dispycos_is_light():
-    code = "import sys, dispycos; print('twisted.internet.reactor' in sys.modules, 'dispycos.client' in sys.modules)"
+    code = "import sys, dispycos; print('twisted.internet.reactor' in sys.modules, 'dispycos.client.computation' in sys.modules)"
     out = subprocess.run([sys.executable, "-c", code], env=env_for_children(), capture_output=True, text=True,
                          timeout=60)
     assert out.stdout.split() == ["False", "False"], out.stderr

@@ -20,9 +20,11 @@ import psutil
 import pytest
 import pytest_twisted
 
-from dispycos import configfile, paths, streams
+from dispycos import paths
+from dispycos.node import configfile
+from dispycos.protocol import streams
 from dispycos.errors import FileTransferError
-from dispycos.nodetap import PID_FILE_NAME, check_pid_file
+from dispycos.node.tap import PID_FILE_NAME, check_pid_file
 
 from .conftest import NOBODY, NodeProcess, Session, env_for_children, run_as_nobody, stop_node_process
 
@@ -436,8 +438,8 @@ def save_config(*argv, env=None):
 
 
 def test_secret_file_and_the_warning_for_s(tmp_path):
-    from dispycos.nodetap import Options as NodeOptions
-    from dispycos.tap import Options as SchedulerOptions
+    from dispycos.node.tap import Options as NodeOptions
+    from dispycos.scheduler.tap import Options as SchedulerOptions
 
     secret_file = tmp_path / "secret"
     secret_file.write_text("from-the-file\nsecond line ignored\n")
@@ -489,7 +491,7 @@ async def test_a_node_with_a_secret_file_serves(fresh_node, tmp_path):
 
 
 def test_make_certificates_creates_keys_0600_and_follows_no_link(tmp_path, monkeypatch):
-    from dispycos.tls import make_certificates
+    from dispycos.protocol.tls import make_certificates
 
     monkeypatch.setattr(os, "chmod", lambda *a, **k: pytest.fail("chmod after writing"))
     old = os.umask(0o022)

@@ -22,8 +22,8 @@ from twisted.internet.task import deferLater
 from twisted.python import usage
 
 from dispycos import Computation, Scheduler
-from dispycos.nodetap import Options as NodeOptions
-from dispycos.nodetap import PID_FILE_NAME, check_pid_file, makeService
+from dispycos.node.tap import Options as NodeOptions
+from dispycos.node.tap import PID_FILE_NAME, check_pid_file, makeService
 
 from .conftest import NodeProcess, env_for_children
 
@@ -187,7 +187,7 @@ def test_config_save_load_roundtrip(tmp_path):
     d = NodeOptions()
     d.parseOptions([])
     path2 = str(tmp_path / "defaults.conf")
-    from dispycos import configfile
+    from dispycos.node import configfile
 
     configfile.save(path2, d.saved_values())
     d2 = NodeOptions()

@@ -131,7 +131,7 @@ async def test_metrics_count_what_ran(metrics_node):
     from twisted.internet import reactor
 
     from dispycos import metrics
-    from dispycos.runtime import runtime_for
+    from dispycos.peer.runtime import runtime_for
 
     runtime = runtime_for(reactor)
     base = metrics._connection_values(metrics.Counts(runtime.counts.as_list() if runtime else None))
@@ -365,7 +365,8 @@ def test_metrics_listen_on_loopback_only_by_default(metrics_node):
 
 
 def test_observability_options():
-    from dispycos import nodetap, tap
+    from dispycos.node import tap as nodetap
+    from dispycos.scheduler import tap
 
     for cls in (nodetap.Options, tap.Options):
         o = cls()

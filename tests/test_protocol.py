@@ -23,7 +23,7 @@ from dispycos.errors import AuthenticationError, ConnectionLostError, PayloadToo
 from dispycos.protocol import auth, commands
 from dispycos.protocol.arguments import BigBytes, pack_items, unpack_items
 from dispycos.protocol.base import PendingConnections, BATCH_BYTES, DispycosAMP
-from dispycos.runtime import PeerAMP
+from dispycos.peer.runtime import PeerAMP
 from dispycos.status import Location
 
 # -- helpers ----------------------------------------------------------------------
@@ -877,8 +877,8 @@ def test_an_oversized_queued_item_does_not_lose_the_others():
 def test_an_oversized_task_outcome_still_reaches_the_creator():  # streamed as a blob
     from types import SimpleNamespace
 
-    from dispycos.runtime import Runtime
-    from dispycos.tasks import OK, decode_outcome
+    from dispycos.peer.runtime import Runtime
+    from dispycos.peer.tasks import OK, decode_outcome
 
     clock = Clock()
     rt = Runtime(clock, threadpool=object())
@@ -907,7 +907,7 @@ def test_an_oversized_task_outcome_still_reaches_the_creator():  # streamed as a
 
 
 def test_a_blob_goes_as_a_raw_frame_and_boxes_after_it_still_parse():
-    from dispycos.streams import send_blob
+    from dispycos.protocol.streams import send_blob
 
     clock, client, server, pump, srt = peers()
     task = srt.tasks[1] = FakeTask()

@@ -509,7 +509,7 @@ def test_progress_counter_line_figures():
     """Without tqdm: one line with count, percentage, rate and ETA, rewritten in place."""
     import io
 
-    from dispycos.progress import CounterLine
+    from dispycos.client.progress import CounterLine
 
     now = [100.0]
     out = io.StringIO()
@@ -575,7 +575,7 @@ async def test_progress_bar_on_a_terminal_and_nothing_elsewhere(node, monkeypatc
     import re
     import sys
 
-    from dispycos.progress import progress_bar
+    from dispycos.client.progress import progress_bar
 
     terminal = _Terminal()
     try:

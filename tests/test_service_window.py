@@ -11,8 +11,8 @@ from twisted.internet import defer
 from twisted.internet.task import Clock
 
 from dispycos.errors import DispycosError
-from dispycos.node import NodeService
-from dispycos.service_window import (
+from dispycos.node.service import NodeService
+from dispycos.node.service_window import (
     ENDED,
     IN_SERVICE,
     STOPPED,
@@ -145,7 +145,7 @@ def test_validation():
 def test_options_validate_service_times():
     from twisted.python import usage
 
-    from dispycos.nodetap import Options
+    from dispycos.node.tap import Options
 
     o = Options()
     o.parseOptions(["--service_start", "17:00", "--service_stop", "07:00", "--service_end", "08:00"])

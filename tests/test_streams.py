@@ -292,7 +292,7 @@ def test_dumps_parts_copies_a_pickle_buffer():
 
 
 def test_raw_frames_send_bytes_parts_as_they_are():
-    from dispycos.streams import FRAME, MAX_FRAME, _frames
+    from dispycos.protocol.streams import FRAME, MAX_FRAME, _frames
 
     big = b"b" * (2 * FRAME + 10)
     assert [f is big for f in _frames(big)] == [True]  # a bytes part: one frame, no copy
@@ -308,7 +308,7 @@ def test_raw_frames_send_bytes_parts_as_they_are():
 @pytest.mark.parametrize("protocol", [0, 2, pickle.HIGHEST_PROTOCOL])
 def test_a_blob_gathered_in_pieces_unpickles_without_a_join(protocol):
     from dispycos import serialize
-    from dispycos.streams import StreamReceiver
+    from dispycos.protocol.streams import StreamReceiver
 
     value = {"big": os.urandom(300 * 1024), "text": "line\nother", "n": list(range(1000))}
     data = pickle.dumps(value, protocol=protocol)
@@ -325,7 +325,7 @@ def test_a_blob_gathered_in_pieces_unpickles_without_a_join(protocol):
 
 def test_a_blob_chunk_past_its_size_is_refused():
     from dispycos.errors import FileTransferError
-    from dispycos.streams import StreamReceiver
+    from dispycos.protocol.streams import StreamReceiver
 
     receiver = StreamReceiver(lambda dest, comp: None)
     sid = receiver.start("blob", "blob", "", "blob", 10, b"\0" * 32, True, "")
@@ -336,7 +336,7 @@ def test_a_blob_chunk_past_its_size_is_refused():
 
 
 def test_a_gathered_blob_reads_no_more_than_it_holds():
-    from dispycos.streams import StreamReceiver
+    from dispycos.protocol.streams import StreamReceiver
 
     receiver = StreamReceiver(lambda dest, comp: None)
     sid = receiver.start("blob", "blob", "", "blob", 11, b"\0" * 32, True, "")

@@ -13,7 +13,7 @@ import pytest_twisted
 
 import dispycos
 from dispycos import Computation, Scheduler
-from dispycos.tls import TLS, TLSConfigError, make_certificates
+from dispycos.protocol.tls import TLS, TLSConfigError, make_certificates
 
 from .conftest import NodeProcess, env_for_children
 
@@ -22,7 +22,7 @@ from .conftest import NodeProcess, env_for_children
 def fresh_runtime():
     """A client process is all-TLS or not: give the next tests a plain one again."""
     yield
-    from dispycos.runtime import current_runtime, forget_runtime
+    from dispycos.peer.runtime import current_runtime, forget_runtime
 
     runtime = current_runtime(create=False)
     if runtime is not None and runtime.tls is not None:

@@ -23,7 +23,7 @@ import pytest
 import pytest_twisted
 
 from dispycos import Computation, Scheduler, paths
-from dispycos.discovery import encode
+from dispycos.protocol.discovery import encode
 from dispycos.protocol import auth
 from dispycos.protocol.arguments import pack_items
 
@@ -282,7 +282,7 @@ class _Entry:
 def test_task_done_counts_only_for_the_clients_active_computation():
     from twisted.internet.task import Clock
 
-    from dispycos.shared import ClientChannel
+    from dispycos.scheduler.shared import ClientChannel
 
     class Service:
         reactor = Clock()

@@ -18,11 +18,11 @@ from twisted.internet.task import deferLater
 
 import dispycos
 from dispycos import config, errors, status
-from dispycos.client import Computation
+from dispycos.client.computation import Computation
 from dispycos.errors import FileTransferError, RemoteTaskError, TaskAbandoned, TaskTerminated, UnknownTaskError
-from dispycos.node import expand_ports, safe_join
+from dispycos.node.service import expand_ports, safe_join
 from dispycos.status import DispycosStatus, Location, Status
-from dispycos.tasks import (
+from dispycos.peer.tasks import (
     ABANDONED,
     ERROR,
     OK,
@@ -338,7 +338,7 @@ def test_computation_closed_is_the_exception_class():
 
 
 def test_timeout_error_is_both_dispycos_and_builtin():
-    assert dispycos.TimeoutError is dispycos.tasks.TimeoutError
+    assert dispycos.TimeoutError is dispycos.peer.tasks.TimeoutError
     assert issubclass(dispycos.TimeoutError, dispycos.DispycosError)
     assert issubclass(dispycos.TimeoutError, builtins.TimeoutError)
     assert dispycos.TimeoutError is not builtins.TimeoutError
@@ -686,7 +686,7 @@ async def test_deliver_to_an_ended_task_errbacks():
 
 @pytest_twisted.ensureDeferred
 async def test_deliver_through_the_runtime_to_unknown_task_errbacks():
-    from dispycos.runtime import current_runtime
+    from dispycos.peer.runtime import current_runtime
 
     rt = current_runtime()
     ref = TaskRef(rt.location, 10**9, "nobody")
@@ -696,8 +696,8 @@ async def test_deliver_through_the_runtime_to_unknown_task_errbacks():
 
 @pytest_twisted.ensureDeferred
 async def test_task_pickles_into_a_reference():
-    from dispycos.runtime import current_runtime
-    from dispycos.tasks import _rebuild_ref
+    from dispycos.peer.runtime import current_runtime
+    from dispycos.peer.tasks import _rebuild_ref
 
     rt = current_runtime()
     assert rt.location.addr == "127.0.0.1" and rt.location.port > 0
@@ -729,7 +729,7 @@ async def test_task_pickles_into_a_reference():
 
 @pytest_twisted.ensureDeferred
 async def test_task_ids_are_unique_and_tasks_are_registered():
-    from dispycos.runtime import current_runtime
+    from dispycos.peer.runtime import current_runtime
 
     rt = current_runtime()
     a, b = Task(gen_receive), Task(gen_receive)
@@ -845,11 +845,11 @@ def test_the_computation_scheduler_seam_is_explicit():
     from zope.interface.verify import verifyObject
 
     from dispycos.interfaces import IComputationEvents, IScheduler
-    from dispycos.runtime import runtime_for
+    from dispycos.peer.runtime import runtime_for
     from dispycos import Computation, Scheduler
-    from dispycos.schedclient import RemoteScheduler
-    from dispycos.scheduler import private_scheduler
-    from dispycos.shared import RemoteComputation
+    from dispycos.client.schedclient import RemoteScheduler
+    from dispycos.scheduler.core import private_scheduler
+    from dispycos.scheduler.shared import RemoteComputation
 
     clock = MemoryReactorClock()
     scheduler = Scheduler(nodes=[], discover=False, reactor=clock)

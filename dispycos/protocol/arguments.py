@@ -10,10 +10,10 @@ import struct
 
 from twisted.protocols import amp
 
-from .transport import wire_name_to_identifier
+from dispycos.protocol.transport import wire_name_to_identifier
 
-from ..config import MaxInlineBytes
-from ..errors import PayloadTooLarge
+from dispycos.config import MaxInlineBytes
+from dispycos.errors import PayloadTooLarge
 
 _PIECE = 0xFFFF
 

@@ -13,12 +13,12 @@ from twisted.internet.error import ConnectionDone, ConnectionLost
 from twisted.logger import Logger
 from twisted.protocols import amp
 
-from .. import config
-from ..errors import AuthenticationError, ConnectionLostError, PayloadTooLarge
-from . import auth, commands
-from .arguments import pack_items
-from .transport import write_now
-from ..tls import channel_binding
+from dispycos import config
+from dispycos.errors import AuthenticationError, ConnectionLostError, PayloadTooLarge
+from dispycos.protocol import auth, commands
+from dispycos.protocol.arguments import pack_items
+from dispycos.protocol.transport import write_now
+from dispycos.protocol.tls import channel_binding
 
 _OPEN_COMMANDS = (b"Hello", b"Authenticate")
 

@@ -11,10 +11,10 @@ import json
 
 from twisted.protocols import amp
 
-from .transport import wire_name_to_identifier
+from dispycos.protocol.transport import wire_name_to_identifier
 
-from .. import errors
-from .arguments import BigBytes
+from dispycos import errors
+from dispycos.protocol.arguments import BigBytes
 
 
 class JSON(BigBytes):

@@ -9,7 +9,7 @@ C{resume_server}, each returning a Deferred).
 from twisted.internet import defer
 from twisted.logger import Logger
 
-from ..status import Location
+from dispycos.status import Location
 
 __all__ = ["Actions", "CONTROL_METHODS"]
 

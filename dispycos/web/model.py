@@ -16,7 +16,7 @@ import ipaddress
 
 from twisted.logger import Logger
 
-from ..status import DispycosNodeAvailInfo, DispycosNodeInfo, DispycosStatus, Location, Status, TaskInfo
+from dispycos.status import DispycosNodeAvailInfo, DispycosNodeInfo, DispycosStatus, Location, Status, TaskInfo
 
 __all__ = ["ClusterModel", "Settings", "NodeState", "ServerState"]
 

@@ -12,15 +12,15 @@ from twisted.application import service
 from twisted.internet import defer, task
 from twisted.logger import Logger
 
-from ..tasks import Task
-from . import STATIC_DIR
-from .actions import Actions
-from .auth import RequestGuard, new_token, this_host_names
-from .model import ClusterModel, Settings
-from .pages import Pages
-from .resources import add_api
-from .service import MonitorService, MonitorSite, listen_description
-from .sse import MAX_STREAMS, EventHub
+from dispycos.peer.tasks import Task
+from dispycos.web import STATIC_DIR
+from dispycos.web.actions import Actions
+from dispycos.web.auth import RequestGuard, new_token, this_host_names
+from dispycos.web.model import ClusterModel, Settings
+from dispycos.web.pages import Pages
+from dispycos.web.resources import add_api
+from dispycos.web.service import MonitorService, MonitorSite, listen_description
+from dispycos.web.sse import MAX_STREAMS, EventHub
 
 __all__ = ["HTTPServer", "Monitor"]
 

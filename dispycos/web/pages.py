@@ -7,7 +7,7 @@ it, GET and HEAD only; what is not there is a JSON 404.
 
 from twisted.web import static
 
-from .resources import ErrorResource, json_body
+from dispycos.web.resources import ErrorResource, json_body
 
 __all__ = ["Pages"]
 

@@ -26,7 +26,7 @@ from twisted.logger import Logger
 from twisted.python.failure import Failure
 from twisted.web import resource, server
 
-from .sse import StreamRefused
+from dispycos.web.sse import StreamRefused
 
 __all__ = ["JSONError", "JSONResource", "ErrorResource", "render_json", "json_body", "add_api"]
 

@@ -13,8 +13,8 @@ from twisted.logger import Logger
 from twisted.protocols.policies import WrappingFactory
 from twisted.web import server
 
-from .auth import SECURITY_HEADERS
-from .resources import ErrorResource
+from dispycos.web.auth import SECURITY_HEADERS
+from dispycos.web.resources import ErrorResource
 
 __all__ = ["MonitorService", "MonitorSite", "listen_description"]
 

@@ -3,8 +3,8 @@
 from twisted.application.service import ServiceMaker
 
 dispycosnode = ServiceMaker(
-    "dispycos node", "dispycos.nodetap", "Run a dispycos node (server processes for computations).", "dispycosnode"
+    "dispycos node", "dispycos.node.tap", "Run a dispycos node (server processes for computations).", "dispycosnode"
 )
 dispycos = ServiceMaker(
-    "dispycos scheduler", "dispycos.tap", "Run a shared dispycos scheduler.", "dispycos"
+    "dispycos scheduler", "dispycos.scheduler.tap", "Run a shared dispycos scheduler.", "dispycos"
 )

@@ -1,0 +1,615 @@
+# -*- test-case-name: tests.test_engine -*-
+"""
+Maps over many items: C{Computation.map} (an async iterator) and
+C{Computation.run_results}.
+
+The input is read lazily; items go to servers in batches (groups) that a
+server runs one after another as one CPU task, sized from the durations
+measured so far as joblib's auto batching does; at most C{window} tasks are
+submitted and not yet yielded, so a million-item map runs in bounded memory.
+
+With retries (C{comp.options(retries=N)}), the unfinished tasks of a batch
+lost with its server go out again in new batches, on other servers while
+there are any, and so does a task that raised a C{retry_on} type: each
+result is taken once, whatever ran twice. With a timeout, a batch that
+reports no outcome for that long is terminated: its running task ends with
+L{dispycos.TaskTimeout}, the ones behind it go out again.
+"""
+
+import collections
+import itertools
+import time
+
+from twisted.internet import defer
+from twisted.logger import Logger
+
+from dispycos import serialize
+from dispycos.client.attempts import ESCALATE_AFTER, TERMINATE_GRACE
+from dispycos.errors import PicklingError
+from dispycos.client.progress import progress_bar
+from dispycos.status import Status, TaskInfo
+from dispycos.peer.outcomes import ABANDONED, OK, TERMINATED, TIMEOUT, outcome_result
+from dispycos.peer.tasks import RemoteTask
+
+#: A group should take about this long on its server (seconds): long enough
+#: that the round trip between groups is a small part, short enough to
+#: balance the last groups over the servers.
+TARGET_SECONDS = 0.05
+#: ... and never longer than this.
+MAX_SECONDS = 0.5
+#: Most tasks in one group.
+MAX_BATCH = 100000
+#: Seconds the first batch of a map may take before the others go out unmeasured.
+PROBE_SECONDS = 0.01
+#: Largest first batch of a map whose input has a length.
+FIRST_BATCH = 64
+#: Largest pickled group (arguments) sent at once.
+MAX_GROUP_BYTES = 4 * 1024 * 1024
+
+
+class BatchSizer:
+    """
+    Batch sizes from measured durations, as joblib's auto batching: start
+    small, grow while a batch holds its server for less than the target time
+    (towards the size that would take that long, at most 64 times at once),
+    halve when one takes more than L{MAX_SECONDS}. A batch's time is what
+    its server reports it ran; the rest of the time from sending it to its
+    last outcome is the cost of a batch (round trip, (un)pickling, waiting for
+    a CPU), and the target grows to four times that, so that batches of short
+    tasks are not mostly overhead.
+    """
+
+    def __init__(self, target=TARGET_SECONDS, longest=MAX_SECONDS, largest=MAX_BATCH):
+        self.size = 1
+        self.target = target
+        self.longest = longest
+        self.largest = largest
+        #: Seconds per task (on its server) of the last batch, or None.
+        self.per_task = None
+        #: Seconds a batch costs besides its tasks (the largest seen lately).
+        self.overhead = 0.0
+
+    def _target(self):
+        return max(self.target, 4 * self.overhead)
+
+    def smallest_worth_sending(self):
+        """
+        The fewest tasks a batch should hold at the end of a map: spreading
+        the last tasks over every server only pays for batches that take
+        longer than what a batch costs.
+        """
+        if self.per_task is None:
+            return 1
+        return max(1, int(4 * self.overhead / max(self.per_task, 1e-7)))
+
+    def observe(self, count, seconds, ran=None):
+        """
+        A batch of C{count} tasks took C{seconds} from sending to its last
+        outcome, its tasks C{ran} seconds on their server (None: unknown).
+        """
+        count = max(count, 1)
+        if ran is None or ran > seconds:
+            ran = seconds
+        self.per_task = ran / count
+        self.overhead = max(self.overhead * 0.75, seconds - ran)
+        if count < self.size // 2:
+            return  # a short last batch says little
+        target = self._target()
+        if ran < target:
+            ideal = int(count * target / max(ran, 1e-6))
+            self.size = max(1, min(64 * self.size, ideal, self.largest))
+        elif ran > self.longest and self.size > 1:
+            self.size = max(1, self.size // 2)
+
+
+class RemoteGroup:
+    """
+    The client's record of a group of a map's tasks sent to one server: the
+    map's items C{first}... (or, for a group of tasks sent again, the items
+    C{indices}); with retries or a timeout, their C{calls} and C{attempts}.
+    """
+
+    __slots__ = ("mapper", "entry", "location", "tid", "count", "first", "received", "sent_at", "infos", "ran",
+                 "calls", "indices", "attempts", "faulty", "timed_out", "lost_seen", "watch")
+
+    def __init__(self, mapper, entry, tid, count, first, infos=None, calls=None, indices=None, attempts=None):
+        self.mapper = mapper
+        self.entry = entry
+        self.location = entry.location
+        self.tid = tid
+        self.count = count
+        self.first = first
+        self.received = 0
+        self.sent_at = time.monotonic()
+        self.infos = infos
+        #: Seconds its tasks held their server so far (as the server reports).
+        self.ran = None
+        self.calls = calls
+        self.indices = indices
+        self.attempts = attempts
+        #: Lost or timed out (its timings say nothing of its tasks).
+        self.faulty = False
+        self.timed_out = False
+        #: Whether the first task it lost (the one that was running) was seen.
+        self.lost_seen = False
+        #: Its timeout (no outcome for that long), then its escalation.
+        self.watch = None
+
+    def index(self, pos):
+        """The map's index of the group's task C{pos}."""
+        indices = self.indices
+        return self.first + pos if indices is None else indices[pos]
+
+    def outcomes(self, start, outcomes, seconds=None):
+        if seconds is not None:
+            self.ran = seconds
+        self.mapper._outcomes(self, start, outcomes)
+
+    def abandoned(self, outcome):
+        """Its server or node was lost: what did not come back is abandoned."""
+        left = self.count - self.received
+        if left > 0:
+            self.faulty = True
+            self.mapper._outcomes(self, self.received, [outcome] * left)
+
+
+def _as_args(item):
+    return item if isinstance(item, tuple) else (item,)
+
+
+class MapRun:
+    """
+    One map of C{fn} over C{iterable} on computation C{comp}: an async
+    iterator of results (in input order when C{ordered}), or, with
+    C{collect}, a Deferred of the list of all results (L{result}). With
+    C{options} (retries, a timeout: L{dispycos.client.attempts.TaskOptions}) lost
+    tasks run again and groups have a deadline; with C{progress}, a progress
+    bar on stderr when it is a terminal.
+    """
+
+    log = Logger()
+
+    def __init__(self, comp, fn, iterable, ordered=True, window=None, collect=False, options=None, progress=False):
+        self.comp = comp
+        self.runtime = comp.runtime
+        self.scheduler = comp._scheduler
+        self.events = comp._events  # how the scheduler knows the computation
+        self.counts = comp._counts
+        self.ref, self.code = comp._function_ref(fn)
+        self.name = getattr(fn, "__name__", "task")
+        self.items = iter(iterable)
+        self.total = len(iterable) if hasattr(iterable, "__len__") else None
+        self.ordered = ordered
+        self.window = window
+        self.collect = collect
+        self.sizer = BatchSizer()
+        if self.total:
+            # Many items: the first batches need not be single tasks (each
+            # server would first take a round trip per task).
+            servers = max(1, len(self.scheduler.servers_now(comp._events)))
+            self.sizer.size = max(1, min(self.total // (32 * servers), FIRST_BATCH))
+        self.next_index = 0  # items read (and sent) so far
+        self.yielded = 0
+        self.exhausted = False
+        self.failure = None
+        self.closed = False
+        self.groups = {}
+        self.placing = None
+        self.pending = {}  # ordered: index -> outcome not yielded yet
+        self.ready = collections.deque()  # unordered: outcomes not yielded yet
+        self.results = [] if collect else None
+        self._waiter = None
+        # Cancelling run_results() ends the map (its running tasks are terminated).
+        self._done = defer.Deferred(lambda d: self.close()) if collect else None
+        self.reactor = comp.reactor
+        self._probe_timer = None
+        self._probe_over = False
+        #: Options that ask for something (retries, a timeout), else None.
+        self.options = options if options is not None and not options.plain else None
+        #: Tasks to send again: C{(servers to avoid, [(index, args, attempts), ...])}.
+        self.retry_queue = collections.deque()
+        self.progress = progress_bar(self.total, desc=self.name) if progress else None
+
+    # -- the async iterator ------------------------------------------------------
+
+    def __aiter__(self):
+        return self
+
+    def __anext__(self):
+        if self._waiter is not None:
+            return defer.fail(RuntimeError("map: one __anext__ at a time"))
+        self._fill()
+        d = defer.Deferred()
+        self._waiter = d
+        self._wake()
+        return d
+
+    def _wake(self):
+        d = self._waiter
+        if d is None:
+            return
+        if self.failure is not None:
+            self._waiter = None
+            d.errback(self.failure)
+            return
+        outcome = self._next_outcome()
+        if outcome is not None:
+            self._waiter = None
+            self.yielded += 1
+            self._fill()
+            try:
+                d.callback(outcome_result(outcome))
+            except Exception:
+                d.errback()
+        elif self._finished():
+            self._waiter = None
+            self._stop_probe()
+            self._end_progress()
+            d.errback(StopAsyncIteration())
+
+    def _next_outcome(self):
+        if self.ordered:
+            return self.pending.pop(self.yielded, None)
+        return self.ready.popleft() if self.ready else None
+
+    def _finished(self):
+        if not self.exhausted or self.groups or self.retry_queue:
+            return False
+        return self.collect or self.yielded >= self.next_index
+
+    def result(self):
+        """With C{collect}: a Deferred of the list of results, in input order."""
+        self._fill()
+        self._check_done()
+        return self._done
+
+    def _stop_probe(self):
+        if self._probe_timer is not None and self._probe_timer.active():
+            self._probe_timer.cancel()
+
+    def _check_done(self):
+        if self._finished() or self.failure is not None:
+            self._stop_probe()
+            self._end_progress()
+        if self._done is None or self._done.called:
+            return
+        if self.failure is not None:
+            self._done.errback(self.failure)
+        elif self._finished():
+            self._done.callback(self.results)
+
+    # -- sending ----------------------------------------------------------------
+
+    def _in_flight(self):
+        return self.next_index - self.yielded
+
+    def _limit(self):
+        if self.window is not None:
+            return max(1, self.window)
+        servers = max(1, len(self.scheduler.servers_now(self.events)))
+        return 4 * servers * self.sizer.size
+
+    def _probing(self):
+        """
+        True while the first batch is out and nothing is measured yet (and
+        not for longer than L{PROBE_SECONDS}): short tasks are measured on
+        one server before their batches are sized for all of them; long ones
+        lose no more than that wait.
+        """
+        if self.sizer.per_task is not None or not self.groups or self._probe_over:
+            return False
+        if self._probe_timer is None:
+            self._probe_timer = self.reactor.callLater(PROBE_SECONDS, self._end_probe)
+        return True
+
+    def _end_probe(self):
+        self._probe_over = True
+        self._fill()
+
+    def _fill(self):
+        """Ask for servers while there are tasks to send again, or input and room in the window."""
+        while self.placing is None and self.failure is None and not self.closed:
+            retry = bool(self.retry_queue)
+            if not retry and not (not self.exhausted and (self.collect or self._in_flight() < self._limit())
+                                  and not self._probing()):
+                return
+            try:
+                if retry:  # (within the window: these were read already)
+                    placed = self.scheduler.place(self.events, True, None, avoid=self.retry_queue[0][0])
+                else:
+                    placed = self.scheduler.place(self.events, True, None)
+            except Exception as e:
+                self._fail(e)
+                return
+            if isinstance(placed, defer.Deferred):
+                self.placing = placed
+                placed.addCallbacks(self._placed, self._place_failed, callbackArgs=(retry,))
+                return
+            self._submit(placed, retry)
+
+    def _placed(self, entry, retry=False):
+        self.placing = None
+        self._submit(entry, retry)
+        self._fill()
+
+    def _place_failed(self, failure):
+        self.placing = None
+        if not failure.check(defer.CancelledError):
+            self._fail(failure.value)
+
+    def _submit(self, entry, retry=False):
+        """Send the next batch to C{entry} (a free server), or give it back when there is nothing to send."""
+        if retry and self.retry_queue and self.failure is None and not self.closed:
+            self._resubmit(entry)
+            return
+        size = self.sizer.size
+        if self.total is not None:
+            # Near the end, spread what is left over the servers (down to
+            # batches still worth their round trip).
+            servers = max(1, len(self.scheduler.servers_now(self.events)))
+            spread = -(-(self.total - self.next_index) // servers)
+            size = max(1, min(size, max(spread, self.sizer.smallest_worth_sending())))
+        if not self.collect:
+            size = min(size, max(1, self._limit() - self._in_flight()))
+        try:
+            batch = [_as_args(item) for item in itertools.islice(self.items, size)]
+        except Exception as e:  # the input itself failed
+            self.scheduler.task_done(entry, True)
+            self._fail(e)
+            return
+        if len(batch) < size:
+            self.exhausted = True
+        if not batch or self.failure is not None or self.closed:
+            self.scheduler.task_done(entry, True)
+            self._wake()
+            self._check_done()
+            return
+        try:
+            for args in batch:
+                for a in args:
+                    serialize.register_by_value(type(a))
+            calls = serialize.dumps((self.ref, batch), "arguments of %s" % (self.name,))
+        except PicklingError as e:
+            self.scheduler.task_done(entry, True)
+            self._fail(e)
+            return
+        first = self.next_index
+        self.next_index += len(batch)
+        tid = self.runtime.next_remote_tids(len(batch))
+        infos = self._created(entry, tid, batch) if self.comp.status_task is not None else None
+        if self.options is None:
+            group = RemoteGroup(self, entry, tid, len(batch), first, infos)
+        else:
+            group = RemoteGroup(self, entry, tid, len(batch), first, infos, calls=batch)
+        self.counts.tasks_started += len(batch)
+        self._send_group(group, calls)
+
+    def _send_group(self, group, calls):
+        self.groups[group.tid] = group
+        self.runtime.send_group(group.location, group, calls, self.code)
+        if self.options is not None and self.options.timeout is not None:
+            group.watch = self.reactor.callLater(self.options.timeout, self._group_expired, group)
+
+    def _resubmit(self, entry):
+        """Send tasks of lost groups again, as a group of their own, to C{entry}."""
+        avoid, items = self.retry_queue[0]
+        size = max(1, self.sizer.size)
+        if len(items) > size:
+            self.retry_queue[0] = (avoid, items[size:])
+            items = items[:size]
+        else:
+            self.retry_queue.popleft()
+        indices = [index for index, _, _ in items]
+        batch = [args for _, args, _ in items]
+        try:
+            calls = serialize.dumps((self.ref, batch), "arguments of %s" % (self.name,))
+        except PicklingError as e:  # (they pickled before)
+            self.scheduler.task_done(entry, True)
+            self._fail(e)
+            return
+        tid = self.runtime.next_remote_tids(len(batch))
+        infos = (self._created(entry, tid, batch, Status.TaskRetried) if self.comp.status_task is not None
+                 else None)
+        group = RemoteGroup(self, entry, tid, len(batch), None, infos, calls=batch, indices=indices,
+                            attempts=[n for _, _, n in items])
+        self._send_group(group, calls)
+
+    def _created(self, entry, tid, batch, status=Status.TaskCreated):
+        """TaskCreated (or TaskRetried) for each task of a batch (only when someone listens)."""
+        infos, now = [], time.time()
+        for i, args in enumerate(batch):
+            rtask = RemoteTask(entry.location, tid + i, self.name)
+            info = TaskInfo(rtask, args, {}, now)
+            infos.append(info)
+            self.comp._status(status, info)
+        return infos
+
+    # -- outcomes -----------------------------------------------------------------
+
+    def _outcomes(self, group, start, outcomes):
+        if group.tid not in self.groups:
+            return
+        again = False
+        if self.options is None:
+            first = group.first + start
+            self.counts.tasks_ended += len(outcomes)
+            for i, outcome in enumerate(outcomes):
+                self._one(first + i, outcome)
+                if group.infos is not None:
+                    self._finished_status(group.infos[start + i], outcome)
+            if self.progress is not None:
+                self.progress.update(len(outcomes))
+        else:
+            again = self._screened(group, start, outcomes)
+        group.received = max(group.received, start + len(outcomes))
+        if group.received >= group.count:
+            self._group_done(group)
+        elif group.watch is not None and not group.timed_out:
+            group.watch.reset(self.options.timeout)  # it goes on: the deadline is for the next outcome
+        if again:
+            self._fill()
+        self._wake()
+        self._check_done()
+
+    def _group_done(self, group):
+        del self.groups[group.tid]
+        self.runtime.remote_groups.pop(group.tid, None)
+        self.scheduler.task_done(group.entry, True)
+        if group.watch is not None:
+            if group.watch.active():
+                group.watch.cancel()
+            group.watch = None
+        group.calls = None
+        if not group.faulty:
+            self.sizer.observe(group.count, time.monotonic() - group.sent_at, group.ran)
+        self._fill()
+
+    # -- retries and timeouts --------------------------------------------------------
+
+    def _screened(self, group, start, outcomes):
+        """
+        Outcomes of a map with options: those of lost or failed tasks that
+        run again are held back (L{_screen}). True when some run again.
+        """
+        again = False
+        taken = 0
+        for i, outcome in enumerate(outcomes):
+            pos = start + i
+            if outcome[0] != OK:
+                outcome = self._screen(group, pos, outcome)
+                if outcome is None:
+                    again = True
+                    continue
+            self.counts.tasks_ended += 1
+            self._one(group.index(pos), outcome)
+            taken += 1
+            if group.infos is not None:
+                self._finished_status(group.infos[pos], outcome)
+        if self.progress is not None:
+            self.progress.update(taken)
+        return again
+
+    def _screen(self, group, pos, outcome):
+        """
+        The outcome of task C{pos} of C{group} that did not succeed, or None
+        when it runs again. Of the tasks a group lost (with its server, or
+        terminated for its timeout) the first was the one running: it counts
+        an attempt (its outcome is L{TIMEOUT} when the group timed out); the
+        ones behind it never ran, or their outcomes went with the server:
+        they go again as they were.
+        """
+        kind = outcome[0]
+        if kind == ABANDONED or (group.timed_out and kind == TERMINATED):
+            if group.lost_seen:
+                self._again(group, pos, 0)
+                return None
+            group.lost_seen = True
+            if group.timed_out:
+                outcome = (TIMEOUT, self.options.timeout)
+        attempts = group.attempts[pos] if group.attempts is not None else 0
+        options = self.options
+        if attempts < options.retries and options.retries_outcome(outcome) and self.comp._takes_retries():
+            self._again(group, pos, 1)
+            return None
+        return outcome
+
+    def _again(self, group, pos, attempt):
+        """Queue task C{pos} of C{group} to be sent again (C{attempt}: 1 when that counts as a retry)."""
+        if self.failure is not None or self.closed:
+            return
+        attempts = (group.attempts[pos] if group.attempts is not None else 0) + attempt
+        self.counts.tasks_retried += attempt
+        item = (group.index(pos), group.calls[pos], attempts)
+        avoid = frozenset((group.location,))
+        queue = self.retry_queue
+        if queue and queue[-1][0] == avoid:
+            queue[-1][1].append(item)
+        else:
+            queue.append((avoid, [item]))
+
+    def _group_expired(self, group):
+        """No outcome of C{group} for C{timeout} seconds: terminate it (its server ends itself if it must)."""
+        group.watch = None
+        if group.tid not in self.groups:
+            return
+        group.timed_out = group.faulty = True
+        self.runtime.terminate_group(group, TERMINATE_GRACE).addErrback(lambda f: None)
+        group.watch = self.reactor.callLater(TERMINATE_GRACE + ESCALATE_AFTER, self._group_stuck, group)
+
+    def _group_stuck(self, group):
+        """The terminated group did not even answer: its server's reactor is stuck; restart the server."""
+        group.watch = None
+        if group.tid not in self.groups:
+            return
+        self.log.warn("map batch {t} did not end after its timeout: restarting server {loc}", t=group.tid,
+                      loc=group.location)
+        self.comp._control("close_server", group.location, terminate=True, restart=True).addErrback(
+            lambda f: self.log.warn("restarting server {loc}: {e}", loc=group.location, e=f.getErrorMessage()))
+
+    def _one(self, index, outcome):
+        if outcome[0] != OK:
+            self.counts.ended_badly(outcome[0])
+            if self.failure is None:
+                self._fail(outcome_result(outcome).value)
+        if self.collect:
+            if outcome[0] == OK:
+                results = self.results
+                if index == len(results):
+                    results.append(outcome[1])
+                else:
+                    if index > len(results):
+                        results.extend([None] * (index - len(results) + 1))
+                    results[index] = outcome[1]
+        elif self.ordered:
+            self.pending[index] = outcome
+        else:
+            self.ready.append(outcome)
+
+    def _finished_status(self, info, outcome):
+        info.end_time = time.time()
+        if outcome[0] == OK:
+            info.result = outcome[1]
+        else:
+            info.exception = outcome_result(outcome, info.task).value
+        self.comp._status(Status.TaskFinished, info)
+
+    def _fail(self, exc):
+        if self.failure is None:
+            self.failure = exc
+        self.close()
+        self._wake()
+        self._check_done()
+
+    def _end_progress(self):
+        progress, self.progress = self.progress, None
+        if progress is not None:
+            progress.close()
+
+    def close(self):
+        """Stop: no more input is read; tasks of this map still running are terminated."""
+        if self.closed:
+            return
+        self.closed = True
+        self.retry_queue.clear()
+        self._stop_probe()
+        self._end_progress()
+        if self.placing is not None:
+            placing, self.placing = self.placing, None
+            placing.cancel()
+        for group in list(self.groups.values()):
+            self.runtime.terminate_group(group).addErrback(lambda f: None)
+
+    def aclose(self):
+        """The async-generator way to stop early (C{async for} ... C{break} in a context)."""
+        self.close()
+        return defer.succeed(None)
+
+
+def run_results(comp, fn, iterable, options=None, progress=False):
+    """The list of C{fn}'s results over C{iterable}, in input order (the first failure errbacks)."""
+    try:
+        run = MapRun(comp, fn, iterable, collect=True, options=options, progress=progress)
+    except Exception:
+        return defer.fail()
+    return run.result()
+

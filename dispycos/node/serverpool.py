@@ -1,0 +1,277 @@
+# -*- test-case-name: tests.test_core -*-
+"""
+The node's server processes: spawning them with AMP on pipes (fds 3 and 4),
+noticing their death at once, and stopping them (pipe close, then SIGKILL).
+"""
+
+import os
+import signal
+import sys
+
+from twisted.internet import defer, error
+from twisted.internet.protocol import ProcessProtocol
+from twisted.logger import Logger
+from twisted.protocols import amp
+
+from dispycos import logs, metrics
+from dispycos.protocol import commands
+
+_FD_TO_CHILD, _FD_FROM_CHILD = 3, 4
+
+
+class _PipeAddress:
+    def __str__(self):
+        return "pipe"
+
+
+class _PipeTransport:
+    """Adapts a process transport to what AMP expects of a transport."""
+
+    def __init__(self, process):
+        self._process = process
+
+    def write(self, data):
+        self._process.writeToChild(_FD_TO_CHILD, data)
+
+    def writeSequence(self, seq):
+        self.write(b"".join(seq))
+
+    def loseConnection(self):
+        self._process.closeChildFD(_FD_TO_CHILD)
+
+    abortConnection = loseConnection
+
+    def getPeer(self):
+        return _PipeAddress()
+
+    getHost = getPeer
+
+
+class _ControlAMP(amp.AMP):
+    def __init__(self, slot):
+        super().__init__()
+        self.slot = slot
+
+    @commands.Ready.responder
+    def _ready(self, port, pid):
+        self.slot._ready(port, pid)
+        return {}
+
+    @commands.Busy.responder
+    def _busy(self, tasks):
+        self.slot.tasks = tasks
+        note = getattr(self.slot.node, "note_activity", None)
+        if note is not None and tasks:
+            note()
+        return {}
+
+    @commands.ServerCounts.responder
+    def _counts(self, counts):
+        metrics.server_reported(self.slot, counts)
+        return {}
+
+    @commands.CloseRequest.responder
+    def _close_request(self, node, terminate, restart):
+        self.slot.node.close_request(self.slot, node, terminate, restart)
+        return {}
+
+
+def server_environment(environ=None):
+    """
+    The environment a server process starts with: the node's, less every
+    C{DISPYCOS_*SECRET*} variable (servers and their tasks never see the
+    node's secret: a task could read it from its environment).
+    """
+    environ = os.environ if environ is None else environ
+    return {k: v for k, v in environ.items() if not (k.startswith("DISPYCOS_") and "SECRET" in k)}
+
+
+class ServerSlot(ProcessProtocol):
+    """
+    One server process of a node (and its successors after restarts).
+
+    @ivar index: the server's number on its node (1, 2, ...).
+    @ivar port: the TCP port it listens on (0 until ready when dynamic).
+    @ivar ready: a Deferred firing once the process listens, or None when
+        it is running and ready.
+    """
+
+    log = Logger()
+
+    def __init__(self, node, index, host, port, spawner=None):
+        self.node = node
+        self.index = index
+        self.host = host
+        self.original_port = port
+        self.wanted_port = port
+        self.port = port
+        self.pid = None
+        self.control = None
+        self.running = False
+        self.is_ready = False
+        self.expect_exit = False
+        self._ready_waiters = []
+        self._ended_waiters = []
+        self._spawner = spawner
+        self._out = b""
+        self._stdout = b""
+        self.tasks = 0
+        #: What the server process reported of its counts (L{dispycos.metrics.FIELDS} order), or None.
+        self.counts = None
+
+    # -- life cycle ---------------------------------------------------------------
+
+    def spawn(self):
+        reactor = self.node.reactor
+        self.is_ready = False
+        self.expect_exit = False
+        argv = [
+            sys.executable, "-u", "-m", "dispycos.server",
+            "--index", str(self.index),
+            "--host", self.host,
+            "--port", str(self.wanted_port),
+            "--parent", str(os.getpid()),
+        ]
+        if self.node.debug:
+            argv.append("--debug")
+        if getattr(self.node, "log_format", "text") != "text":
+            argv += ["--log_format", self.node.log_format]
+        for flag in ("twisted_tls", "sched_normal"):
+            if getattr(self.node, flag, False):
+                argv.append("--" + flag)
+        if getattr(self.node, "max_file_size", 0):
+            argv += ["--max_file_size", str(self.node.max_file_size)]
+        for option, path in zip(("--certfile", "--keyfile", "--cafile"), getattr(self.node, "tls_files", ())):
+            if path:
+                argv += [option, os.path.abspath(path)]
+        env = server_environment()
+        env["PYTHONPATH"] = os.pathsep.join(p for p in sys.path if p)
+        spawn = self._spawner or reactor.spawnProcess
+        spawn(self, sys.executable, argv, env=env, childFDs={0: "w", 1: "r", 2: "r", 3: "w", 4: "r"})
+        self.running = True
+
+    def connectionMade(self):
+        self.control = _ControlAMP(self)
+        self.control.makeConnection(_PipeTransport(self.transport))
+        self.pid = self.transport.pid
+        self.transport.closeStdin()
+
+    def _ready(self, port, pid):
+        # A restarted server keeps its location (clients and the scheduler know it).
+        self.port = self.wanted_port = port
+        self.pid = pid
+        self.is_ready = True
+        waiters, self._ready_waiters = self._ready_waiters, []
+        for d in waiters:
+            d.callback(self)
+
+    def when_ready(self):
+        """Deferred firing with this slot once its process listens."""
+        if self.is_ready:
+            return defer.succeed(self)
+        d = defer.Deferred()
+        self._ready_waiters.append(d)
+        return d
+
+    def childDataReceived(self, fd, data):
+        if fd == _FD_FROM_CHILD:
+            self.control.dataReceived(data)
+        elif fd == 1:
+            # Tasks' prints appear on the node's stdout, as in the original,
+            # whole lines at a time so servers' lines do not interleave.
+            self._stdout += data
+            if b"\n" in self._stdout:
+                complete, _, self._stdout = self._stdout.rpartition(b"\n")
+                self._write_stdout(complete + b"\n")
+        else:
+            self._out += data
+            *lines, self._out = self._out.split(b"\n")
+            json_records = getattr(self.node, "log_format", "text") == "json"
+            for line in lines:
+                text = line.decode("utf-8", "replace")
+                event = logs.server_event(self.index, text) if json_records else None
+                if event is not None:
+                    self.log.observer(event)  # the server's record, as the node's
+                elif not json_records or text.strip("\x1e"):
+                    self.log.info("server {i}: {line}", i=self.index, line=text)
+
+    def _write_stdout(self, data):
+        if getattr(self.node, "log_format", "text") == "json":
+            # A JSON log stream has nothing but records: what tasks printed is logged line by line.
+            for line in data.decode("utf-8", "replace").splitlines():
+                self.log.info("server {i} output: {line}", i=self.index, line=line)
+            return
+        try:
+            sys.stdout.buffer.write(data)
+            sys.stdout.flush()
+        except Exception:
+            pass
+
+    def processEnded(self, reason):
+        if self._stdout:
+            self._write_stdout(self._stdout + b"\n")
+            self._stdout = b""
+        if not self.is_ready and self.original_port == 0:
+            self.wanted_port = 0  # its port may have been taken meanwhile
+        self.running = False
+        self.is_ready = False
+        self.tasks = 0
+        if getattr(self.node, "retired_counts", None) is not None:
+            metrics.server_ended(self.node, self)
+        if self.control is not None:
+            self.control.connectionLost(reason)
+            self.control = None
+        waiters, self._ready_waiters = self._ready_waiters, []
+        for d in waiters:
+            d.errback(reason)
+        ended, self._ended_waiters = self._ended_waiters, []
+        for d in ended:
+            d.callback(None)
+        expected, self.expect_exit = self.expect_exit, False
+        self.node.server_ended(self, expected, reason)
+
+    def when_ended(self):
+        if not self.running:
+            return defer.succeed(None)
+        d = defer.Deferred()
+        self._ended_waiters.append(d)
+        return d
+
+    def call(self, command, **kw):
+        if self.control is None or not self.is_ready:
+            return defer.fail(error.ConnectionDone("server %d is not running" % self.index))
+        return self.control.callRemote(command, **kw)
+
+    def signal(self, sig):
+        if self.running:
+            try:
+                self.transport.signalProcess(sig)
+            except (error.ProcessExitedAlready, OSError):
+                pass
+
+    @defer.inlineCallbacks
+    def stop(self, terminate=True, grace=None):
+        """
+        Close the server: ask it to end its tasks (C{terminate}) or wait for
+        them, and exit; kill it if it has not exited after C{grace} seconds
+        (None, the default: wait as long as its tasks run). Fires once it is gone.
+        """
+        if not self.running:
+            return
+        self.expect_exit = True
+        ended = self.when_ended()
+        reactor = self.node.reactor
+        killer = reactor.callLater(grace, self.signal, signal.SIGKILL) if grace is not None else None
+        if self.is_ready:
+            try:
+                yield self.call(commands.Close, terminate=terminate)
+            except Exception:
+                pass
+        if self.running:
+            try:
+                self.transport.closeChildFD(_FD_TO_CHILD)
+            except Exception:
+                pass
+        yield ended
+        if killer is not None and killer.active():
+            killer.cancel()

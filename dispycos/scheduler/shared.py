@@ -1,0 +1,415 @@
+# -*- test-case-name: tests.test_shared -*-
+"""
+The shared scheduler program (C{dispycos}, C{twistd dispycos}): a
+L{Scheduler} that clients of other processes reach over TCP. Their
+computations queue and run one at a time, in submission order.
+"""
+
+import os
+import pickle
+import shutil
+import socket
+import uuid
+
+from twisted.application import service
+from twisted.internet import defer, task
+from twisted.internet.protocol import Factory
+from twisted.logger import Logger
+from zope.interface import implementer
+
+from dispycos import config, metrics, paths
+from dispycos.errors import ComputationClosed, DispycosError, FileTransferError
+from dispycos.interfaces import IComputationEvents
+from dispycos.protocol import auth, commands
+from dispycos.protocol.arguments import unpack_items
+from dispycos.scheduler.core import Scheduler
+from dispycos.protocol.streams import StreamingAMP, safe_join
+from dispycos.protocol.tls import listen as tls_listen
+from dispycos.status import DispycosStatus, Location
+
+
+@implementer(IComputationEvents)
+class RemoteComputation:
+    """
+    The scheduler's stand-in for a computation whose client is elsewhere.
+    Its pickled components pass through unread; its component files are
+    kept under the scheduler's C{dest_path} while it exists.
+    """
+
+    log = Logger()
+
+    def __init__(self, channel, components, files, options):
+        svc = channel.service
+        self.channel = channel
+        self.components = components
+        self.id = uuid.uuid4().hex
+        self.files_dir = os.path.join(svc.dest_path, "computation-%s" % self.id)
+        self.files = []
+        self._sizes = {}
+        for item in files or ():
+            try:
+                name, size = str(item[0]), int(item[1])
+            except (TypeError, ValueError, IndexError):
+                raise FileTransferError("bad entry %r in the list of component files" % (item,))
+            path = safe_join(self.files_dir, name)
+            if svc.max_file_size and size > svc.max_file_size:
+                raise FileTransferError("component file %s is %d bytes, over the scheduler's --max_file_size "
+                                        "of %d bytes" % (name, size, svc.max_file_size))
+            self.files.append((name, path))
+            self._sizes[name] = size
+        self.pulse_interval = min(max(float(options.get("pulse_interval", 10)), config.MinPulseInterval),
+                                  config.MaxPulseInterval)
+        self.client = options.get("client", "")
+        self.allocations = bool(options.get("allocations"))
+        self.node_setup = options.get("node_setup")
+        self.server_setup = options.get("server_setup")
+        self.disable_nodes = bool(options.get("disable_nodes"))
+        self.disable_servers = bool(options.get("disable_servers"))
+        self.key = None
+        self.queued = False
+        self._scheduling = True
+        self.closed = False
+        self.status_task = None
+        self.last_seen = channel.reactor.seconds()
+
+    def _send(self, event, key=b"", reason=""):
+        if self.channel.connected:
+            self.channel.callRemote(commands.ComputationEvent, computation=self.id, event=event, key=key, reason=reason)
+
+    # -- IComputationEvents ----------------------------------------------------------
+
+    def scheduling(self):
+        return self._scheduling
+
+    def status(self, status, info=None, exception=None):
+        self.status_message(DispycosStatus(status, info, exception))
+
+    def status_message(self, msg):
+        if self.status_task is not None:  # the scheduler's monitor
+            try:
+                self.status_task(msg)
+            except Exception:
+                self.log.failure("monitor failed on {msg}", msg=msg)
+        if self.channel.connected and not self.closed:
+            self.channel.queue(commands.StatusBatch, 0, pickle.dumps(msg))
+
+    # What the monitor may do to the computation it shows.
+    def _control(self, action, target):
+        return self.channel.service.scheduler.control(self, action, str(target))
+
+    def suspend_node(self, ip):
+        return self._control("suspend_node", ip)
+
+    def resume_node(self, ip):
+        return self._control("resume_node", ip)
+
+    def suspend_server(self, location):
+        return self._control("suspend_server", location)
+
+    def resume_server(self, location):
+        return self._control("resume_server", location)
+
+    def setup_names(self):
+        return self.node_setup, self.server_setup
+
+    def allocate(self, info):
+        if not self.allocations:
+            return info.cpus
+        avail = info.avail_info
+        node = {"addr": info.addr, "name": info.name, "platform": info.platform, "cpus": info.cpus,
+                "memory": avail.memory if avail else None, "disk": avail.disk if avail else None}
+        d = self.channel.callRemote(commands.AllocateNode, computation=self.id, node=node)
+        return d.addCallback(lambda r: min(r["cpus"], info.cpus))
+
+    def activated(self):
+        self._send("active", key=self.key)
+        monitor = self.channel.service.monitor
+        if monitor is not None:
+            monitor.attach(self)
+        if self.disable_nodes or self.disable_servers:
+            self.server_ready()
+
+    def server_ready(self):
+        if self._scheduling:
+            self._scheduling = False
+            self.channel.reactor.callLater(0, self._send, "ready")
+
+    def schedule_failed(self, exc):
+        if self._scheduling:
+            self._scheduling = False
+            self._send("failed", reason=str(exc))
+            self.channel.service.scheduler.release(self)
+
+    def closed_by_scheduler(self, reason):
+        self.close(reason=reason)
+
+    def scheduler_lost(self, exc):
+        pass  # the scheduler is this process
+
+    def check_files(self):
+        """Every announced component file arrived whole (L{FileTransferError} otherwise)."""
+        for name, path in self.files:
+            try:
+                size = os.path.getsize(path)
+            except OSError:
+                size = None
+            if size != self._sizes[name]:
+                raise FileTransferError("component file %s has not arrived at the scheduler" % (name,))
+
+    @defer.inlineCallbacks
+    def close(self, await_async=False, terminate=False, reason="closed"):
+        if self.closed:
+            return
+        self.closed = True
+        try:
+            yield self.channel.service.scheduler.release(self, terminate=True)
+        finally:
+            shutil.rmtree(self.files_dir, ignore_errors=True)
+        self._send("closed", reason=reason)
+
+
+class _NoComputation:
+    """What the scheduler's monitor shows before the first computation."""
+
+    status_task = None
+
+
+class ClientChannel(metrics.CountedConnection, StreamingAMP):
+    """One client's connection to the shared scheduler (it streams its component files here)."""
+
+    def __init__(self, svc):
+        super().__init__(svc.reactor, self._file_root, svc.max_file_size, keyring=svc.keyring, location="")
+        self.service = svc
+        self.counts = svc.scheduler.runtime.counts
+        self.computations = {}
+
+    def _file_root(self, dest, computation):
+        comp = self.computations.get(computation)
+        if dest == "blob":
+            return self.service.dest_path
+        if dest != "scheduler" or comp is None or comp.queued or comp.closed:
+            raise FileTransferError("the scheduler takes component files of this client's staged computations only")
+        os.makedirs(comp.files_dir, exist_ok=True)
+        return comp.files_dir
+
+    def connectionLost(self, reason):
+        super().connectionLost(reason)
+        for comp in list(self.computations.values()):
+            self.log.info("client of computation {c} is gone; closing it", c=comp.id)
+            comp.close(reason="client gone")
+        self.computations.clear()
+
+    def _comp(self, computation):
+        comp = self.computations.get(computation)
+        if comp is None or comp.closed:
+            raise ComputationClosed("no computation %s for this client" % (computation,))
+        return comp
+
+    @commands.Submit.responder
+    def _submit(self, components, files, options):
+        comp = RemoteComputation(self, components, files, options)
+        self.computations[comp.id] = comp
+        return {"computation": comp.id}
+
+    @commands.Enqueue.responder
+    def _enqueue(self, computation):
+        comp = self._comp(computation)
+        if not comp.queued:
+            comp.check_files()
+            comp.queued = True
+            self.service.scheduler.submit(comp)
+        return {}
+
+    @commands.Place.responder
+    def _place(self, computation, cpu, where, server, avoid=None):
+        comp = self._comp(computation)
+        target = None
+        if where:
+            target = Location.parse(where, 0) if server else where
+        avoid = frozenset(Location.parse(a, 0) for a in avoid) if avoid else None
+        placed = self.service.scheduler.place(comp, cpu, target, avoid)
+        if not isinstance(placed, defer.Deferred):
+            return {"location": str(placed.location), "node": placed.node_addr}
+        return placed.addCallback(lambda entry: {"location": str(entry.location), "node": entry.node_addr})
+
+    @commands.TaskDone.responder
+    def _task_done(self, batch):
+        scheduler = self.service.scheduler
+        if scheduler.active not in self.computations.values():
+            # Only the client whose computation has the servers speaks for them.
+            return {}
+        for cpu, loc in unpack_items(batch):
+            entry = scheduler.entry_at(Location.parse(loc.decode(), 0))
+            if entry is not None and entry.tasks > 0:
+                scheduler.task_done(entry, bool(cpu))
+        return {}
+
+    @commands.Query.responder
+    def _query(self, computation, what):
+        comp = self._comp(computation)
+        scheduler = self.service.scheduler
+        if what == "servers":
+            d = scheduler.servers_of(comp).addCallback(lambda locs: [str(l) for l in locs])
+        elif what == "nodes":
+            d = scheduler.nodes_of(comp)
+        else:
+            raise DispycosError("unknown query %r" % (what,))
+        return d.addCallback(lambda result: {"result": result})
+
+    @commands.Control.responder
+    def _control(self, computation, action, target, args, terminate, restart):
+        comp = self._comp(computation)
+        d = self.service.scheduler.control(comp, action, target, args, terminate, restart)
+        return d.addCallback(lambda _: {})
+
+    @commands.CloseComputation.responder
+    def _close(self, computation, terminate):
+        comp = self.computations.pop(computation, None)
+        if comp is None:
+            return {}
+        return comp.close(terminate=terminate).addCallback(lambda _: {})
+
+    @commands.ClientPulse.responder
+    def _pulse(self, computation):
+        comp = self.computations.get(computation)
+        if comp is not None:
+            comp.last_seen = self.reactor.seconds()
+        return {}
+
+
+class SchedulerService(service.Service):
+    """
+    The shared scheduler: listens for clients on C{tcp_port}, drives nodes
+    with a L{Scheduler}.
+    """
+
+    log = Logger()
+    name = "dispycos"
+
+    def __init__(self, reactor, hosts=("127.0.0.1",), tcp_port=config.SchedulerPort, secret="", nodes=(),
+                 zombie_period=None, udp_port=config.SchedulerPort, ext_hosts=(), stdin_commands=False,
+                 http_port=None, name=None, dest_path=None, max_file_size=0, node_secret=None, metrics_port=None,
+                 metrics_host="127.0.0.1", **scheduler_options):
+        self.reactor = reactor
+        self.scheduler_name = name or socket.gethostname()
+        self._dest_path = dest_path
+        self.dest_path = None  # set once listening: <dest_path>/scheduler-<port>
+        self.max_file_size = max_file_size
+        self.hosts = list(hosts)
+        self.tcp_port = tcp_port
+        self.secret = secret
+        secret = secret or paths.user_secret()
+        self.node_secret = node_secret
+        #: What clients prove (nodes prove the node key: a client cannot pose as a node).
+        self.key = auth.key_from_secret(secret, auth.CLIENT)
+        self.nodes = list(nodes)
+        self.zombie_period = zombie_period
+        self.udp_port = udp_port
+        self.ext_hosts = list(ext_hosts)
+        self.stdin_commands = stdin_commands
+        self.console = None
+        self.http_port = http_port
+        self.monitor = None
+        self.scheduler_options = scheduler_options
+        self.scheduler = None
+        #: /metrics (L{dispycos.metrics}) on metrics_host:metrics_port; None: not served.
+        self.metrics_port = metrics_port
+        self.metrics_host = metrics_host
+        self.metrics = None
+        self.listening = []
+        self.port = None
+        self._reaper = None
+
+    def keyring(self, role, computation):
+        return self.key if role == "client" else None
+
+    def startService(self):
+        super().startService()
+        self.log.info("dispycos scheduler {name} starting", name=self.scheduler_name)
+        self.scheduler = Scheduler(nodes=self.nodes, secret=self.secret, reactor=self.reactor, private=False,
+                                   ip_addr=self.hosts[0] or "", udp_port=self.udp_port, name=self.scheduler_name,
+                                   zombie_period=self.zombie_period, node_secret=self.node_secret,
+                                   client_key=self.key, discover=True, **self.scheduler_options)
+        factory = Factory.forProtocol(lambda: ClientChannel(self))
+        port = self.tcp_port
+        for host in self.hosts:
+            p = tls_listen(self.reactor, port, factory, host, self.scheduler.tls)
+            self.listening.append(p)
+            port = p.getHost().port
+        self.port = port
+        # Everything the scheduler writes (clients' component files) goes under --dest_path.
+        # (Under a directory of this user's alone: see dispycos.paths.)
+        parent = paths.private_dir(self._dest_path or config.default_dest_path())
+        self.dest_path = paths.fresh_dir(parent, "scheduler-%d" % port)
+        self.scheduler.advertise = (self.ext_hosts[0] if self.ext_hosts else self.hosts[0], port)
+        self._reaper = task.LoopingCall(self._reap_zombies)
+        self._reaper.clock = self.reactor
+        self._reaper.start(config.MinPulseInterval, now=False)
+        self.log.info("dispycos scheduler {name} listening at {h}:{p}", name=self.scheduler_name,
+                      h=self.hosts[0] or "0.0.0.0", p=port)
+        if self.metrics_port is not None:
+            self.metrics = metrics.serve_shared_scheduler(self, self.metrics_host, self.metrics_port)
+        if self.http_port is not None:
+            from dispycos.httpd import HTTPServer
+
+            host = self.hosts[0] if self.hosts[0] not in ("", "0.0.0.0") else "127.0.0.1"
+            tls = self.scheduler.tls
+            self.monitor = HTTPServer(_NoComputation(), host=host, port=self.http_port, reactor=self.reactor,
+                                      name=self.scheduler_name,
+                                      certfile=self.scheduler_options.get("certfile") if tls.cert else None,
+                                      keyfile=self.scheduler_options.get("keyfile") if tls.cert else None)
+        if self.stdin_commands:
+            from dispycos.node.console import SchedulerConsole, start_console
+
+            self.console = start_console(self, require_terminal=self.stdin_commands == "auto",
+                                         console=SchedulerConsole)
+
+    def _reap_zombies(self):
+        comp = self.scheduler.active
+        if not isinstance(comp, RemoteComputation) or self.zombie_period == 0:
+            return  # --zombie_period 0: clients are never closed for their silence
+        limit = self.zombie_period or config.MissedPulses * comp.pulse_interval
+        silent = self.reactor.seconds() - comp.last_seen
+        if silent > limit:
+            self.log.warn("client of computation {c} silent for {s:.0f}s: closing it", c=comp.id, s=silent)
+            comp.channel.computations.pop(comp.id, None)
+            comp.close(reason="client silent (zombie)")
+            if comp.channel.connected:
+                comp.channel.transport.abortConnection()
+
+    def quit(self):
+        """Close the active computation and stop (the C{quit} command)."""
+        self.reactor.stop()
+
+    def status(self):
+        """A short text for the C{status} command."""
+        s = self.scheduler
+        active = s.active.id if s.active is not None else None
+        return "scheduler %s at %s:%s: active computation: %s; queued: %d; nodes: %d; servers: %d" % (
+            self.scheduler_name, self.hosts[0] or "0.0.0.0", self.port, active, len(s.queue),
+            sum(1 for l in s.links.values() if l.state == "connected"), len(s.servers))
+
+    @defer.inlineCallbacks
+    def stopService(self):
+        if self._reaper is not None and self._reaper.running:
+            self._reaper.stop()
+        if self.console is not None:
+            self.console.stop()
+        if self.monitor is not None:
+            yield self.monitor.shutdown(wait=False)
+        if self.metrics is not None:
+            yield self.metrics.stop()
+        try:
+            for p in self.listening:
+                yield p.stopListening()
+            self.listening = []
+            if self.scheduler is not None:
+                comp = self.scheduler.active
+                if isinstance(comp, RemoteComputation):
+                    yield comp.close(reason="scheduler stopping")
+                yield self.scheduler.close()
+        finally:
+            # Clients' files go however the rest ended.
+            if self.dest_path is not None:
+                paths.remove_tree(self.dest_path)
+        yield service.Service.stopService(self)

@@ -13,10 +13,14 @@ plus two keys for log pipelines: C{level} (C{"info"}, C{"warn"}, ...) and
 C{message} (the formatted text, with the traceback of a failure).
 """
 
+import signal
 import sys
 
+from twisted.application.service import MultiService
+from twisted.logger import ILogObserver
 from twisted.logger import (FilteringLogObserver, LogLevel, LogLevelFilterPredicate, eventFromJSON, formatEvent,
                             jsonFileLogObserver, textFileLogObserver)
+from twisted.python.components import Componentized
 
 #: The values of C{--log_format}.
 FORMATS = ("text", "json")
@@ -118,3 +122,58 @@ def server_event(index, line):
     event["log_server"] = index
     event["log_server_text"] = message
     return event
+
+
+# -- under twistd -------------------------------------------------------------------
+
+
+class _TwistdLogLevel(MultiService):
+    """
+    The top service a twistd plugin returns: on joining twistd's
+    application it gives it the log observer twistd would make for
+    C{--logfile} (stdout with C{-n}; the plugin's C{--log_file} wins),
+    filtered at the level the plugin's C{-d} asks for and in the format of
+    its C{--log_format}, as the console scripts do. (twistd uses an
+    application's ILogObserver component instead of making its own.)
+    """
+
+    def __init__(self, child, debug, twistd, log_format="text", log_file=None):
+        super().__init__()
+        self.debug = debug
+        self.twistd = twistd
+        self.log_format = log_format
+        self.log_file = log_file
+        child.setServiceParent(self)
+
+    def setServiceParent(self, parent):
+        if isinstance(parent, Componentized) and parent.getComponent(ILogObserver) is None:
+            parent.setComponent(ILogObserver, log_observer(self.debug, self._log_file(), self.log_format))
+        return super().setServiceParent(parent)
+
+    def _log_file(self):
+        if self.log_file:
+            return open_log_file(self.log_file)
+        path = self.twistd.get("logfile")
+        if path == "-" or (not path and self.twistd.get("nodaemon")):
+            return sys.stdout
+        from twisted.internet import reactor
+        from twisted.python.logfile import LogFile
+
+        log_file = LogFile.fromFullPath(path or "twistd.log")
+        # As twistd: SIGUSR1 rotates the log.
+        signal.signal(signal.SIGUSR1, lambda *_: reactor.callFromThread(log_file.rotate))
+        return log_file
+
+
+def for_twistd(service, options):
+    """
+    C{service} as a twistd plugin's C{makeService} should return it: with
+    C{-d} deciding the log level and C{--log_format}/C{--log_file} its
+    format and file, unless twistd was told how to log (C{--logger},
+    C{--syslog}). Outside twistd, C{service} itself.
+    """
+    twistd = getattr(options, "parent", None)
+    if twistd is None or not hasattr(twistd, "get") or twistd.get("logger") or twistd.get("syslog"):
+        return service
+    return _TwistdLogLevel(service, bool(options.get("debug")), twistd, options.get("log_format") or "text",
+                           options.get("log_file"))

@@ -7,6 +7,8 @@ import sys
 
 from twisted.python import usage
 
+from dispycos import config, logs, paths
+
 
 class _Recorder:
     """Wraps an option's handler to note that the option was given."""
@@ -56,7 +58,7 @@ class UnderscoreOptions(usage.Options):
         if not self["ip_addr"]:
             self["ip_addr"] = ["" if self["secret"] else "127.0.0.1"]
         if not self["secret"]:
-            from dispycos.protocol.tls import is_loopback
+            from dispycos.protocol.tls import is_loopback  # lazily here and below: pyOpenSSL only with TLS
 
             exposed = [h for h in self["ip_addr"] if not is_loopback(h or "0.0.0.0")]
             if exposed and not self["insecure"]:
@@ -86,8 +88,6 @@ class UnderscoreOptions(usage.Options):
         read the file); C{-s} on the command line wins over a C{--config}
         file's C{secret_file}.
         """
-        from dispycos import paths
-
         on_command_line = "secret" in self.given
         if on_command_line and "secret_file" in self.given:
             raise usage.UsageError("give the secret with -s/--secret or --secret_file, not both")
@@ -107,8 +107,6 @@ class UnderscoreOptions(usage.Options):
 
     def node_secret(self):
         """The secret of C{--node_secret_file} (None: nodes prove the secret); L{usage.UsageError} if unreadable."""
-        from dispycos import paths
-
         path = self.get("node_secret_file")
         if not path:
             return None
@@ -126,8 +124,6 @@ class UnderscoreOptions(usage.Options):
         C{--dest_path} (or the default) made or checked private to this user
         (L{paths.private_dir}); L{usage.UsageError} when it is not.
         """
-        from dispycos import config, paths
-
         try:
             return paths.private_dir(self["dest_path"] or config.default_dest_path(), "--dest_path")
         except paths.UnsafePathError as e:
@@ -144,8 +140,6 @@ class UnderscoreOptions(usage.Options):
 
     def check_observability(self):
         """C{--metrics_port} needs prometheus_client; C{--log_format}/C{--log_file} must be usable."""
-        from dispycos import logs
-
         logs.check_options(self)
         if self["metrics_port"] is not None:
             if not 0 <= self["metrics_port"] < 65536:

@@ -8,65 +8,10 @@ import os
 import signal
 import sys
 
-from twisted.application.service import MultiService
 from twisted.internet import defer, task
-from twisted.logger import ILogObserver
 from twisted.python import usage
-from twisted.python.components import Componentized
 
-from dispycos.logs import log_observer, log_predicate, open_log_file, start_logging  # noqa: F401 (log_predicate: API)
-
-
-class _TwistdLogLevel(MultiService):
-    """
-    The top service a twistd plugin returns: on joining twistd's
-    application it gives it the log observer twistd would make for
-    C{--logfile} (stdout with C{-n}; the plugin's C{--log_file} wins),
-    filtered at the level the plugin's C{-d} asks for and in the format of
-    its C{--log_format}, as the console scripts do. (twistd uses an
-    application's ILogObserver component instead of making its own.)
-    """
-
-    def __init__(self, child, debug, twistd, log_format="text", log_file=None):
-        super().__init__()
-        self.debug = debug
-        self.twistd = twistd
-        self.log_format = log_format
-        self.log_file = log_file
-        child.setServiceParent(self)
-
-    def setServiceParent(self, parent):
-        if isinstance(parent, Componentized) and parent.getComponent(ILogObserver) is None:
-            parent.setComponent(ILogObserver, log_observer(self.debug, self._log_file(), self.log_format))
-        return super().setServiceParent(parent)
-
-    def _log_file(self):
-        if self.log_file:
-            return open_log_file(self.log_file)
-        path = self.twistd.get("logfile")
-        if path == "-" or (not path and self.twistd.get("nodaemon")):
-            return sys.stdout
-        from twisted.internet import reactor
-        from twisted.python.logfile import LogFile
-
-        log_file = LogFile.fromFullPath(path or "twistd.log")
-        # As twistd: SIGUSR1 rotates the log.
-        signal.signal(signal.SIGUSR1, lambda *_: reactor.callFromThread(log_file.rotate))
-        return log_file
-
-
-def for_twistd(service, options):
-    """
-    C{service} as a twistd plugin's C{makeService} should return it: with
-    C{-d} deciding the log level and C{--log_format}/C{--log_file} its
-    format and file, unless twistd was told how to log (C{--logger},
-    C{--syslog}). Outside twistd, C{service} itself.
-    """
-    twistd = getattr(options, "parent", None)
-    if twistd is None or not hasattr(twistd, "get") or twistd.get("logger") or twistd.get("syslog"):
-        return service
-    return _TwistdLogLevel(service, bool(options.get("debug")), twistd, options.get("log_format") or "text",
-                           options.get("log_file"))
+from dispycos.logs import log_predicate, start_logging  # noqa: F401 (log_predicate: API)
 
 
 def _run_service(options_class, make_service, argv, prog):
@@ -112,14 +57,14 @@ def node_main(argv=None):
     from dispycos import _lean
 
     _lean.import_twisted()  # the node never needs Twisted's own TLS plumbing
-    from dispycos.node.tap import Options, makeService
+    from dispycos.node.tap import Options, makeService  # only now: after _lean
 
     _run_service(Options, makeService, sys.argv[1:] if argv is None else argv, "dispycosnode")
 
 
 def scheduler_main(argv=None):
     """Entry point of C{dispycos}, the shared scheduler."""
-    from dispycos.scheduler.tap import Options, makeService
+    from dispycos.scheduler.tap import Options, makeService  # lazily, as node_main's
 
     _run_service(Options, makeService, sys.argv[1:] if argv is None else argv, "dispycos")
 

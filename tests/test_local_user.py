@@ -24,7 +24,7 @@ from dispycos import paths
 from dispycos.node import configfile
 from dispycos.protocol import streams
 from dispycos.errors import FileTransferError
-from dispycos.node.tap import PID_FILE_NAME, check_pid_file
+from dispycos.node.pidfile import PID_FILE_NAME, check_pid_file
 
 from .conftest import NOBODY, NodeProcess, Session, env_for_children, run_as_nobody, stop_node_process
 

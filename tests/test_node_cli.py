@@ -23,7 +23,8 @@ from twisted.python import usage
 
 from dispycos import Computation, Scheduler
 from dispycos.node.tap import Options as NodeOptions
-from dispycos.node.tap import PID_FILE_NAME, check_pid_file, makeService
+from dispycos.node.pidfile import PID_FILE_NAME, check_pid_file
+from dispycos.node.tap import makeService
 
 from .conftest import NodeProcess, env_for_children
 

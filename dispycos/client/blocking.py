@@ -43,6 +43,10 @@ from dispycos.client.background import ReactorThreadError, call, wait
 from dispycos.errors import TimeoutError
 from dispycos.status import Status
 
+# The Deferred API's modules (tasks, computation, scheduler, local) are
+# imported where first used: importing this module starts no reactor and
+# loads little.
+
 __all__ = ["Scheduler", "LocalCluster", "Computation", "Client", "RemoteTask", "Task", "TaskRef", "MapIterator",
            "ReactorThreadError", "TimeoutError", "call"]
 

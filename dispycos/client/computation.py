@@ -16,22 +16,22 @@ from twisted.logger import Logger
 from zope.interface import implementer
 
 from dispycos import config, metrics, serialize
-from dispycos.scheduler.allocate import DispycosNodeAllocate, allocate_cpus
 from dispycos.client.attempts import TaskControl, TaskOptions
-from dispycos.protocol.discovery import find_scheduler
+from dispycos.client.mapping import MapRun, run_results
+from dispycos.client.schedclient import RemoteScheduler
 from dispycos.errors import ComputationClosed, NoServerError, PicklingError, ScheduleError
 from dispycos.interfaces import IComputationEvents
-from dispycos.client.mapping import MapRun, run_results
 from dispycos.paths import resolve_secret
-from dispycos.protocol.auth import CLIENT, key_from_secret
+from dispycos.peer.outcomes import ABANDONED, OK, outcome_result
 from dispycos.peer.runtime import runtime_for
-from dispycos.client.schedclient import RemoteScheduler
-from dispycos.scheduler.core import private_scheduler
-from dispycos.status import DispycosStatus, Location, Status, TaskInfo
+from dispycos.peer.tasks import RemoteTask, Task
+from dispycos.protocol.auth import CLIENT, key_from_secret
+from dispycos.protocol.discovery import find_scheduler
 from dispycos.protocol.streams import send_file
 from dispycos.protocol.tls import TLS
-from dispycos.peer.outcomes import ABANDONED, OK, outcome_result
-from dispycos.peer.tasks import RemoteTask, Task
+from dispycos.scheduler.allocate import DispycosNodeAllocate, allocate_cpus
+from dispycos.scheduler.core import private_scheduler
+from dispycos.status import DispycosStatus, Location, Status, TaskInfo
 
 _ANY_CALLABLE = (types.FunctionType, type)
 
@@ -344,7 +344,7 @@ class Computation(_TaskMethods):
         self.runtime = scheduler.runtime
         self._counts = getattr(scheduler, "counts", None) or self._counts
         if self.forward_output:
-            from dispycos.peer.output import write_output
+            from dispycos.peer.output import write_output  # lazily: forward_output only
 
             self.runtime.task_output = write_output
         # What servers must know of the computation travels with its code.

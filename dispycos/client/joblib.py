@@ -34,6 +34,7 @@ from joblib._parallel_backends import AutoBatchingMixin, ParallelBackendBase, Se
 
 from dispycos import serialize
 from dispycos.client import background
+from dispycos.client.blocking import Computation, LocalCluster, _ComputationAPI
 from dispycos.errors import RemoteTaskError
 
 __all__ = ["DispycosBackend", "RemoteTraceback", "register"]
@@ -73,8 +74,6 @@ class _OwnCluster:
     """The L{LocalCluster} and computation of a block without C{computation=}; closed when dropped."""
 
     def __init__(self):
-        from dispycos.client.blocking import Computation, LocalCluster
-
         self.cluster = LocalCluster(cpus=0).start()
         try:
             self.computation = Computation([run_batch])
@@ -116,8 +115,6 @@ class DispycosBackend(AutoBatchingMixin, ParallelBackendBase):
         super().__init__(nesting_level=nesting_level, inner_max_num_threads=inner_max_num_threads,
                          **backend_kwargs)
         if computation is not None and not hasattr(computation, "executor"):
-            from dispycos.client.blocking import _ComputationAPI
-
             computation = _ComputationAPI(computation)  # a Deferred-API computation
         self._given = computation
         self._own = None

@@ -17,6 +17,7 @@ from twisted.internet.protocol import ProcessProtocol
 from twisted.logger import Logger
 
 from dispycos.errors import DispycosError
+from dispycos.scheduler.core import Scheduler
 
 _READY = re.compile(rb"ready at (\S+):(\d+) with (\d+) servers")
 
@@ -109,8 +110,6 @@ class LocalCluster:
     @defer.inlineCallbacks
     def start(self):
         """Start the node and the scheduler; fires with this cluster."""
-        from dispycos.scheduler.core import Scheduler
-
         self._dir = tempfile.mkdtemp(prefix="dispycos-local-")
         argv = [sys.executable, "-c", _NODE_MAIN % os.getpid(), "-c", str(self.cpus), "-i", "127.0.0.1",
                 "--tcp_ports", "0", "--dest_path", self._dir, "--daemon"]
@@ -181,8 +180,6 @@ class _EnvCluster:
         self.scheduler = None
 
     def start(self):
-        from dispycos.scheduler.core import Scheduler
-
         self.scheduler = Scheduler(nodes=self.nodes, secret=self.secret, reactor=self.reactor)
         return defer.succeed(self)
 

@@ -25,11 +25,11 @@ from twisted.logger import Logger
 
 from dispycos import serialize
 from dispycos.client.attempts import ESCALATE_AFTER, TERMINATE_GRACE
-from dispycos.errors import PicklingError
 from dispycos.client.progress import progress_bar
-from dispycos.status import Status, TaskInfo
+from dispycos.errors import PicklingError
 from dispycos.peer.outcomes import ABANDONED, OK, TERMINATED, TIMEOUT, outcome_result
 from dispycos.peer.tasks import RemoteTask
+from dispycos.status import Status, TaskInfo
 
 #: A group should take about this long on its server (seconds): long enough
 #: that the round trip between groups is a small part, short enough to

@@ -14,14 +14,14 @@ from zope.interface import implementer
 
 from dispycos import config
 from dispycos.errors import ComputationClosed, ConnectionLostError, DispycosError, ScheduleError
-from dispycos.protocol import auth, commands
-from dispycos.protocol.arguments import unpack_items
 from dispycos.interfaces import IScheduler
-from dispycos.protocol.base import DispycosAMP
 from dispycos.paths import resolve_secret
 from dispycos.peer.runtime import runtime_for
-from dispycos.protocol.tls import connect as tls_connect
+from dispycos.protocol import auth, commands
+from dispycos.protocol.arguments import unpack_items
+from dispycos.protocol.base import DispycosAMP
 from dispycos.protocol.streams import send_file
+from dispycos.protocol.tls import connect as tls_connect
 from dispycos.status import DispycosNodeAvailInfo, DispycosNodeInfo, DispycosStatus, Location, Status
 
 

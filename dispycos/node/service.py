@@ -14,13 +14,16 @@ from twisted.internet.protocol import Factory
 from twisted.logger import Logger
 
 from dispycos import config, metrics, paths
-from dispycos.protocol.discovery import Discovery
 from dispycos.errors import DispycosError, FileTransferError, SetupError
+from dispycos.node.console import start_console
+from dispycos.node.pidfile import remove_pid_file, write_pid_file
+from dispycos.node.serverpool import ServerSlot
+from dispycos.node.service_window import ENDED, IN_SERVICE
+from dispycos.protocol import auth, commands
+from dispycos.protocol.discovery import Discovery
 from dispycos.protocol.streams import StreamingAMP, safe_join
 from dispycos.protocol.tls import TLS
 from dispycos.protocol.tls import listen as tls_listen
-from dispycos.protocol import auth, commands
-from dispycos.node.serverpool import ServerSlot
 from dispycos.status import Location
 
 
@@ -608,8 +611,6 @@ class NodeService(service.Service):
             self.log.info("service window ({w}): node is {p}", w=self.service_window, p=self.service_phase)
             self._arm_window()
         if self.stdin_commands:
-            from dispycos.node.console import start_console
-
             # "auto": only when stdin is a terminal we are in the foreground of
             # (checked now: twistd may have daemonized since makeService).
             self.console = start_console(self, require_terminal=self.stdin_commands == "auto")
@@ -729,8 +730,6 @@ class NodeService(service.Service):
         self._window_timer = None
         if self.stopping:
             return
-        from dispycos.node.service_window import ENDED, IN_SERVICE
-
         phase = self.service_window.phase(self._local_now())
         if phase != self.service_phase:
             self.service_phase = phase
@@ -747,8 +746,6 @@ class NodeService(service.Service):
 
     def _write_pid_file(self):
         if self.pid_file:
-            from dispycos.node.tap import write_pid_file
-
             try:
                 write_pid_file(self.pid_file, self)
             except Exception as e:
@@ -756,6 +753,4 @@ class NodeService(service.Service):
 
     def _remove_pid_file(self):
         if self.pid_file:
-            from dispycos.node.tap import remove_pid_file
-
             remove_pid_file(self.pid_file)

@@ -8,9 +8,9 @@ can use to subscribe tasks, send and deliver.
 from twisted.internet import defer
 
 from dispycos import serialize
-from dispycos.protocol import commands
 from dispycos.peer.reactorthread import blocking_in_thread, oneway_in_thread, with_timeout
 from dispycos.peer.runtime import current_runtime
+from dispycos.protocol import commands
 from dispycos.status import Location
 
 

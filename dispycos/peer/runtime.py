@@ -17,20 +17,20 @@ from twisted.internet import defer
 from twisted.internet.protocol import Factory
 from twisted.logger import Logger
 
-from dispycos import serialize
 from dispycos import config
+from dispycos import serialize
 from dispycos.errors import (ComputationClosed, ConnectionLostError, DispycosError, FileTransferError, MailboxFull,
                      PayloadTooLarge, UnknownTaskError)
+from dispycos.metrics import CountedConnection, Counts
+from dispycos.peer.outcomes import ABANDONED, OK, decode_outcome, decode_outcomes, encode_outcome, error_outcome, outcome_result
+from dispycos.peer.reactorthread import with_timeout
 from dispycos.protocol import commands
 from dispycos.protocol.arguments import unpack_items
-from dispycos.status import Location
 from dispycos.protocol.streams import StreamingAMP, send_blob
 from dispycos.protocol.tls import connect as tls_connect
 from dispycos.protocol.tls import listen as tls_listen
-from dispycos.metrics import CountedConnection, Counts
-from dispycos.peer.outcomes import ABANDONED, OK, decode_outcome, decode_outcomes, encode_outcome, error_outcome, outcome_result
 from dispycos.protocol.transport import write_now
-from dispycos.peer.reactorthread import with_timeout
+from dispycos.status import Location
 
 #: How many finished tasks' outcomes a process keeps for C{WaitTask}.
 KEEP_FINISHED = 10000

@@ -17,15 +17,15 @@ from twisted.logger import Logger
 from twisted.python.failure import Failure
 
 from dispycos import config
-from dispycos.peer.channels import ChannelRef
 from dispycos.errors import ConnectionLostError, MailboxFull, TaskTerminated, TimeoutError, UnknownTaskError
+from dispycos.peer.channels import ChannelRef
 from dispycos.peer.outcomes import (ABANDONED, ERROR, OK, TERMINATED, decode_outcome, decode_outcomes, encode_outcome,
                        encode_outcomes, error_outcome, outcome_result, plain_outcome)
 from dispycos.peer.programs import start_program
 from dispycos.peer.reactorthread import blocking_in_thread, in_worker_thread, oneway_in_thread, with_timeout
 from dispycos.peer.runtime import current_runtime
-from dispycos.status import Location
 from dispycos.protocol.streams import send_file
+from dispycos.status import Location
 
 log = Logger()
 

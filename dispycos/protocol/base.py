@@ -17,8 +17,8 @@ from dispycos import config
 from dispycos.errors import AuthenticationError, ConnectionLostError, PayloadTooLarge
 from dispycos.protocol import auth, commands
 from dispycos.protocol.arguments import pack_items
-from dispycos.protocol.transport import write_now
 from dispycos.protocol.tls import channel_binding
+from dispycos.protocol.transport import write_now
 
 _OPEN_COMMANDS = (b"Hello", b"Authenticate")
 

@@ -22,6 +22,7 @@ from twisted.internet.protocol import DatagramProtocol
 from twisted.logger import Logger
 
 from dispycos import config
+from dispycos.status import Location
 
 MAGIC = b"DISPYCOS1\n"
 TAG_BYTES = 32
@@ -224,8 +225,6 @@ def find_scheduler(reactor, key, host="127.0.0.1", port=config.SchedulerPort, ti
     and fire with the L{Location} of the first that answers, or None.
     """
     from twisted.internet import defer
-
-    from dispycos.status import Location
 
     result = defer.Deferred()
 

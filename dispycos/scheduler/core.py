@@ -21,16 +21,16 @@ from zope.interface import implementer
 from dispycos import config, metrics
 from dispycos.errors import (AuthenticationError, ComputationClosed, ConnectionLostError, DispycosError, FileTransferError,
                      NoServerError, ScheduleError, SetupError)
+from dispycos.interfaces import IScheduler
+from dispycos.paths import read_secret_file, resolve_secret
+from dispycos.peer.runtime import Runtime, runtime_for, set_runtime
 from dispycos.protocol import auth, commands
 from dispycos.protocol.base import DispycosAMP
+from dispycos.protocol.discovery import Discovery
+from dispycos.protocol.streams import send_file
 from dispycos.protocol.tls import TLS
 from dispycos.protocol.tls import connect as tls_connect
-from dispycos.protocol.discovery import Discovery
-from dispycos.interfaces import IScheduler
-from dispycos.peer.runtime import Runtime, runtime_for, set_runtime
 from dispycos.status import DispycosNodeAvailInfo, DispycosNodeInfo, DispycosStatus, Location, Status
-from dispycos.protocol.streams import send_file
-from dispycos.paths import read_secret_file, resolve_secret
 
 
 class _NodeClient(metrics.CountedConnection, DispycosAMP):

@@ -22,9 +22,9 @@ from dispycos.errors import ComputationClosed, DispycosError, FileTransferError
 from dispycos.interfaces import IComputationEvents
 from dispycos.protocol import auth, commands
 from dispycos.protocol.arguments import unpack_items
-from dispycos.scheduler.core import Scheduler
 from dispycos.protocol.streams import StreamingAMP, safe_join
 from dispycos.protocol.tls import listen as tls_listen
+from dispycos.scheduler.core import Scheduler
 from dispycos.status import DispycosStatus, Location
 
 
@@ -350,7 +350,7 @@ class SchedulerService(service.Service):
         if self.metrics_port is not None:
             self.metrics = metrics.serve_shared_scheduler(self, self.metrics_host, self.metrics_port)
         if self.http_port is not None:
-            from dispycos.httpd import HTTPServer
+            from dispycos.httpd import HTTPServer  # lazily: twisted.web only with a monitor
 
             host = self.hosts[0] if self.hosts[0] not in ("", "0.0.0.0") else "127.0.0.1"
             tls = self.scheduler.tls
@@ -359,7 +359,7 @@ class SchedulerService(service.Service):
                                       certfile=self.scheduler_options.get("certfile") if tls.cert else None,
                                       keyfile=self.scheduler_options.get("keyfile") if tls.cert else None)
         if self.stdin_commands:
-            from dispycos.node.console import SchedulerConsole, start_console
+            from dispycos.node.console import SchedulerConsole, start_console  # lazily: only with a console
 
             self.console = start_console(self, require_terminal=self.stdin_commands == "auto",
                                          console=SchedulerConsole)

@@ -6,6 +6,8 @@ C{twistd dispycos}).
 
 
 
+from dispycos import config
+from dispycos.logs import for_twistd
 from dispycos.options import UnderscoreOptions
 
 
@@ -45,7 +47,6 @@ class Options(UnderscoreOptions):
 
 
     def postOptions(self):
-        from dispycos import config
         from twisted.python import usage
 
         try:
@@ -65,8 +66,7 @@ def makeService(options, reactor=None):
         from twisted.internet import reactor
     from twisted.python import usage
 
-    from dispycos.scripts import for_twistd
-    from dispycos.scheduler.shared import SchedulerService
+    from dispycos.scheduler.shared import SchedulerService  # lazily: plugin discovery imports this module
 
     try:
         dest_path = options.private_dest_path()

@@ -20,12 +20,14 @@ from twisted.protocols import amp
 
 from dispycos import serialize
 from dispycos.errors import DispycosError, SetupError
-from dispycos.protocol import commands
-from dispycos.status import Location
-from dispycos.server.taskrunner import ServerGroup, Starter, resolve_function
+from dispycos.logs import start_logging
 from dispycos.peer.outcomes import error_outcome, plain_outcome
 from dispycos.peer.reactorthread import in_worker_thread
+from dispycos.peer.runtime import Runtime, set_runtime
 from dispycos.peer.tasks import Task
+from dispycos.protocol import commands
+from dispycos.server.taskrunner import ServerGroup, Starter, resolve_function
+from dispycos.status import Location
 
 _FD_IN, _FD_OUT = 3, 4
 #: Exit status of a server that ends itself because a terminated task would not end.
@@ -181,7 +183,7 @@ class Server:
         _in_globals(self.components, "dispycos_close_server", self.close_server)
         _in_globals(self.components, "dispycos_close_node", self.close_node)
         if settings.get("forward_output") and self.output is None:
-            from dispycos.peer.output import Output
+            from dispycos.peer.output import Output  # lazily: forward_output only
 
             self.output = Output(self.reactor, str(self.runtime.location))
         self.runtime.keys[computation] = key
@@ -421,18 +423,15 @@ def main(argv=None):
     from twisted.internet import reactor, stdio
     from twisted.python.threadpool import ThreadPool
 
-    from dispycos.logs import start_logging
-
     # (JSON records on stderr: the node logs them as its own, see ServerSlot.)
     start_logging(args.debug, log_format=args.log_format)
-    from dispycos.peer.runtime import Runtime, set_runtime
 
     pool = ThreadPool(minthreads=1, maxthreads=64, name="dispycos-tasks")
     pool.start()
     reactor.addSystemEventTrigger("during", "shutdown", pool.stop)
     runtime = Runtime(reactor, host=args.host, port=args.port, announce=args.announce, threadpool=pool)
     if args.certfile or args.cafile:
-        from dispycos.protocol.tls import TLS
+        from dispycos.protocol.tls import TLS  # lazily: pyOpenSSL only for a TLS server
 
         runtime.tls = TLS(args.certfile, args.keyfile, args.cafile)
     runtime.listen()

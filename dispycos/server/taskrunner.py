@@ -21,11 +21,12 @@ from twisted.logger import Logger
 from twisted.python.failure import Failure
 
 from dispycos import serialize
-from dispycos.protocol import commands
-from dispycos.peer.runtime import INLINE_LIMIT
+from dispycos.errors import DispycosError
 from dispycos.errors import TaskTerminated
 from dispycos.peer.outcomes import OK, TERMINATED, encode_outcome, encode_outcomes, error_outcome
+from dispycos.peer.runtime import INLINE_LIMIT
 from dispycos.peer.tasks import Task, _async_raise, _Runner, _SinkRunner, _wants_task
+from dispycos.protocol import commands
 
 #: Seconds of task starts (of tasks that end at once) in one reactor turn.
 SLICE = 0.005
@@ -358,8 +359,6 @@ class ServerGroup:
 
 def resolve_function(server, proto, ref):
     """The function a task creation names: a component's name, or the id of code defined before."""
-    from dispycos.errors import DispycosError
-
     if isinstance(ref, str):
         fn = server.components.get(ref)
         if fn is None:

@@ -22,8 +22,7 @@ from dispycos.node.service_window import ENDED, IN_SERVICE
 from dispycos.protocol import auth, commands
 from dispycos.protocol.discovery import Discovery
 from dispycos.protocol.streams import StreamingAMP, safe_join
-from dispycos.protocol.tls import TLS
-from dispycos.protocol.tls import listen as tls_listen
+from dispycos.protocol.tls import listen as tls_listen, TLS
 from dispycos.status import Location
 
 

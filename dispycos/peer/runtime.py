@@ -17,18 +17,17 @@ from twisted.internet import defer
 from twisted.internet.protocol import Factory
 from twisted.logger import Logger
 
-from dispycos import config
-from dispycos import serialize
+from dispycos import config, serialize
 from dispycos.errors import (ComputationClosed, ConnectionLostError, DispycosError, FileTransferError, MailboxFull,
-                     PayloadTooLarge, UnknownTaskError)
+                             PayloadTooLarge, UnknownTaskError)
 from dispycos.metrics import CountedConnection, Counts
-from dispycos.peer.outcomes import ABANDONED, OK, decode_outcome, decode_outcomes, encode_outcome, error_outcome, outcome_result
+from dispycos.peer.outcomes import (ABANDONED, OK, decode_outcome, decode_outcomes, encode_outcome, error_outcome,
+                                    outcome_result)
 from dispycos.peer.reactorthread import with_timeout
 from dispycos.protocol import commands
 from dispycos.protocol.arguments import unpack_items
 from dispycos.protocol.streams import StreamingAMP, send_blob
-from dispycos.protocol.tls import connect as tls_connect
-from dispycos.protocol.tls import listen as tls_listen
+from dispycos.protocol.tls import connect as tls_connect, listen as tls_listen
 from dispycos.protocol.transport import write_now
 from dispycos.status import Location
 

@@ -20,7 +20,7 @@ from dispycos import config
 from dispycos.errors import ConnectionLostError, MailboxFull, TaskTerminated, TimeoutError, UnknownTaskError
 from dispycos.peer.channels import ChannelRef
 from dispycos.peer.outcomes import (ABANDONED, ERROR, OK, TERMINATED, decode_outcome, decode_outcomes, encode_outcome,
-                       encode_outcomes, error_outcome, outcome_result, plain_outcome)
+                                    encode_outcomes, error_outcome, outcome_result, plain_outcome)
 from dispycos.peer.programs import start_program
 from dispycos.peer.reactorthread import blocking_in_thread, in_worker_thread, oneway_in_thread, with_timeout
 from dispycos.peer.runtime import current_runtime

@@ -21,8 +21,7 @@ from twisted.logger import Logger
 from twisted.python.failure import Failure
 
 from dispycos import serialize
-from dispycos.errors import DispycosError
-from dispycos.errors import TaskTerminated
+from dispycos.errors import DispycosError, TaskTerminated
 from dispycos.peer.outcomes import OK, TERMINATED, encode_outcome, encode_outcomes, error_outcome
 from dispycos.peer.runtime import INLINE_LIMIT
 from dispycos.peer.tasks import Task, _async_raise, _Runner, _SinkRunner, _wants_task

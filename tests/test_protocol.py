@@ -23,7 +23,7 @@ from dispycos.errors import AuthenticationError, ConnectionLostError, PayloadToo
 from dispycos.protocol import auth, commands
 from dispycos.protocol.arguments import BigBytes, pack_items, unpack_items
 from dispycos.protocol.base import PendingConnections, BATCH_BYTES, DispycosAMP
-from dispycos.peer.runtime import PeerAMP
+from dispycos.peer.connection import PeerAMP
 from dispycos.status import Location
 
 # -- helpers ----------------------------------------------------------------------

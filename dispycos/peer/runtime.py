@@ -8,7 +8,6 @@ Clients and servers talk directly (no relay through the node or scheduler);
 small one-way messages are batched per connection.
 """
 
-import contextvars
 import itertools
 import weakref
 from collections import OrderedDict
@@ -17,16 +16,13 @@ from twisted.internet import defer
 from twisted.internet.protocol import Factory
 from twisted.logger import Logger
 
-from dispycos import config, serialize
-from dispycos.errors import (ComputationClosed, ConnectionLostError, DispycosError, FileTransferError, MailboxFull,
-                             PayloadTooLarge, UnknownTaskError)
-from dispycos.metrics import CountedConnection, Counts
-from dispycos.peer.outcomes import (ABANDONED, OK, decode_outcome, decode_outcomes, encode_outcome, error_outcome,
-                                    outcome_result)
-from dispycos.peer.reactorthread import with_timeout
+from dispycos.errors import ComputationClosed, ConnectionLostError, DispycosError, FileTransferError, PayloadTooLarge
+from dispycos.metrics import Counts
+from dispycos.peer.connection import INLINE_LIMIT, PeerAMP, _reading
+from dispycos.peer.messaging import Messaging
+from dispycos.peer.outcomes import ABANDONED, OK, decode_outcome, decode_outcomes, encode_outcome, error_outcome
 from dispycos.protocol import commands
-from dispycos.protocol.arguments import unpack_items
-from dispycos.protocol.streams import StreamingAMP, send_blob
+from dispycos.protocol.streams import send_blob
 from dispycos.protocol.tls import connect as tls_connect, listen as tls_listen
 from dispycos.protocol.transport import write_now
 from dispycos.status import Location
@@ -35,16 +31,11 @@ from dispycos.status import Location
 KEEP_FINISHED = 10000
 #: ... and at most about this many bytes of them.
 KEEP_BYTES = 64 * 1024 * 1024
-#: Payloads larger than this travel as streams (blobs), not inline.
-INLINE_LIMIT = config.MaxInlineBytes - 4096
 #: The first id of tasks a process creates elsewhere (ids below are its own tasks').
 REMOTE_TIDS = 1 << 40
 
 #: Each reactor's runtime (a process normally has one reactor, and one runtime).
 _runtimes = weakref.WeakKeyDictionary()
-#: The runtime whose connection is being read: task references unpickled
-#: meanwhile belong to it.
-_reading = contextvars.ContextVar("dispycos_runtime", default=None)
 
 
 def runtime_for(reactor, create=False):
@@ -82,210 +73,6 @@ def current_runtime(create=True):
     return runtime_for(reactor, create)
 
 
-class PeerAMP(CountedConnection, StreamingAMP):
-    """A connection between two processes of a computation."""
-
-    def __init__(self, runtime, listening):
-        super().__init__(
-            runtime.reactor,
-            runtime.stream_root,
-            runtime.max_file_size,
-            keyring=runtime.keyring if listening else None,
-            location=str(runtime.location),
-        )
-        self.runtime = runtime
-        self.counts = getattr(runtime, "counts", None)  # (None: a stand-in runtime that counts nothing)
-        self.peer_loc = None
-        self.flush_group = runtime.queued
-        #: Ids of code (L{commands.DefineCode}) sent on this connection.
-        self.sent_codes = set()
-
-    def authenticated_as_listener(self):
-        self.runtime._accepted(self)
-
-    def ampBoxReceived(self, box):
-        token = _reading.set(self.runtime)
-        try:
-            super().ampBoxReceived(box)
-        finally:
-            _reading.reset(token)
-
-    def connectionLost(self, reason):
-        super().connectionLost(reason)
-        self.runtime._lost(self)
-
-    # -- channels owned here -------------------------------------------------------
-
-    def _channel(self, name):
-        channel = self.runtime.channels.get(name)
-        if channel is None:
-            raise UnknownTaskError("no channel %r at %s" % (name, self.runtime.location))
-        return channel
-
-    @commands.ChannelOp.responder
-    def _channel_op(self, name, op, task):
-        channel = self._channel(name)
-        if op == "lookup":
-            return {"count": len(channel.subscribers)}
-        ref = serialize.loads(task)
-        d = channel.subscribe(ref) if op == "subscribe" else channel.unsubscribe(ref)
-        return d.addCallback(lambda n: {"count": n})
-
-    @commands.ChannelSend.responder
-    def _channel_send(self, name, message, acked, n, timeout):
-        channel = self._channel(name)
-        msg = serialize.loads(message)
-        if not acked and not n:
-            channel.send(msg)
-            return {"count": len(channel.subscribers)}
-        return channel.deliver(msg, timeout, n).addCallback(lambda c: {"count": c})
-
-    # -- tasks -------------------------------------------------------------------------
-
-    @commands.RunTasks.responder
-    def _run_tasks(self, batch):
-        executor = self.runtime.executor
-        if executor is None:
-            self.log.warn("{peer} asked a process that runs no tasks to run some", peer=self._peer())
-            return {}
-        for tid, blob in unpack_items(batch):
-            executor.create(self, tid, blob)
-        return {}
-
-    @commands.RunTaskBlob.responder
-    def _run_task_blob(self, task, blob):
-        executor = self.runtime.executor
-        if executor is not None:
-            try:
-                data = self.payload(None, blob)
-            except Exception as e:
-                self.runtime.creation_failed(self, task, e)
-                return {}
-            executor.create(self, task, data)
-        return {}
-
-    @commands.DefineCode.responder
-    def _define_code(self, id, code):
-        self.runtime.codes[id] = code
-        return {}
-
-    @commands.RunGroup.responder
-    def _run_group(self, task, count, calls):
-        executor = self.runtime.executor
-        if executor is not None:
-            executor.create_group(self, task, count, calls)
-        return {}
-
-    @commands.GroupEnded.responder
-    def _group_ended(self, task, start, outcomes, seconds=None):
-        self.runtime.group_outcomes(task, start, outcomes, seconds)
-        return {}
-
-    @commands.Messages.responder
-    def _messages(self, batch):
-        tasks = self.runtime.tasks
-        refused = set()
-        unknown = set()
-        for tid, blob in unpack_items(batch):
-            task = tasks.get(tid)
-            if task is None:
-                unknown.add(tid)
-                continue
-            if tid in refused:
-                continue
-            try:
-                msg = serialize.loads(blob)
-            except Exception as e:
-                self.log.warn("message for task {tid} could not be unpickled: {e!r}", tid=tid, e=e)
-                continue
-            try:
-                task._put(msg, len(blob))
-            except MailboxFull as e:
-                refused.add(tid)
-                self.log.warn("{e}", e=e)
-                self.callRemote(commands.MessagesRefused, task=tid, reason=str(e))
-        if unknown:
-            self.log.warn("messages for {n} unknown task(s) dropped (e.g. {tid})", n=len(unknown), tid=min(unknown))
-        return {}
-
-    @commands.MessagesRefused.responder
-    def _messages_refused(self, task, reason):
-        if self.peer_loc is not None:
-            self.runtime.refused[(self.peer_loc, task)] = reason
-        return {}
-
-    @commands.TaskOutput.responder
-    def _task_output(self, batch):
-        output = getattr(self.runtime, "task_output", None)
-        if output is not None:  # only a client that asked for it (forward_output) writes anything
-            for stream, lines in unpack_items(batch):
-                output(stream, lines)
-        return {}
-
-    @commands.Deliver.responder
-    def _deliver(self, task, message, message_blob=None):
-        message = self.payload(message, message_blob)
-        t = self.runtime.tasks.get(task)
-        if t is None:
-            raise UnknownTaskError("no task %d at %s" % (task, self.runtime.location))
-        size = message.size if message_blob is not None else len(message)
-        try:
-            msg = serialize.loads(message)
-        except Exception as e:
-            raise DispycosError("the message could not be unpickled here: %s: %s" % (type(e).__name__, e))
-        if not t._put(msg, size):
-            raise UnknownTaskError("task %d at %s has ended" % (task, self.runtime.location))
-        return {}
-
-    @commands.TaskEnded.responder
-    def _task_ended(self, batch):
-        outcome = self.runtime.remote_outcome
-        for tid, blob in unpack_items(batch):
-            outcome(tid, blob)
-        return {}
-
-    @commands.TaskEndedBlob.responder
-    def _task_ended_blob(self, task, blob):
-        try:
-            data = self.payload(None, blob)
-        except Exception as e:
-            self.log.warn("outcome of task {t} lost: {e}", t=task, e=e)
-            data = encode_outcome((ABANDONED, "its outcome was lost: %s" % (e,)))
-        self.runtime.remote_outcome(task, data)
-        return {}
-
-    @commands.WaitTask.responder
-    def _wait_task(self, task):
-        rt = self.runtime
-        t = rt.tasks.get(task)
-        if t is not None:
-            d = defer.Deferred()
-            t._waiters.append(d)
-            return d.addCallback(lambda _: self._outcome_answer(t.outcome))
-        if task in rt.finished:
-            return self._outcome_answer(rt.finished[task])
-        raise UnknownTaskError("no task %d at %s" % (task, rt.location))
-
-    def _outcome_answer(self, outcome):
-        blob = encode_outcome(outcome)
-        if len(blob) <= INLINE_LIMIT:
-            return {"outcome": blob}
-        return send_blob(self, blob).addCallback(lambda r: {"outcome": None, "outcome_blob": r[0]})
-
-    @commands.Terminate.responder
-    def _terminate(self, task, grace=None):
-        rt = self.runtime
-        t = rt.tasks.get(task) or rt.groups.get(task)
-        if t is not None:
-            ended = t.terminate()
-            if grace is not None and rt.executor is not None:
-                rt.executor.end_if_stuck(t, ended, grace)
-            return ended.addCallback(lambda _: {})
-        if task in rt.finished:
-            return {}
-        raise UnknownTaskError("no task %d at %s" % (task, rt.location))
-
-
 class _Link:
     """
     The connection (made or being made) to one location, and what waits
@@ -302,7 +89,7 @@ class _Link:
         self.serial = []
 
 
-class Runtime:
+class Runtime(Messaging):
     """
     Local tasks plus authenticated connections to the other processes of the
     computations this process takes part in.
@@ -688,151 +475,6 @@ class Runtime:
 
     # -- what task references do --------------------------------------------------
 
-    def send(self, ref, msg):
-        if ref.location == self.location:
-            task = self.tasks.get(ref.tid)
-            if task is not None:
-                task._put(msg)
-            return
-        reason = self.refused.get((ref.location, ref.tid))
-        if reason is not None:
-            raise MailboxFull(reason)
-        blob = serialize.dumps(msg, "message")
-        link = self._link(ref.location)
-        if len(blob) > INLINE_LIMIT:
-            # A large message streams first; later ones wait their turn (order).
-            self._serialize(link, (commands.Deliver, ref.tid, (blob, None)))
-        else:
-            self._send(link, (commands.Messages, ref.tid, blob))
-
-    def _serialize(self, link, entry):
-        """
-        Send C{entry} behind a large payload in flight on C{link}: one at a
-        time, in order. A L{commands.Deliver} entry's blob is C{(message,
-        acked)}, C{acked} a Deferred (a C{deliver}) or None (a C{send}).
-        """
-        link.serial.append(entry)
-        if len(link.serial) == 1:
-            self._drain_serial(link)
-
-    @defer.inlineCallbacks
-    def _drain_serial(self, link):
-        while link.serial:
-            command, number, blob = link.serial[0]
-            try:
-                proto = yield self.connection(link.location)
-                if command is commands.Deliver:
-                    yield self._deliver_on(proto, number, *blob)
-                elif command is commands.RunTaskBlob:
-                    parts = blob if isinstance(blob, list) else [blob]
-                    if sum(map(len, parts)) > INLINE_LIMIT:
-                        sid, _ = yield send_blob(proto, parts)
-                        proto.queue_call(commands.RunTaskBlob, task=number, blob=sid)
-                    else:
-                        proto.queue(commands.RunTasks, number, b"".join(parts))
-                else:
-                    self._put(proto, (command, number, blob))
-            except Exception as e:
-                if command is commands.Deliver and blob[1] is not None:
-                    blob[1].errback(e)
-                elif command in (commands.RunTaskBlob, commands.RunTasks):
-                    rt = self.remote.get(number)
-                    if rt is not None:
-                        self._settle(rt, (ABANDONED, "it could not be sent to %s: %s" % (link.location, e)))
-                else:
-                    self.log.warn("message to {loc} lost: {e}", loc=link.location, e=e)
-            link.serial.pop(0)
-
-    @defer.inlineCallbacks
-    def _deliver_on(self, proto, tid, blob, acked):
-        if len(blob) > INLINE_LIMIT:
-            sid, _ = yield send_blob(proto, blob)
-            r = yield proto.callRemote(commands.Deliver, task=tid, message=b"", message_blob=sid)
-        elif acked is not None:
-            r = yield proto.callRemote(commands.Deliver, task=tid, message=blob)
-        else:
-            proto.queue(commands.Messages, tid, blob)
-            r = None
-        if acked is not None:
-            acked.callback(r)
-
-    def drain(self, ref):
-        """
-        Deferred firing once messages queued for C{ref}'s process have gone
-        out (backpressure for fast producers); at once when nothing waits.
-        """
-        link = self.links.get(ref.location)
-        if link is None or link.proto is None:
-            return defer.succeed(None)
-        link.proto.flush()
-        return link.proto.drained()
-
-    def backed_up(self, location):
-        """True while the connection to C{location} cannot take more (thread-safe read)."""
-        link = self.links.get(location)
-        return bool(link is not None and link.proto is not None and link.proto.backed_up)
-
-    def deliver(self, ref, msg, timeout=None):
-        if ref.location == self.location:
-            task = self.tasks.get(ref.tid)
-            if task is None:
-                return defer.fail(UnknownTaskError("no task %s" % (ref,)))
-            return task.deliver(msg)
-        try:
-            blob = serialize.dumps(msg, "message")
-        except Exception as e:
-            return defer.fail(e)
-        try:
-            link = self._link(ref.location)
-        except DispycosError as e:
-            return defer.fail(e)
-        if len(blob) > INLINE_LIMIT or link.serial:
-            d = defer.Deferred()
-            self._serialize(link, (commands.Deliver, ref.tid, (blob, d)))
-        else:
-            d = self.call(ref.location, commands.Deliver, task=ref.tid, message=blob)
-        def delivered(_):
-            self.refused.pop((ref.location, ref.tid), None)  # it takes messages again
-            return 1
-
-        d.addCallback(delivered)
-        return with_timeout(d, timeout, self.reactor, "deliver to %s" % (ref,))
-
-    def wait_task(self, ref, timeout=None):
-        known = self.remote.get(ref.tid)
-        if known is not None and known.location == ref.location:
-            return known.result(timeout)
-        if ref.location == self.location:
-            if ref.tid in self.tasks:
-                return self.tasks[ref.tid].result(timeout)
-            if ref.tid in self.finished:
-                return defer.succeed(None).addCallback(lambda _: outcome_result(self.finished[ref.tid], ref))
-            return defer.fail(UnknownTaskError("no task %s" % (ref,)))
-        def got(r, proto):
-            data = proto.payload(r.get("outcome"), r.get("outcome_blob"))
-            return outcome_result(decode_outcome(data), ref)
-
-        d = self.connection(ref.location)
-        d.addCallback(lambda p: p.callRemote(commands.WaitTask, task=ref.tid).addCallback(got, p))
-        return with_timeout(d, timeout, self.reactor, "result of %s" % (ref,))
-
-    def terminate_group(self, group, grace=None):
-        """Terminate what still runs of a group of tasks this process created (see L{terminate})."""
-        return self._terminate_at(group.location, group.tid, grace)
-
-    def terminate(self, ref, grace=None):
-        """
-        Terminate task C{ref}; with C{grace}, its server process ends itself
-        if the task has not ended C{grace} seconds later (a plain function in a
-        C call), and its node starts a fresh one.
-        """
-        if ref.location == self.location and ref.tid in self.tasks:
-            return self.tasks[ref.tid].terminate()
-        return self._terminate_at(ref.location, ref.tid, grace)
-
-    def _terminate_at(self, location, tid, grace):
-        kw = {} if grace is None else {"grace": float(grace)}
-        return self.call(location, commands.Terminate, task=tid, **kw).addCallback(lambda _: None)
 
     # -- outcomes of tasks this process created elsewhere ---------------------------
 

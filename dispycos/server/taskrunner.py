@@ -22,8 +22,8 @@ from twisted.python.failure import Failure
 
 from dispycos import serialize
 from dispycos.errors import DispycosError, TaskTerminated
+from dispycos.peer.connection import INLINE_LIMIT
 from dispycos.peer.outcomes import OK, TERMINATED, encode_outcome, encode_outcomes, error_outcome
-from dispycos.peer.runtime import INLINE_LIMIT
 from dispycos.peer.tasks import Task, _async_raise, _Runner, _SinkRunner, _wants_task
 from dispycos.protocol import commands
 

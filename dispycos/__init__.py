@@ -48,9 +48,9 @@ _LAZY = {
     "LocalCluster": ".client.local",
     "default_cluster": ".client.local",
     "Scheduler": ".scheduler.core",
-    "RemoteTask": ".peer.tasks",
+    "RemoteTask": ".peer.refs",
     "Task": ".peer.tasks",
-    "TaskRef": ".peer.tasks",
+    "TaskRef": ".peer.refs",
     "as_completed": ".client.completion",
 }
 

@@ -697,7 +697,7 @@ async def test_deliver_through_the_runtime_to_unknown_task_errbacks():
 @pytest_twisted.ensureDeferred
 async def test_task_pickles_into_a_reference():
     from dispycos.peer.runtime import current_runtime
-    from dispycos.peer.tasks import _rebuild_ref
+    from dispycos.peer.refs import _rebuild_ref
 
     rt = current_runtime()
     assert rt.location.addr == "127.0.0.1" and rt.location.port > 0

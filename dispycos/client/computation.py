@@ -23,8 +23,9 @@ from dispycos.errors import ComputationClosed, NoServerError, PicklingError, Sch
 from dispycos.interfaces import IComputationEvents
 from dispycos.paths import resolve_secret
 from dispycos.peer.outcomes import ABANDONED, OK, outcome_result
+from dispycos.peer.refs import RemoteTask
 from dispycos.peer.runtime import runtime_for
-from dispycos.peer.tasks import RemoteTask, Task
+from dispycos.peer.tasks import Task
 from dispycos.protocol.auth import CLIENT, key_from_secret
 from dispycos.protocol.discovery import find_scheduler
 from dispycos.protocol.streams import send_file

@@ -28,7 +28,7 @@ from dispycos.client.attempts import ESCALATE_AFTER, TERMINATE_GRACE
 from dispycos.client.progress import progress_bar
 from dispycos.errors import PicklingError
 from dispycos.peer.outcomes import ABANDONED, OK, TERMINATED, TIMEOUT, outcome_result
-from dispycos.peer.tasks import RemoteTask
+from dispycos.peer.refs import RemoteTask
 from dispycos.status import Status, TaskInfo
 
 #: A group should take about this long on its server (seconds): long enough

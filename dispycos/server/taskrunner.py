@@ -24,7 +24,8 @@ from dispycos import serialize
 from dispycos.errors import DispycosError, TaskTerminated
 from dispycos.peer.connection import INLINE_LIMIT
 from dispycos.peer.outcomes import OK, TERMINATED, encode_outcome, encode_outcomes, error_outcome
-from dispycos.peer.tasks import Task, _async_raise, _Runner, _SinkRunner, _wants_task
+from dispycos.peer.runner import _async_raise, _Runner, _SinkRunner
+from dispycos.peer.tasks import Task, _wants_task
 from dispycos.protocol import commands
 
 #: Seconds of task starts (of tasks that end at once) in one reactor turn.

@@ -5,7 +5,7 @@ The seam between a computation and its scheduler.
 A L{Computation} talks to an L{IScheduler}: the private L{Scheduler} in its
 own process, or L{RemoteScheduler}, the client side of a shared one. A
 scheduler talks back to the computation's L{IComputationEvents}: the
-client's own (L{dispycos.client.computation.ComputationEvents}) or, in a shared
+client's own (L{dispycos.client.events.ComputationEvents}) or, in a shared
 scheduler, the stand-in for a client elsewhere
 (L{dispycos.scheduler.shared.RemoteComputation}).
 """

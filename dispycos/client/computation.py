@@ -13,14 +13,14 @@ import types
 from twisted.internet import defer
 from twisted.logger import Logger
 
-from zope.interface import implementer
 
 from dispycos import config, metrics, serialize
 from dispycos.client.attempts import TaskControl, TaskOptions
-from dispycos.client.mapping import MapRun, run_results
+from dispycos.client.control import ClusterControl
+from dispycos.client.events import ComputationEvents
 from dispycos.client.schedclient import RemoteScheduler
-from dispycos.errors import ComputationClosed, NoServerError, PicklingError, ScheduleError
-from dispycos.interfaces import IComputationEvents
+from dispycos.client.taskapi import _TaskMethods
+from dispycos.errors import ComputationClosed, PicklingError, ScheduleError
 from dispycos.paths import resolve_secret
 from dispycos.peer.outcomes import ABANDONED, OK, outcome_result
 from dispycos.peer.refs import RemoteTask
@@ -28,7 +28,6 @@ from dispycos.peer.runtime import runtime_for
 from dispycos.peer.tasks import Task
 from dispycos.protocol.auth import CLIENT, key_from_secret
 from dispycos.protocol.discovery import find_scheduler
-from dispycos.protocol.streams import send_file
 from dispycos.protocol.tls import TLS
 from dispycos.scheduler.allocate import DispycosNodeAllocate, allocate_cpus
 from dispycos.scheduler.core import private_scheduler
@@ -41,128 +40,7 @@ def _component_name(obj):
     return getattr(obj, "__qualname__", None) or getattr(obj, "__name__", None)
 
 
-def _result_of(rtask):
-    return rtask.result()
-
-
-#: An option of C{options()} not given (keep the current value).
-_KEEP = object()
-
-
-class _TaskMethods:
-    """
-    The methods that create tasks, shared by a L{Computation} (with its
-    default options) and the views C{options()} returns (with theirs).
-    """
-
-    def options(self, retries=_KEEP, retry_on=_KEEP, timeout=_KEEP):
-        """
-        A view of this computation whose C{run*}, C{map} and C{run_results}
-        methods use these options instead (those not given stay): C{retries}
-        (attempts after the first for a task lost with its server or node,
-        or that raised a C{retry_on} type), C{retry_on} (exception classes or
-        names), C{timeout} (seconds a task may run; then it is terminated and
-        C{result()} errbacks with L{dispycos.TaskTimeout})::
-
-            rtask = await comp.options(retries=2, timeout=60).run(compute, 5)
-        """
-        changes = {name: value for name, value in
-                   (("retries", retries), ("retry_on", retry_on), ("timeout", timeout)) if value is not _KEEP}
-        return TaskOptionsView(self._computation, self._options.replace(**changes))
-
-    def run_at(self, where, fn, *args, **kwargs):
-        """
-        Deferred firing with a L{RemoteTask} for C{fn(*args, **kwargs)} on node
-        C{where} (IP or name) or server C{where} (a L{Location}), once it has
-        no CPU task. C{cancel()} before it fires takes the task off the queue.
-        """
-        return self._computation._run(where, fn, args, kwargs, True, self._options)
-
-    def run(self, fn, *args, **kwargs):
-        """
-        Deferred firing with a L{RemoteTask} on the least-loaded free server
-        (C{cancel()} before it fires takes the task off the queue).
-        """
-        return self._computation._run(None, fn, args, kwargs, True, self._options)
-
-    def run_async_at(self, where, fn, *args, **kwargs):
-        """As L{run_at}, but the task does not count as a CPU task."""
-        return self._computation._run(where, fn, args, kwargs, False, self._options)
-
-    def run_async(self, fn, *args, **kwargs):
-        """As L{run}, but the task does not count as a CPU task."""
-        return self._computation._run(None, fn, args, kwargs, False, self._options)
-
-    def run_result_at(self, where, fn, *args, **kwargs):
-        """Deferred firing with the result of C{fn} run at C{where}."""
-        return self.run_at(where, fn, *args, **kwargs).addCallback(_result_of)
-
-    def run_result(self, fn, *args, **kwargs):
-        """Deferred firing with the result of C{fn} run on some server."""
-        return self.run(fn, *args, **kwargs).addCallback(_result_of)
-
-    def run_results(self, fn, iterable, progress=False):
-        """
-        Deferred firing with the list of results of C{fn} over C{iterable}, in
-        input order (a tuple item is the argument list). Errbacks with the
-        first failure. Tasks go to servers in batches (see L{map}). With
-        C{progress}, a progress bar on stderr when it is a terminal.
-        """
-        comp = self._computation
-        try:
-            comp._check_open()
-        except ComputationClosed:
-            return defer.fail()
-        return run_results(comp, fn, iterable, self._options, progress)
-
-    def map(self, fn, iterable, ordered=True, window=None, progress=False):
-        """
-        An async iterator of the results of C{fn} over C{iterable} (a tuple
-        item is the argument list): in input order, or as they come when not
-        C{ordered}. The input is read lazily and at most C{window} tasks
-        (default: 4 x servers x batch size) are submitted and not yet yielded;
-        tasks go to servers in batches sized from their measured durations,
-        each batch one CPU task. The first failure ends the iteration with
-        that error (the map's other tasks are terminated). With retries, the
-        unfinished tasks of a lost batch run again (each result comes once).
-        With C{progress}, a progress bar on stderr when it is a terminal::
-
-            async for result in comp.map(compute, range(1000000)):
-                ...
-        """
-        comp = self._computation
-        comp._check_open()
-        return MapRun(comp, fn, iterable, ordered=ordered, window=window, options=self._options,
-                      progress=progress)
-
-    # pycos names
-    rtask_at = run_at
-    rtask = run
-    io_rtask_at = run_async_at
-    io_rtask = run_async
-
-
-class TaskOptionsView(_TaskMethods):
-    """
-    A computation with other task options (what C{Computation.options()}
-    returns): its C{run*}, C{map} and C{run_results} methods create the
-    computation's tasks with these options.
-    """
-
-    def __init__(self, computation, options):
-        self._computation = computation
-        self._options = options
-
-    @property
-    def computation(self):
-        """The L{Computation} this is a view of."""
-        return self._computation
-
-    def __repr__(self):
-        return "<%r of %r>" % (self._options, self._computation)
-
-
-class Computation(_TaskMethods):
+class Computation(_TaskMethods, ClusterControl):
     """
     A computation: code (C{components}) that runs as tasks on servers.
 
@@ -581,127 +459,12 @@ class Computation(_TaskMethods):
 
     # -- control of nodes and servers ------------------------------------------------
 
-    def _control(self, action, target, args=None, terminate=False, restart=False):
-        if not self._active or self._closed:
-            return defer.fail(ComputationClosed("computation is not scheduled"))
-        blob = None
-        if args:
-            for a in args:
-                serialize.register_by_value(type(a))
-            try:
-                blob = serialize.dumps(tuple(args), "arguments of %s" % action)
-            except PicklingError as e:
-                return defer.fail(e)
-        if isinstance(target, Location):
-            target = str(target)
-        return self._scheduler.control(self._events, action, str(target), blob, terminate, restart)
-
-    def enable_node(self, ip, *setup_args):
-        """Set up a held node (C{disable_nodes}) with C{node_setup(*setup_args)}, or resume it."""
-        return self._control("enable_node", ip, setup_args)
-
-    def enable_server(self, location, *setup_args):
-        """Set up a held server (C{disable_servers}) with C{server_setup(*setup_args)}, or resume it."""
-        return self._control("enable_server", location, setup_args)
-
-    def suspend_node(self, ip):
-        """Place no new tasks on node C{ip} (running ones go on)."""
-        return self._control("suspend_node", ip)
-
-    def resume_node(self, ip):
-        """Place tasks on node C{ip} again."""
-        return self._control("resume_node", ip)
-
-    def suspend_server(self, location):
-        """Place no new tasks on server C{location}."""
-        return self._control("suspend_server", location)
-
-    def resume_server(self, location):
-        """Place tasks on server C{location} again."""
-        return self._control("resume_server", location)
-
-    def close_server(self, location, terminate=False, restart=False):
-        """
-        Close server C{location} once its tasks end (terminate them when
-        C{terminate}); with C{restart} a fresh server process takes its place.
-        """
-        return self._control("close_server", location, terminate=terminate, restart=restart)
-
-    def restart_server(self, location, terminate=False):
-        """C{close_server(location, terminate, restart=True)}."""
-        return self.close_server(location, terminate, restart=True)
-
-    def close_node(self, ip, terminate=False):
-        """Release node C{ip} from this computation (its servers close)."""
-        return self._control("close_node", ip, terminate=terminate)
 
     # -- files -------------------------------------------------------------------------
 
-    @defer.inlineCallbacks
-    def send_file(self, where, path, dir=None, overwrite=False):
-        """
-        Send the file at C{path} to a node (C{where}: its IP address; the file
-        lands in the node directory, C{..} of every server) or to a server
-        (C{where}: its L{Location}; the file lands in its directory), in
-        sub-directory C{dir}. Fires with the absolute path where it landed.
-        """
-        if not self._active or self._closed:
-            raise ComputationClosed("computation is not scheduled")
-        if not os.path.isfile(path):
-            raise ValueError("%r is not a file" % (path,))
-        servers = yield self.servers()
-        if isinstance(where, Location):
-            if where not in servers:
-                raise NoServerError("no server %s in this computation" % (where,))
-            target, dest = where, "server"
-        else:
-            at = [s for s in servers if s.addr == str(where)]
-            if not at:
-                # A node held for enable_node has no servers yet: a private
-                # scheduler sends the file over its own link to that node.
-                proto = self._held_node_link(str(where))
-                if proto is None:
-                    raise NoServerError("no node %s in this computation" % (where,))
-                landed = yield send_file(proto, path, "node", subdir=dir or "", overwrite=overwrite,
-                                         computation=self.id)
-                return landed
-            target, dest = at[0], "node"
-        proto = yield self.runtime.connection(target)
-        landed = yield send_file(proto, path, dest, subdir=dir or "", overwrite=overwrite, computation=self.id)
-        return landed
-
-    def _held_node_link(self, where):
-        return self._scheduler.held_node_link(self._events, where)
 
     # -- queries -----------------------------------------------------------------------
 
-    def nodes(self):
-        """Deferred firing with the addresses of the nodes in use."""
-        if not self._active:
-            return defer.succeed([])
-        return self._scheduler.nodes_of(self._events)
-
-    def servers(self):
-        """Deferred firing with the L{Location}s of the servers in use."""
-        if not self._active:
-            return defer.succeed([])
-        return self._scheduler.servers_of(self._events)
-
-    def tasks(self, where=None):
-        """
-        Deferred firing with the L{RemoteTask}s of this computation still
-        running: all of them, or those on node C{where} (its IP address or
-        name) or on server C{where} (a L{Location}).
-        """
-        running = [t for t in self._tasks.values() if t.outcome is None]
-        if where is None:
-            return defer.succeed(running)
-        if isinstance(where, Location):
-            return defer.succeed([t for t in running if t.location == where])
-        where = str(where)
-        return defer.succeed([t for t in running
-                              if where in (t.location.addr, getattr(t._entry, "node_addr", None),
-                                           getattr(t._entry, "node_name", None))])
 
     # -- closing --------------------------------------------------------------------
 
@@ -752,76 +515,3 @@ class Computation(_TaskMethods):
 Client = Computation
 
 
-@implementer(IComputationEvents)
-class ComputationEvents:
-    """A L{Computation} as its scheduler sees it: what the scheduler tells it, and asks of it."""
-
-    def __init__(self, computation):
-        self._comp = computation
-
-    @property
-    def id(self):
-        return self._comp.id
-
-    @id.setter
-    def id(self, value):
-        self._comp.id = value
-
-    @property
-    def key(self):
-        return self._comp.key
-
-    @key.setter
-    def key(self, value):
-        self._comp.key = value
-
-    @property
-    def status_task(self):
-        return self._comp.status_task
-
-    @status_task.setter
-    def status_task(self, value):
-        self._comp.status_task = value
-
-    pulse_interval = property(lambda self: self._comp.pulse_interval)
-    disable_nodes = property(lambda self: self._comp.disable_nodes)
-    disable_servers = property(lambda self: self._comp.disable_servers)
-    components = property(lambda self: self._comp._components_blob)
-    files = property(lambda self: self._comp._files)
-    allocations = property(lambda self: bool(self._comp.node_allocations))
-
-    def scheduling(self):
-        return self._comp._pending_schedule is not None
-
-    def activated(self):
-        self._comp._activated()
-
-    def server_ready(self):
-        self._comp._server_ready()
-
-    def schedule_failed(self, exc):
-        self._comp._schedule_failed(exc)
-
-    def closed_by_scheduler(self, reason):
-        self._comp._closed_by_scheduler(reason)
-
-    def scheduler_lost(self, exc):
-        self._comp._scheduler_lost(exc)
-
-    def status(self, status, info=None, exception=None):
-        if exception is None:
-            self._comp._status(status, info)
-        else:
-            self._comp._status_raw(DispycosStatus(status, info, exception))
-
-    def status_message(self, msg):
-        self._comp._status_raw(msg)
-
-    def allocate(self, info):
-        return self._comp._allocate(info)
-
-    def setup_names(self):
-        return self._comp._setup_names()
-
-    def close(self, terminate=False):
-        return self._comp.close(terminate=terminate)

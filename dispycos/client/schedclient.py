@@ -17,7 +17,8 @@ from dispycos.errors import ComputationClosed, ConnectionLostError, DispycosErro
 from dispycos.interfaces import IScheduler
 from dispycos.paths import resolve_secret
 from dispycos.peer.runtime import runtime_for
-from dispycos.protocol import auth, commands
+from dispycos.protocol import auth
+from dispycos.protocol import scheduling
 from dispycos.protocol.arguments import unpack_items
 from dispycos.protocol.base import DispycosAMP
 from dispycos.protocol.streams import send_file
@@ -34,12 +35,12 @@ class _SchedulerProtocol(DispycosAMP):
         super().connectionLost(reason)
         self.owner._lost(self)
 
-    @commands.ComputationEvent.responder
+    @scheduling.ComputationEvent.responder
     def _event(self, computation, event, key, reason):
         self.owner._event(computation, event, key, reason)
         return {}
 
-    @commands.AllocateNode.responder
+    @scheduling.AllocateNode.responder
     def _allocate(self, computation, node):
         comp = self.owner.comp
         if comp is None or comp.id != computation:
@@ -48,7 +49,7 @@ class _SchedulerProtocol(DispycosAMP):
                                 DispycosNodeAvailInfo(None, memory=node.get("memory"), disk=node.get("disk")))
         return {"cpus": int(comp.allocate(info))}
 
-    @commands.StatusBatch.responder
+    @scheduling.StatusBatch.responder
     def _statuses(self, batch):
         for _, blob in unpack_items(batch):
             self.owner._status(pickle.loads(blob))
@@ -113,14 +114,14 @@ class RemoteScheduler:
                    "server_setup": server_setup, "disable_nodes": bool(comp.disable_nodes),
                    "disable_servers": bool(comp.disable_servers)}
         files = [(name, path, os.path.getsize(path)) for name, path in comp.files]
-        r = yield proto.callRemote(commands.Submit, components=comp.components,
+        r = yield proto.callRemote(scheduling.Submit, components=comp.components,
                                    files=[[name, size] for name, _, size in files], options=options)
         comp.id = r["computation"]
         # The component files go to the scheduler (it passes them on to nodes), then the computation queues.
         for name, path, _ in files:
             subdir, base = os.path.split(name)
             yield send_file(proto, path, "scheduler", subdir=subdir, overwrite=True, computation=comp.id, name=base)
-        yield proto.callRemote(commands.Enqueue, computation=comp.id)
+        yield proto.callRemote(scheduling.Enqueue, computation=comp.id)
         self._report = "queued at scheduler %s" % (self.location,)
         self._start_pulses()
 
@@ -139,7 +140,7 @@ class RemoteScheduler:
             self.log.warn("scheduler {loc} silent for {s:.1f}s: giving up", loc=self.location, s=silent)
             proto.transport.abortConnection()
             return
-        d = proto.callRemote(commands.ClientPulse, computation=self.comp.id or "")
+        d = proto.callRemote(scheduling.ClientPulse, computation=self.comp.id or "")
         d.addCallbacks(lambda _: setattr(self, "_last_answer", self.reactor.seconds()), lambda f: None)
 
     def _lost(self, proto):
@@ -199,7 +200,7 @@ class RemoteScheduler:
         """
         server = isinstance(where, Location)
         kw = {"avoid": [str(loc) for loc in avoid]} if avoid else {}
-        d = self._call(commands.Place, computation=comp.id, cpu=cpu, where="" if where is None else str(where),
+        d = self._call(scheduling.Place, computation=comp.id, cpu=cpu, where="" if where is None else str(where),
                        server=server, **kw)
         out = defer.Deferred(lambda _: None)
 
@@ -229,24 +230,24 @@ class RemoteScheduler:
 
     def task_done(self, placed, cpu):
         if self.proto is not None:
-            self.proto.queue(commands.TaskDone, int(bool(cpu)), str(placed.location).encode())
+            self.proto.queue(scheduling.TaskDone, int(bool(cpu)), str(placed.location).encode())
 
     def control(self, comp, action, target, args=None, terminate=False, restart=False):
-        return self._call(commands.Control, computation=comp.id, action=action, target=target, args=args,
+        return self._call(scheduling.Control, computation=comp.id, action=action, target=target, args=args,
                           terminate=terminate, restart=restart).addCallback(lambda _: None)
 
     def servers_of(self, comp):
-        d = self._call(commands.Query, computation=comp.id, what="servers")
+        d = self._call(scheduling.Query, computation=comp.id, what="servers")
         return d.addCallback(lambda r: [Location.parse(x, 0) for x in r["result"]])
 
     def nodes_of(self, comp):
-        return self._call(commands.Query, computation=comp.id, what="nodes").addCallback(lambda r: r["result"])
+        return self._call(scheduling.Query, computation=comp.id, what="nodes").addCallback(lambda r: r["result"])
 
     @defer.inlineCallbacks
     def release(self, comp, terminate=False):
         try:
             if comp.id is not None and self.proto is not None:
-                yield self._call(commands.CloseComputation, computation=comp.id, terminate=terminate)
+                yield self._call(scheduling.CloseComputation, computation=comp.id, terminate=terminate)
         except DispycosError as e:
             self.log.warn("closing at the scheduler failed: {e}", e=e)
         finally:

@@ -466,7 +466,7 @@ class Runtime(Messaging):
             self._send(link, (commands.RunTasks, tid, blob))
 
     def send_group(self, location, group, calls, code=None):
-        """Create the tasks of C{group} (a L{dispycos.client.mapping.RemoteGroup}) at C{location}, run one after another."""
+        """Create the tasks of C{group} (a L{dispycos.client.groups.RemoteGroup}) at C{location}, run one after another."""
         link = self._link(location)
         self.remote_groups[group.tid] = group
         if code is not None:

@@ -1,19 +1,20 @@
 # -*- test-case-name: tests.test_protocol -*-
 """
-AMP argument types for values larger than AMP's 64 KiB limit.
+AMP argument types for values larger than AMP's 64 KiB limit, and for JSON
+metadata.
 
 None of these unpickle: they carry bytes, and the responders decide, after
 the peer authenticated, what to decode.
 """
 
+import json
 import struct
 
 from twisted.protocols import amp
 
-from dispycos.protocol.transport import wire_name_to_identifier
-
 from dispycos.config import MaxInlineBytes
 from dispycos.errors import PayloadTooLarge
+from dispycos.protocol.transport import wire_name_to_identifier
 
 _PIECE = 0xFFFF
 
@@ -113,3 +114,19 @@ def unpack_items(data):
         items.append((number, bytes(view[offset : offset + size])))
         offset += size
     return items
+
+
+class JSON(BigBytes):
+    """A JSON document (UTF-8), for metadata; never pickle."""
+
+    def toBox(self, name, strings, objects, proto):
+        key = wire_name_to_identifier(name)
+        if key in objects:
+            objects[key] = json.dumps(objects[key]).encode("utf-8")
+        super().toBox(name, strings, objects, proto)
+
+    def fromBox(self, name, strings, objects, proto):
+        super().fromBox(name, strings, objects, proto)
+        key = wire_name_to_identifier(name)
+        if objects.get(key) is not None:
+            objects[key] = json.loads(objects[key].decode("utf-8"))

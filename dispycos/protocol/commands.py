@@ -1,36 +1,17 @@
 # -*- test-case-name: tests.test_protocol -*-
 """
-Every AMP command of dispycos, grouped by link.
+Every AMP command of dispycos, grouped by link, but for those between a
+client and a shared scheduler (L{dispycos.protocol.scheduling}).
 
 Session commands run first on every TCP connection; until they succeed no
 other command is dispatched (see L{dispycos.protocol.base}). Payload
 arguments are L{BigBytes}: raw bytes that responders unpickle explicitly.
 """
 
-import json
-
 from twisted.protocols import amp
 
-from dispycos.protocol.transport import wire_name_to_identifier
-
 from dispycos import errors
-from dispycos.protocol.arguments import BigBytes
-
-
-class JSON(BigBytes):
-    """A JSON document (UTF-8), for metadata; never pickle."""
-
-    def toBox(self, name, strings, objects, proto):
-        key = wire_name_to_identifier(name)
-        if key in objects:
-            objects[key] = json.dumps(objects[key]).encode("utf-8")
-        super().toBox(name, strings, objects, proto)
-
-    def fromBox(self, name, strings, objects, proto):
-        super().fromBox(name, strings, objects, proto)
-        key = wire_name_to_identifier(name)
-        if objects.get(key) is not None:
-            objects[key] = json.loads(objects[key].decode("utf-8"))
+from dispycos.protocol.arguments import JSON, BigBytes
 
 
 _common_errors = {
@@ -359,126 +340,6 @@ class Close(amp.Command):
 
     arguments = [(b"terminate", amp.Boolean())]
     response = []
-
-
-# -- client ⇄ shared scheduler ----------------------------------------------------
-
-
-class Submit(amp.Command):
-    """
-    Client → scheduler: stage a computation (its pickled C{components}, which
-    the scheduler passes on unread; C{files}: C{[name, size]} of the
-    component files the client streams next); answers with its id at once.
-    """
-
-    arguments = [
-        (b"components", BigBytes()),
-        (b"files", JSON()),
-        (b"options", JSON()),
-    ]
-    response = [(b"computation", amp.Unicode())]
-    errors = _file_errors
-
-
-class Enqueue(amp.Command):
-    """Client → scheduler: the staged computation's files are all there: queue it."""
-
-    arguments = [(b"computation", amp.Unicode())]
-    response = []
-    errors = _file_errors
-
-
-class ComputationEvent(amp.Command):
-    """
-    Scheduler → client: the computation became C{active} (with its C{key}),
-    has a C{ready} server, C{failed} to schedule, or was C{closed}.
-    """
-
-    arguments = [
-        (b"computation", amp.Unicode()),
-        (b"event", amp.Unicode()),
-        (b"key", amp.String()),
-        (b"reason", amp.Unicode()),
-    ]
-    requiresAnswer = False
-
-
-class StatusBatch(amp.Command):
-    """Scheduler → client: pickled status messages for the computation's status_task."""
-
-    arguments = [(b"batch", BigBytes())]
-    requiresAnswer = False
-
-
-class Place(amp.Command):
-    """Client → scheduler: choose a server for a task (answers once one is free)."""
-
-    arguments = [
-        (b"computation", amp.Unicode()),
-        (b"cpu", amp.Boolean()),
-        (b"where", amp.Unicode()),
-        (b"server", amp.Boolean()),
-        # Servers to keep off while another exists (a retried task's earlier ones).
-        (b"avoid", amp.ListOf(amp.Unicode(), optional=True)),
-    ]
-    response = [(b"location", amp.Unicode()), (b"node", amp.Unicode())]
-    errors = _common_errors
-
-
-class TaskDone(amp.Command):
-    """Client → scheduler: one-way batch of C{(cpu, server location)} of ended tasks."""
-
-    arguments = [(b"batch", BigBytes())]
-    requiresAnswer = False
-
-
-class Query(amp.Command):
-    """Client → scheduler: C{nodes} or C{servers} of the computation."""
-
-    arguments = [(b"computation", amp.Unicode()), (b"what", amp.Unicode())]
-    response = [(b"result", JSON())]
-    errors = _common_errors
-
-
-class CloseComputation(amp.Command):
-    """Client → scheduler: close the computation; answers once its nodes are released."""
-
-    arguments = [(b"computation", amp.Unicode()), (b"terminate", amp.Boolean())]
-    response = []
-    errors = _common_errors
-
-
-class ClientPulse(amp.Command):
-    """Client → scheduler heartbeat (both sides count the silence)."""
-
-    arguments = [(b"computation", amp.Unicode())]
-    response = []
-
-
-class AllocateNode(amp.Command):
-    """Scheduler → client: how many servers of this node the computation uses."""
-
-    arguments = [(b"computation", amp.Unicode()), (b"node", JSON())]
-    response = [(b"cpus", amp.Integer())]
-
-
-class Control(amp.Command):
-    """
-    Client → shared scheduler: C{enable_node}, C{enable_server}, C{suspend_node},
-    C{resume_node}, C{suspend_server}, C{resume_server}, C{close_server} or
-    C{close_node} on C{target} (a node address or a server location).
-    """
-
-    arguments = [
-        (b"computation", amp.Unicode()),
-        (b"action", amp.Unicode()),
-        (b"target", amp.Unicode()),
-        (b"args", BigBytes(optional=True)),
-        (b"terminate", amp.Boolean()),
-        (b"restart", amp.Boolean()),
-    ]
-    response = []
-    errors = _common_errors
 
 
 # -- streams (files, and payloads over the inline cap), any peer link ------------------

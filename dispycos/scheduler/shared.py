@@ -20,7 +20,8 @@ from zope.interface import implementer
 from dispycos import config, metrics, paths
 from dispycos.errors import ComputationClosed, DispycosError, FileTransferError
 from dispycos.interfaces import IComputationEvents
-from dispycos.protocol import auth, commands
+from dispycos.protocol import auth
+from dispycos.protocol import scheduling
 from dispycos.protocol.arguments import unpack_items
 from dispycos.protocol.streams import StreamingAMP, safe_join
 from dispycos.protocol.tls import listen as tls_listen
@@ -74,7 +75,7 @@ class RemoteComputation:
 
     def _send(self, event, key=b"", reason=""):
         if self.channel.connected:
-            self.channel.callRemote(commands.ComputationEvent, computation=self.id, event=event, key=key, reason=reason)
+            self.channel.callRemote(scheduling.ComputationEvent, computation=self.id, event=event, key=key, reason=reason)
 
     # -- IComputationEvents ----------------------------------------------------------
 
@@ -91,7 +92,7 @@ class RemoteComputation:
             except Exception:
                 self.log.failure("monitor failed on {msg}", msg=msg)
         if self.channel.connected and not self.closed:
-            self.channel.queue(commands.StatusBatch, 0, pickle.dumps(msg))
+            self.channel.queue(scheduling.StatusBatch, 0, pickle.dumps(msg))
 
     # What the monitor may do to the computation it shows.
     def _control(self, action, target):
@@ -118,7 +119,7 @@ class RemoteComputation:
         avail = info.avail_info
         node = {"addr": info.addr, "name": info.name, "platform": info.platform, "cpus": info.cpus,
                 "memory": avail.memory if avail else None, "disk": avail.disk if avail else None}
-        d = self.channel.callRemote(commands.AllocateNode, computation=self.id, node=node)
+        d = self.channel.callRemote(scheduling.AllocateNode, computation=self.id, node=node)
         return d.addCallback(lambda r: min(r["cpus"], info.cpus))
 
     def activated(self):
@@ -205,13 +206,13 @@ class ClientChannel(metrics.CountedConnection, StreamingAMP):
             raise ComputationClosed("no computation %s for this client" % (computation,))
         return comp
 
-    @commands.Submit.responder
+    @scheduling.Submit.responder
     def _submit(self, components, files, options):
         comp = RemoteComputation(self, components, files, options)
         self.computations[comp.id] = comp
         return {"computation": comp.id}
 
-    @commands.Enqueue.responder
+    @scheduling.Enqueue.responder
     def _enqueue(self, computation):
         comp = self._comp(computation)
         if not comp.queued:
@@ -220,7 +221,7 @@ class ClientChannel(metrics.CountedConnection, StreamingAMP):
             self.service.scheduler.submit(comp)
         return {}
 
-    @commands.Place.responder
+    @scheduling.Place.responder
     def _place(self, computation, cpu, where, server, avoid=None):
         comp = self._comp(computation)
         target = None
@@ -232,7 +233,7 @@ class ClientChannel(metrics.CountedConnection, StreamingAMP):
             return {"location": str(placed.location), "node": placed.node_addr}
         return placed.addCallback(lambda entry: {"location": str(entry.location), "node": entry.node_addr})
 
-    @commands.TaskDone.responder
+    @scheduling.TaskDone.responder
     def _task_done(self, batch):
         scheduler = self.service.scheduler
         if scheduler.active not in self.computations.values():
@@ -244,7 +245,7 @@ class ClientChannel(metrics.CountedConnection, StreamingAMP):
                 scheduler.task_done(entry, bool(cpu))
         return {}
 
-    @commands.Query.responder
+    @scheduling.Query.responder
     def _query(self, computation, what):
         comp = self._comp(computation)
         scheduler = self.service.scheduler
@@ -256,20 +257,20 @@ class ClientChannel(metrics.CountedConnection, StreamingAMP):
             raise DispycosError("unknown query %r" % (what,))
         return d.addCallback(lambda result: {"result": result})
 
-    @commands.Control.responder
+    @scheduling.Control.responder
     def _control(self, computation, action, target, args, terminate, restart):
         comp = self._comp(computation)
         d = self.service.scheduler.control(comp, action, target, args, terminate, restart)
         return d.addCallback(lambda _: {})
 
-    @commands.CloseComputation.responder
+    @scheduling.CloseComputation.responder
     def _close(self, computation, terminate):
         comp = self.computations.pop(computation, None)
         if comp is None:
             return {}
         return comp.close(terminate=terminate).addCallback(lambda _: {})
 
-    @commands.ClientPulse.responder
+    @scheduling.ClientPulse.responder
     def _pulse(self, computation):
         comp = self.computations.get(computation)
         if comp is not None:

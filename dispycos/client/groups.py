@@ -1,0 +1,140 @@
+# -*- test-case-name: tests.test_engine -*-
+"""
+The groups a map sends: L{BatchSizer} sizes them from measured durations (as
+joblib's auto batching does), L{RemoteGroup} is the client's record of one
+group of tasks sent to a server.
+"""
+
+import time
+
+
+#: A group should take about this long on its server (seconds): long enough
+#: that the round trip between groups is a small part, short enough to
+#: balance the last groups over the servers.
+TARGET_SECONDS = 0.05
+
+
+#: ... and never longer than this.
+MAX_SECONDS = 0.5
+
+
+#: Most tasks in one group.
+MAX_BATCH = 100000
+
+
+#: Seconds the first batch of a map may take before the others go out unmeasured.
+PROBE_SECONDS = 0.01
+
+
+#: Largest first batch of a map whose input has a length.
+FIRST_BATCH = 64
+
+
+#: Largest pickled group (arguments) sent at once.
+MAX_GROUP_BYTES = 4 * 1024 * 1024
+
+
+class BatchSizer:
+    """
+    Batch sizes from measured durations, as joblib's auto batching: start
+    small, grow while a batch holds its server for less than the target time
+    (towards the size that would take that long, at most 64 times at once),
+    halve when one takes more than L{MAX_SECONDS}. A batch's time is what
+    its server reports it ran; the rest of the time from sending it to its
+    last outcome is the cost of a batch (round trip, (un)pickling, waiting for
+    a CPU), and the target grows to four times that, so that batches of short
+    tasks are not mostly overhead.
+    """
+
+    def __init__(self, target=TARGET_SECONDS, longest=MAX_SECONDS, largest=MAX_BATCH):
+        self.size = 1
+        self.target = target
+        self.longest = longest
+        self.largest = largest
+        #: Seconds per task (on its server) of the last batch, or None.
+        self.per_task = None
+        #: Seconds a batch costs besides its tasks (the largest seen lately).
+        self.overhead = 0.0
+
+    def _target(self):
+        return max(self.target, 4 * self.overhead)
+
+    def smallest_worth_sending(self):
+        """
+        The fewest tasks a batch should hold at the end of a map: spreading
+        the last tasks over every server only pays for batches that take
+        longer than what a batch costs.
+        """
+        if self.per_task is None:
+            return 1
+        return max(1, int(4 * self.overhead / max(self.per_task, 1e-7)))
+
+    def observe(self, count, seconds, ran=None):
+        """
+        A batch of C{count} tasks took C{seconds} from sending to its last
+        outcome, its tasks C{ran} seconds on their server (None: unknown).
+        """
+        count = max(count, 1)
+        if ran is None or ran > seconds:
+            ran = seconds
+        self.per_task = ran / count
+        self.overhead = max(self.overhead * 0.75, seconds - ran)
+        if count < self.size // 2:
+            return  # a short last batch says little
+        target = self._target()
+        if ran < target:
+            ideal = int(count * target / max(ran, 1e-6))
+            self.size = max(1, min(64 * self.size, ideal, self.largest))
+        elif ran > self.longest and self.size > 1:
+            self.size = max(1, self.size // 2)
+
+
+class RemoteGroup:
+    """
+    The client's record of a group of a map's tasks sent to one server: the
+    map's items C{first}... (or, for a group of tasks sent again, the items
+    C{indices}); with retries or a timeout, their C{calls} and C{attempts}.
+    """
+
+    __slots__ = ("mapper", "entry", "location", "tid", "count", "first", "received", "sent_at", "infos", "ran",
+                 "calls", "indices", "attempts", "faulty", "timed_out", "lost_seen", "watch")
+
+    def __init__(self, mapper, entry, tid, count, first, infos=None, calls=None, indices=None, attempts=None):
+        self.mapper = mapper
+        self.entry = entry
+        self.location = entry.location
+        self.tid = tid
+        self.count = count
+        self.first = first
+        self.received = 0
+        self.sent_at = time.monotonic()
+        self.infos = infos
+        #: Seconds its tasks held their server so far (as the server reports).
+        self.ran = None
+        self.calls = calls
+        self.indices = indices
+        self.attempts = attempts
+        #: Lost or timed out (its timings say nothing of its tasks).
+        self.faulty = False
+        self.timed_out = False
+        #: Whether the first task it lost (the one that was running) was seen.
+        self.lost_seen = False
+        #: Its timeout (no outcome for that long), then its escalation.
+        self.watch = None
+
+    def index(self, pos):
+        """The map's index of the group's task C{pos}."""
+        indices = self.indices
+        return self.first + pos if indices is None else indices[pos]
+
+    def outcomes(self, start, outcomes, seconds=None):
+        if seconds is not None:
+            self.ran = seconds
+        self.mapper._outcomes(self, start, outcomes)
+
+    def abandoned(self, outcome):
+        """Its server or node was lost: what did not come back is abandoned."""
+        left = self.count - self.received
+        if left > 0:
+            self.faulty = True
+            self.mapper._outcomes(self, self.received, [outcome] * left)

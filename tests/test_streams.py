@@ -308,7 +308,7 @@ def test_raw_frames_send_bytes_parts_as_they_are():
 @pytest.mark.parametrize("protocol", [0, 2, pickle.HIGHEST_PROTOCOL])
 def test_a_blob_gathered_in_pieces_unpickles_without_a_join(protocol):
     from dispycos import serialize
-    from dispycos.protocol.streams import StreamReceiver
+    from dispycos.protocol.receiving import StreamReceiver
 
     value = {"big": os.urandom(300 * 1024), "text": "line\nother", "n": list(range(1000))}
     data = pickle.dumps(value, protocol=protocol)
@@ -325,7 +325,7 @@ def test_a_blob_gathered_in_pieces_unpickles_without_a_join(protocol):
 
 def test_a_blob_chunk_past_its_size_is_refused():
     from dispycos.errors import FileTransferError
-    from dispycos.protocol.streams import StreamReceiver
+    from dispycos.protocol.receiving import StreamReceiver
 
     receiver = StreamReceiver(lambda dest, comp: None)
     sid = receiver.start("blob", "blob", "", "blob", 10, b"\0" * 32, True, "")
@@ -336,7 +336,7 @@ def test_a_blob_chunk_past_its_size_is_refused():
 
 
 def test_a_gathered_blob_reads_no_more_than_it_holds():
-    from dispycos.protocol.streams import StreamReceiver
+    from dispycos.protocol.receiving import StreamReceiver
 
     receiver = StreamReceiver(lambda dest, comp: None)
     sid = receiver.start("blob", "blob", "", "blob", 11, b"\0" * 32, True, "")

@@ -13,7 +13,6 @@ import types
 from twisted.internet import defer
 from twisted.logger import Logger
 
-
 from dispycos import config, metrics, serialize
 from dispycos.client.attempts import TaskControl, TaskOptions
 from dispycos.client.control import ClusterControl

@@ -4,7 +4,9 @@ Control of a computation's nodes and servers, files sent to them, and what runs 
 """
 
 import os
+
 from twisted.internet import defer
+
 from dispycos import serialize
 from dispycos.errors import ComputationClosed, NoServerError, PicklingError
 from dispycos.protocol.streams import send_file

@@ -5,6 +5,7 @@ L{dispycos.interfaces.IComputationEvents} side of the seam).
 """
 
 from zope.interface import implementer
+
 from dispycos.interfaces import IComputationEvents
 from dispycos.status import DispycosStatus
 

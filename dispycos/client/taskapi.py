@@ -6,6 +6,7 @@ C{options()} returns.
 """
 
 from twisted.internet import defer
+
 from dispycos.client.mapping import MapRun, run_results
 from dispycos.errors import ComputationClosed
 

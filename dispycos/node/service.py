@@ -21,7 +21,8 @@ from dispycos.node.serverpool import ServerSlot
 from dispycos.node.service_window import ENDED, IN_SERVICE
 from dispycos.protocol import auth, commands
 from dispycos.protocol.discovery import Discovery
-from dispycos.protocol.streams import StreamingAMP, safe_join
+from dispycos.protocol.receiving import safe_join
+from dispycos.protocol.streams import StreamingAMP
 from dispycos.protocol.tls import listen as tls_listen, TLS
 from dispycos.status import Location
 

@@ -6,7 +6,9 @@ report outcomes, channel operations, termination).
 """
 
 import contextvars
+
 from twisted.internet import defer
+
 from dispycos import config, serialize
 from dispycos.errors import DispycosError, MailboxFull, UnknownTaskError
 from dispycos.metrics import CountedConnection

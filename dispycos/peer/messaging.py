@@ -4,13 +4,13 @@ Messages and requests to tasks in other processes (L{Messaging}, a part of L{dis
 """
 
 from twisted.internet import defer
+
 from dispycos import serialize
 from dispycos.errors import DispycosError, MailboxFull, UnknownTaskError
 from dispycos.peer.outcomes import ABANDONED, decode_outcome, outcome_result
 from dispycos.peer.reactorthread import with_timeout
 from dispycos.protocol import commands
 from dispycos.protocol.streams import send_blob
-
 from dispycos.peer.connection import INLINE_LIMIT
 
 

@@ -7,6 +7,7 @@ elsewhere, with its outcome).
 
 from twisted.internet import defer, threads
 from twisted.python.failure import Failure
+
 from dispycos.errors import TimeoutError
 from dispycos.peer.outcomes import outcome_result
 from dispycos.peer.reactorthread import blocking_in_thread, in_worker_thread

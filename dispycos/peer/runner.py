@@ -7,8 +7,10 @@ the task's client (forward_output).
 """
 
 import ctypes
+
 from twisted.internet import defer
 from twisted.python.failure import Failure
+
 from dispycos.errors import TaskTerminated
 from dispycos.peer.outcomes import OK, TERMINATED, error_outcome
 

@@ -4,6 +4,7 @@ Control of a computation's nodes and servers (L{Controlling}, a part of L{dispyc
 """
 
 from twisted.internet import defer
+
 from dispycos.errors import ComputationClosed, DispycosError, NoServerError
 from dispycos.protocol import commands
 from dispycos.status import Location, Status

@@ -5,7 +5,9 @@ Nodes taken into a computation and servers leaving it (L{Enlisting}, a part of L
 
 import copy
 import os
+
 from twisted.internet import defer
+
 from dispycos.errors import ConnectionLostError, FileTransferError, SetupError
 from dispycos.protocol import commands
 from dispycos.protocol.streams import send_file

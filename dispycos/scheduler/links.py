@@ -6,8 +6,10 @@ L{_NodeClient} connection.
 """
 
 import socket
+
 from twisted.internet import defer, error, task
 from twisted.logger import Logger
+
 from dispycos import config, metrics
 from dispycos.errors import AuthenticationError
 from dispycos.protocol import commands

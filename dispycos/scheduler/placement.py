@@ -4,7 +4,9 @@ Placement of tasks on a computation's servers (L{Placing}, a part of L{dispycos.
 """
 
 from collections import deque
+
 from twisted.internet import defer
+
 from dispycos.errors import ComputationClosed, NoServerError
 from dispycos.status import Location
 

@@ -23,7 +23,8 @@ from dispycos.interfaces import IComputationEvents
 from dispycos.protocol import auth
 from dispycos.protocol import scheduling
 from dispycos.protocol.arguments import unpack_items
-from dispycos.protocol.streams import StreamingAMP, safe_join
+from dispycos.protocol.receiving import safe_join
+from dispycos.protocol.streams import StreamingAMP
 from dispycos.protocol.tls import listen as tls_listen
 from dispycos.scheduler.core import Scheduler
 from dispycos.status import DispycosStatus, Location

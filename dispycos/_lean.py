@@ -53,3 +53,26 @@ def import_twisted(twisted_tls=False):
         import twisted.protocols.amp  # noqa: F401
     finally:
         del sys.modules["OpenSSL"]
+    _refuse_reactor_tls()
+
+
+#: What a task that needs Twisted's own TLS is told in a lean process.
+NO_TWISTED_TLS = ("Twisted's TLS support is off in dispycos node and server processes (they start without "
+                  "pyOpenSSL, see dispycos._lean): start the node with --twisted_tls")
+
+
+def _refuse_reactor_tls():
+    """
+    Make the reactor's C{listenSSL}/C{connectSSL} fail with L{NO_TWISTED_TLS}
+    (instead of Twisted's bare C{"SSL support is not present"}) when Twisted
+    decided at import time that it has no TLS.
+    """
+    from twisted.internet import posixbase, reactor
+
+    if getattr(posixbase, "tls", None) is not None or getattr(posixbase, "ssl", None) is not None:
+        return  # pyOpenSSL was there after all
+
+    def refuse(*args, **kwargs):
+        raise RuntimeError(NO_TWISTED_TLS)
+
+    reactor.listenSSL = reactor.connectSSL = refuse

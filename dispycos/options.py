@@ -8,6 +8,7 @@ import sys
 from twisted.python import usage
 
 from dispycos import config, logs, paths
+from dispycos._twisted import wrap_option_handlers
 
 
 class _Recorder:
@@ -38,7 +39,7 @@ class UnderscoreOptions(usage.Options):
     def __init__(self):
         super().__init__()
         self.given = set()
-        self._dispatch = {name: _Recorder(self, name, handler) for name, handler in self._dispatch.items()}
+        wrap_option_handlers(self, lambda name, handler: _Recorder(self, name, handler))
         for name in self._repeatable:
             self[name] = []
 

@@ -30,6 +30,23 @@ async def test_servers_start_without_pyopenssl(node):
     assert state == {"at_start": False, "reactor_tls": False, "pyopenssl": "OpenSSL"}
 
 
+def listen_ssl():
+    from twisted.internet import reactor, protocol
+
+    try:
+        reactor.listenSSL(0, protocol.Factory(), None, interface="127.0.0.1")
+    except Exception as e:
+        return "%s: %s" % (type(e).__name__, e)
+    return "listened"
+
+
+@pytest_twisted.ensureDeferred
+async def test_a_task_needing_twisted_tls_is_told_how_to_get_it(node):
+    async with Session(node, [listen_ssl]) as comp:
+        answer = await comp.run_result(listen_ssl)
+    assert answer.startswith("RuntimeError: ") and "--twisted_tls" in answer, answer
+
+
 @pytest_twisted.ensureDeferred
 async def test_twisted_tls_option_loads_it():
     node = NodeProcess(cpus=1, args=["--twisted_tls"])

@@ -928,7 +928,7 @@ def _raw_frame(sid, payload, offset=0):
 
 def test_raw_frames_split_anywhere_and_the_parser_resumes_after_them():
     """
-    Guards what dispycos.protocol.transport takes from Twisted's AMP parser
+    Guards what dispycos._twisted takes from Twisted's AMP parser
     (stop_parsing, take_unparsed): a frame's bytes inside the read that held
     its box, frames cut at every 7 bytes, and boxes right after a frame.
     """
@@ -1014,16 +1014,3 @@ def test_a_listener_drops_the_oldest_silent_connection_for_a_new_one(monkeypatch
     pump.flush()
     result_of(d)
     assert server.authenticated and len(factory.dispycos_pending) == 2
-
-
-def test_wire_names_map_as_amp_maps_them():
-    """The one AMP private name dispycos uses (protocol/transport.py) still means what it meant."""
-    from twisted.protocols import amp
-
-    from dispycos.protocol.transport import wire_name_to_identifier
-
-    class Probe(amp.Command):
-        arguments = [(b"some-name", amp.Integer())]
-
-    assert wire_name_to_identifier(b"some-name") == "some_name"
-    assert Probe.parseArguments({b"some-name": b"3"}, None) == {"some_name": 3}  # AMP's own, public

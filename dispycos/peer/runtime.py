@@ -24,7 +24,7 @@ from dispycos.peer.outcomes import ABANDONED, OK, decode_outcome, decode_outcome
 from dispycos.protocol import commands
 from dispycos.protocol.streams import send_blob
 from dispycos.protocol.tls import connect as tls_connect, listen as tls_listen
-from dispycos.protocol.transport import write_now
+from dispycos._twisted import write_now
 from dispycos.status import Location
 
 #: How many finished tasks' outcomes a process keeps for C{WaitTask}.

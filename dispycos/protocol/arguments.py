@@ -14,7 +14,7 @@ from twisted.protocols import amp
 
 from dispycos.config import MaxInlineBytes
 from dispycos.errors import PayloadTooLarge
-from dispycos.protocol.transport import wire_name_to_identifier
+from dispycos._twisted import wire_name_to_identifier
 
 _PIECE = 0xFFFF
 

@@ -18,7 +18,7 @@ from dispycos.errors import AuthenticationError, ConnectionLostError, PayloadToo
 from dispycos.protocol import auth, commands
 from dispycos.protocol.arguments import pack_items
 from dispycos.protocol.tls import channel_binding
-from dispycos.protocol.transport import write_now
+from dispycos._twisted import buffered_bytes, stop_parsing, write_now
 
 _OPEN_COMMANDS = (b"Hello", b"Authenticate")
 
@@ -27,19 +27,6 @@ _OPEN_COMMANDS = (b"Hello", b"Authenticate")
 BATCH_BYTES = 256 * 1024
 #: Largest batch in one box.
 BATCH_BOX = 4 * 1024 * 1024
-
-
-def _buffered(transport):
-    """Bytes a transport (possibly TLS over TCP) holds for its peer."""
-    total = 0
-    seen = 0
-    while transport is not None and seen < 4:
-        seen += 1
-        data = getattr(transport, "dataBuffer", None)
-        if data is not None:
-            total += len(data) - getattr(transport, "offset", 0) + getattr(transport, "_tempDataLen", 0)
-        transport = getattr(transport, "transport", None)
-    return total
 
 
 #: Bytes read from a socket at once while data keeps coming (Twisted reads 64 KiB).
@@ -213,8 +200,7 @@ class DispycosAMP(amp.AMP):
             self._dropped = True
             self.log.warn("dropping {peer}: " + why, peer=self._peer(), **kw)
             self.transport.abortConnection()
-        # AMP's string parser stops at once when paused.
-        self.paused = True
+        stop_parsing(self)
 
     _tcp = None
 
@@ -290,9 +276,9 @@ class DispycosAMP(amp.AMP):
         super().ampBoxReceived(box)
 
     def sendBox(self, box):
-        if _buffered(self.transport) > config.MaxOutgoingBuffer:
+        if buffered_bytes(self.transport) > config.MaxOutgoingBuffer:
             self.log.warn("dropping {peer}: it does not read ({n} bytes queued)", peer=self._peer(),
-                          n=_buffered(self.transport))
+                          n=buffered_bytes(self.transport))
             self.transport.abortConnection()
             return
         super().sendBox(box)

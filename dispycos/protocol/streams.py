@@ -27,7 +27,7 @@ from dispycos import config
 from dispycos.errors import ConnectionLostError, FileTransferError
 from dispycos.protocol import commands
 from dispycos.protocol.base import DispycosAMP
-from dispycos.protocol.transport import stop_parsing, take_unparsed, write_now
+from dispycos._twisted import stop_parsing, take_unparsed, write_now
 from dispycos.protocol.receiving import StreamReceiver, _IncomingBlob
 
 #: The largest C{bytes} part sent as one raw frame as it is; larger parts go

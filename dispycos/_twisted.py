@@ -1,0 +1,113 @@
+# -*- test-case-name: tests.unit.test_twisted_internals,tests.test_protocol -*-
+"""
+Every use of Twisted's private names, in one place.
+
+dispycos reaches under Twisted's public API in a few spots, for speed
+(writing queued bytes now rather than on the reactor's next turn, raw
+frames inside an AMP connection) or where no public hook exists (which
+options a command line gave, how many bytes a transport still holds, AMP's
+argument names). Each helper here falls back to public behaviour when what
+it looks for is missing, and tests/unit/test_twisted_internals.py fails
+loudly when a Twisted release changes what they rely on. Nothing else in
+the package names a private attribute of Twisted.
+"""
+
+from twisted.internet import interfaces
+from twisted.protocols import amp
+
+
+# -- writing now ------------------------------------------------------------------------
+#
+# A server about to run task code (which may hold the reactor for seconds)
+# first hands the outcomes and messages it queued to the kernel, so that no
+# task's code delays what other tasks sent. C{IWriteDescriptor.doWrite} is
+# public interface; whether anything is buffered is read from Twisted's
+# C{FileDescriptor} (when it has no such attribute, the write is simply
+# attempted). A transport that is not a plain TCP connection (TLS, pipes) is
+# left to the reactor.
+
+
+def write_now(transport):
+    """Write what C{transport} buffered to its socket now, when it is (or TLS runs over) an open TCP connection."""
+    if interfaces.ISSLTransport.providedBy(transport):
+        transport = getattr(transport, "transport", None)  # TLS writes its records to the TCP connection at once
+    if not (interfaces.IWriteDescriptor.providedBy(transport) and interfaces.ITCPTransport.providedBy(transport)):
+        return
+    if not getattr(transport, "connected", False) or getattr(transport, "disconnecting", True):
+        return
+    if not getattr(transport, "_tempDataLen", 1) and len(getattr(transport, "dataBuffer", b"x")) <= getattr(
+            transport, "offset", 0):
+        return  # nothing buffered
+    transport.doWrite()
+
+
+# -- raw frames inside an AMP connection -------------------------------------------
+#
+# A stream's bytes follow a StreamData box on the wire as they are, outside
+# AMP's framing (no 64 KiB values to cut and join, no box per chunk). The
+# box's responder runs while AMP's parser works through a read: it stops
+# the parser there, and the bytes it had not parsed yet (the start of the
+# frame, maybe more) are taken from it. Both reach into Twisted's
+# Int16StringReceiver (C{paused}, C{_unprocessed}); tests/test_protocol.py
+# checks that they still mean what they meant.
+
+
+def stop_parsing(proto):
+    """Make AMP's parser stop after the box it is handling (the rest stays unparsed)."""
+    proto.paused = True
+
+
+def take_unparsed(proto):
+    """The bytes AMP's parser received but did not parse; it parses again from the next read."""
+    rest = proto._unprocessed
+    proto._unprocessed = b""
+    proto.paused = False
+    return rest
+
+
+# -- AMP argument names ---------------------------------------------------------------
+#
+# An argument's wire name (bytes) as the Python keyword AMP gives responders;
+# custom Argument types that read several boxes' keys need the same mapping.
+# tests/test_protocol.py checks it still maps as AMP itself does.
+
+#: C{b"some-name"} -> C{"some_name"} (Twisted's own mapping).
+wire_name_to_identifier = amp._wireNameToPythonIdentifier
+
+
+# -- bytes a transport holds ------------------------------------------------------------
+#
+# FileDescriptor keeps what it could not write yet in dataBuffer (from
+# offset on) and _tempDataBuffer (_tempDataLen bytes); TLS over TCP keeps its
+# records in the TCP transport under it.
+
+
+def buffered_bytes(transport):
+    """Bytes a transport (possibly TLS over TCP) holds for its peer (0 when it does not say)."""
+    total = 0
+    seen = 0
+    while transport is not None and seen < 4:
+        seen += 1
+        data = getattr(transport, "dataBuffer", None)
+        if data is not None:
+            total += len(data) - getattr(transport, "offset", 0) + getattr(transport, "_tempDataLen", 0)
+        transport = getattr(transport, "transport", None)
+    return total
+
+
+# -- options a command line gave --------------------------------------------------------
+#
+# usage.Options calls the handler of each option it parses from its
+# _dispatch table (long name -> callable); wrapping those handlers is the
+# only way to learn which options were given rather than defaulted.
+
+
+def wrap_option_handlers(options, wrap):
+    """
+    Replace each option handler C{h} of C{options} (a L{usage.Options}, after
+    its C{__init__}) by C{wrap(name, h)}; C{name} is the option's long name.
+    """
+    table = getattr(options, "_dispatch", None)
+    if not isinstance(table, dict):
+        raise RuntimeError("twisted.python.usage.Options has no _dispatch table: cannot record given options")
+    options._dispatch = {name: wrap(name, handler) for name, handler in table.items()}

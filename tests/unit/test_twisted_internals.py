@@ -1,0 +1,109 @@
+"""
+Guards of dispycos._twisted, the one module that names Twisted's private
+attributes: each test fails loudly when a Twisted release changes what a
+helper relies on (tests/test_protocol.py also drives the raw-frame helpers
+through a whole connection).
+"""
+
+from twisted.internet import abstract
+from twisted.internet.testing import MemoryReactor, StringTransport
+from twisted.protocols import amp
+from twisted.python import usage
+
+from dispycos import _twisted
+
+
+def test_a_file_descriptor_keeps_what_buffered_bytes_counts():
+    fd = abstract.FileDescriptor(reactor=MemoryReactor())
+    fd.connected = True
+    for name in ("dataBuffer", "offset", "_tempDataLen", "_tempDataBuffer"):
+        assert hasattr(fd, name), name
+    assert _twisted.buffered_bytes(fd) == 0
+    fd.write(b"abc")
+    fd.write(b"de")
+    assert _twisted.buffered_bytes(fd) == 5
+    assert _twisted.buffered_bytes(StringTransport()) == 0  # nothing to read: public fallback
+
+
+def test_write_now_writes_what_a_tcp_connection_buffered():
+    written = []
+
+    class Connection(abstract.FileDescriptor):
+        connected, disconnecting = True, False
+
+        def writeSomeData(self, data):
+            written.append(bytes(data))
+            return len(data)
+
+    from zope.interface import directlyProvides
+
+    from twisted.internet.interfaces import IReadWriteDescriptor, ITCPTransport
+
+    conn = Connection(reactor=MemoryReactor())
+    directlyProvides(conn, ITCPTransport, IReadWriteDescriptor)
+    _twisted.write_now(conn)  # nothing buffered: nothing written
+    assert written == []
+    conn.write(b"queued")
+    _twisted.write_now(conn)
+    assert written == [b"queued"] and _twisted.buffered_bytes(conn) == 0
+    _twisted.write_now(StringTransport())  # not a TCP connection: left alone
+
+
+def test_the_amp_parser_stops_and_hands_over_what_it_did_not_parse():
+    seen = []
+
+    class Stop(amp.Command):
+        arguments = [(b"n", amp.Integer())]
+        requiresAnswer = False
+
+    class Proto(amp.AMP):
+        @Stop.responder
+        def stop(self, n):
+            seen.append(n)
+            if n == 1:
+                _twisted.stop_parsing(self)
+            return {}
+
+    proto = Proto()
+    proto.makeConnection(StringTransport())
+    wire = b"".join(amp.AmpBox(_command=b"Stop", n=b"%d" % i).serialize() for i in (1, 2))
+    proto.dataReceived(wire + b"raw bytes")
+    assert seen == [1]
+    rest = _twisted.take_unparsed(proto)
+    assert rest.startswith(amp.AmpBox(_command=b"Stop", n=b"2").serialize()) and rest.endswith(b"raw bytes")
+    proto.dataReceived(amp.AmpBox(_command=b"Stop", n=b"3").serialize())  # parses again from the next read
+    assert seen == [1, 3]
+
+
+def test_wire_names_map_as_amp_maps_them():
+    class Probe(amp.Command):
+        arguments = [(b"some-name", amp.Integer())]
+
+    assert _twisted.wire_name_to_identifier(b"some-name") == "some_name"
+    assert Probe.parseArguments({b"some-name": b"3"}, None) == {"some_name": 3}  # AMP's own, public
+
+
+def test_wrapped_option_handlers_see_only_the_given_options():
+    given = []
+
+    class Options(usage.Options):
+        optFlags = [["verbose", "v", ""]]
+        optParameters = [["port", "p", 1, "", int], ["host", None, "x", ""]]
+
+        def opt_extra(self, value):
+            self["extra"] = value
+
+    options = Options()
+
+    def wrap(name, handler):
+        def recorded(opt, value=None):
+            given.append(name)
+            if isinstance(handler, usage.CoerceParameter):
+                return handler.dispatch(opt, value)
+            return handler(opt, value) if value is not None else handler(opt)
+        return recorded
+
+    _twisted.wrap_option_handlers(options, wrap)
+    options.parseOptions(["-p", "7", "--extra", "e"])
+    assert sorted(set(given)) == ["extra", "port"]
+    assert options["port"] == 7 and options["extra"] == "e" and options["host"] == "x" and not options["verbose"]

@@ -8,12 +8,13 @@ connection (with heartbeats both ways).
 import os
 import pickle
 
-from twisted.internet import defer, task
+from twisted.internet import defer
 from twisted.logger import Logger
 from zope.interface import implementer
 
 from dispycos import config
 from dispycos.errors import ComputationClosed, ConnectionLostError, DispycosError, ScheduleError
+from dispycos.heartbeat import SilenceWatch
 from dispycos.interfaces import IScheduler
 from dispycos.paths import resolve_secret
 from dispycos.peer.runtime import runtime_for
@@ -84,8 +85,7 @@ class RemoteScheduler:
         self.proto = None
         self.comp = None
         self._servers = set()
-        self._pulser = None
-        self._last_answer = None
+        self._watch = None
         self._report = "scheduler %s not reached yet" % (location,)
 
     def node_report(self):
@@ -126,29 +126,30 @@ class RemoteScheduler:
         self._start_pulses()
 
     def _start_pulses(self):
-        self._last_answer = self.reactor.seconds()
-        self._pulser = task.LoopingCall(self._pulse)
-        self._pulser.clock = self.reactor
-        self._pulser.start(self.comp.pulse_interval, now=False)
+        interval = self.comp.pulse_interval
+        self._watch = SilenceWatch(self.reactor, interval, config.MissedPulses * interval, self._silent, self._pulse)
+        self._watch.start()
+
+    def _stop_pulses(self):
+        if self._watch is not None:
+            self._watch.stop()
 
     def _pulse(self):
         proto = self.proto
-        if proto is None:
-            return
-        silent = self.reactor.seconds() - self._last_answer
-        if silent > config.MissedPulses * self.comp.pulse_interval:
-            self.log.warn("scheduler {loc} silent for {s:.1f}s: giving up", loc=self.location, s=silent)
-            proto.transport.abortConnection()
-            return
-        d = proto.callRemote(scheduling.ClientPulse, computation=self.comp.id or "")
-        d.addCallbacks(lambda _: setattr(self, "_last_answer", self.reactor.seconds()), lambda f: None)
+        if proto is not None:
+            d = proto.callRemote(scheduling.ClientPulse, computation=self.comp.id or "")
+            d.addCallbacks(lambda _: self._watch.heard(), lambda f: None)
+
+    def _silent(self, seconds):
+        self.log.warn("scheduler {loc} silent for {s:.1f}s: giving up", loc=self.location, s=seconds)
+        if self.proto is not None:
+            self.proto.transport.abortConnection()
 
     def _lost(self, proto):
         if proto is not self.proto:
             return
         self.proto = None
-        if self._pulser is not None and self._pulser.running:
-            self._pulser.stop()
+        self._stop_pulses()
         comp = self.comp
         if comp is not None:
             comp.scheduler_lost(ConnectionLostError("connection to the scheduler at %s lost" % (self.location,)))
@@ -254,7 +255,6 @@ class RemoteScheduler:
             if comp.id is not None:
                 self.runtime.keys.pop(comp.id, None)
             proto, self.proto = self.proto, None
-            if self._pulser is not None and self._pulser.running:
-                self._pulser.stop()
+            self._stop_pulses()
             if proto is not None and proto.connected:
                 proto.transport.loseConnection()

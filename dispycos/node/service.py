@@ -9,12 +9,13 @@ import platform
 import socket
 
 from twisted.application import service
-from twisted.internet import defer, task
+from twisted.internet import defer
 from twisted.internet.protocol import Factory
 from twisted.logger import Logger
 
 from dispycos import config, metrics, paths
 from dispycos.errors import DispycosError, FileTransferError, SetupError
+from dispycos.heartbeat import SilenceWatch
 from dispycos.node.console import start_console
 from dispycos.node.pidfile import remove_pid_file, write_pid_file
 from dispycos.node.serverpool import ServerSlot
@@ -79,7 +80,6 @@ class NodeProtocol(metrics.CountedConnection, StreamingAMP):
                          node.max_file_size, keyring=node.keyring, location="")
         self.node = node
         self.counts = node.counts
-        self.last_pulse = node.reactor.seconds()
         self.pulse_interval = None
 
     def connectionLost(self, reason):
@@ -100,7 +100,8 @@ class NodeProtocol(metrics.CountedConnection, StreamingAMP):
     @commands.Pulse.responder
     def _pulse(self, interval):
         node = self.node
-        self.last_pulse = node.reactor.seconds()
+        if node.active is not None and node.active["proto"] is self:
+            node.scheduler_watch.heard()
         self.pulse_interval = min(max(interval, node.min_pulse_interval), node.max_pulse_interval)
         return {"avail": avail_info(node.dest_path)}
 
@@ -186,6 +187,9 @@ class NodeService(service.Service):
         self.slots = []
         self.listening = []
         self.active = None
+        #: The active computation's scheduler, heard of at each pulse (L{_scheduler_silent}).
+        self.scheduler_watch = SilenceWatch(reactor, self.min_pulse_interval, self._scheduler_limit,
+                                            self._scheduler_silent)
         self.stopping = False
         self.node_dir = None
         self.port = None
@@ -248,25 +252,28 @@ class NodeService(service.Service):
         self.discovery.start()
         if self.metrics_port is not None:
             self.metrics = metrics.serve_node(self, self.metrics_host, self.metrics_port)
-        self._watchdog = task.LoopingCall(self._check_scheduler)
-        self._watchdog.clock = self.reactor
-        self._watchdog.start(self.min_pulse_interval, now=False)
+        self.scheduler_watch.start()
         self._start_extras()
 
-    def _check_scheduler(self):
-        """Release a computation whose scheduler fell silent (5 missed pulses)."""
+    def _scheduler_limit(self):
+        """Seconds of silence of the active computation's scheduler before it is let go (5 missed pulses)."""
+        active = self.active
+        if active is None:
+            return None
+        return config.MissedPulses * (active["proto"].pulse_interval or self.max_pulse_interval)
+
+    def _scheduler_silent(self, seconds):
+        """Release a computation whose scheduler fell silent."""
+        self.scheduler_watch.start()  # and go on watching, for the computations to come
         active = self.active
         if active is None:
             return
         proto = active["proto"]
-        interval = proto.pulse_interval or self.max_pulse_interval
-        silent = self.reactor.seconds() - proto.last_pulse
-        if silent > config.MissedPulses * interval:
-            self.log.warn("scheduler of computation {c} silent for {s:.1f}s; releasing it", c=active["computation"], s=silent)
-            if proto.connected:
-                proto.transport.abortConnection()
-            else:
-                self.release(active["computation"], True)
+        self.log.warn("scheduler of computation {c} silent for {s:.1f}s; releasing it", c=active["computation"], s=seconds)
+        if proto.connected:
+            proto.transport.abortConnection()
+        else:
+            self.release(active["computation"], True)
 
     def _announce_ready(self, _):
         addr = self.ext_hosts[0] if self.ext_hosts else (self.hosts[0] or "0.0.0.0")
@@ -308,8 +315,7 @@ class NodeService(service.Service):
     def stopService(self):
         self.stopping = True
         self._stop_extras()
-        if self._watchdog.running:
-            self._watchdog.stop()
+        self.scheduler_watch.stop()
         if self.discovery is not None:
             self.discovery.stop()
         for p in self.listening:
@@ -452,6 +458,7 @@ class NodeService(service.Service):
                                         % (name, size, self.name, self.max_file_size))
             expected[name] = size
         self._wipe_node_dir()
+        self.scheduler_watch.heard()  # its scheduler's silence counts from now
         self.active = {
             "computation": computation, "proto": proto, "host": self._announce_host(proto), "files": expected,
             "initialized": False, "slots": {}, "setup": {}, "server_args": {}, "node_globals": None,

@@ -7,11 +7,12 @@ L{_NodeClient} connection.
 
 import socket
 
-from twisted.internet import defer, error, task
+from twisted.internet import defer, error
 from twisted.logger import Logger
 
 from dispycos import config, metrics
 from dispycos.errors import AuthenticationError
+from dispycos.heartbeat import SilenceWatch
 from dispycos.protocol import commands
 from dispycos.protocol.base import DispycosAMP
 from dispycos.protocol.tls import connect as tls_connect
@@ -80,8 +81,9 @@ class NodeLink:
         self._delay = 0.2
         self._retry = None
         self._stopped = False
-        self._pulser = None
-        self.last_pulse = None
+        #: The node's heartbeat: pulses at the scheduler's interval, abandoned after its silence limit.
+        self.watch = SilenceWatch(scheduler.reactor, scheduler.pulse_interval,
+                                  lambda: scheduler.silence_limit(scheduler.pulse_interval()), self._silent, self._pulse)
         self.abandoned = False
         self.held = None
         self.ignored_by = None
@@ -120,47 +122,36 @@ class NodeLink:
         self.info = DispycosNodeInfo(info["name"], self.location.addr, info["cpus"], info["platform"], avail)
         self.log.info("node {name} at {loc} connected: {cpus} servers", name=info["name"], loc=self.location, cpus=info["cpus"])
         self.abandoned = False
-        self.last_pulse = self.scheduler.reactor.seconds()
+        self.watch.heard()
         self._start_pulses()
         self.scheduler._node_connected(self)
 
     # -- heartbeat -------------------------------------------------------------
 
     def _start_pulses(self, now=False):
-        self._stop_pulses()
-        self._pulser = task.LoopingCall(self._pulse)
-        self._pulser.clock = self.scheduler.reactor
-        self._pulser.start(self.scheduler.pulse_interval(), now=now)
+        self.watch.start(now=now)
 
     def _stop_pulses(self):
-        if self._pulser is not None and self._pulser.running:
-            self._pulser.stop()
-        self._pulser = None
+        self.watch.stop()
 
     def _pulse(self):
-        scheduler = self.scheduler
-        interval = scheduler.pulse_interval()
-        if self._pulser is not None and self._pulser.interval != interval:
-            self._pulser.interval = interval
-        now = scheduler.reactor.seconds()
+        if self.proto is not None:
+            d = self.proto.callRemote(commands.Pulse, interval=float(self.scheduler.pulse_interval()))
+            d.addCallbacks(self._pulse_answer, lambda f: None)
+
+    def _silent(self, seconds):
         if self.proto is None:
             return
-        limit = scheduler.silence_limit(interval)
-        if limit is not None and now - self.last_pulse > limit:
-            self.log.warn("node at {loc} silent for {s:.1f}s: abandoned", loc=self.location, s=now - self.last_pulse)
-            self.abandoned = True
-            scheduler._node_abandoned(self)
-            proto, self.proto = self.proto, None
-            self._stop_pulses()
-            proto.transport.abortConnection()
-            self.state = "lost"
-            self._schedule_retry(interval)
-            return
-        d = self.proto.callRemote(commands.Pulse, interval=float(interval))
-        d.addCallbacks(self._pulse_answer, lambda f: None)
+        self.log.warn("node at {loc} silent for {s:.1f}s: abandoned", loc=self.location, s=seconds)
+        self.abandoned = True
+        self.scheduler._node_abandoned(self)
+        proto, self.proto = self.proto, None
+        proto.transport.abortConnection()
+        self.state = "lost"
+        self._schedule_retry(self.scheduler.pulse_interval())
 
     def _pulse_answer(self, answer):
-        self.last_pulse = self.scheduler.reactor.seconds()
+        self.watch.heard()
         avail = DispycosNodeAvailInfo(self.location, **answer["avail"])
         if self.info is not None:
             self.info.avail_info = avail

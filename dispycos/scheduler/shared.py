@@ -12,13 +12,14 @@ import socket
 import uuid
 
 from twisted.application import service
-from twisted.internet import defer, task
+from twisted.internet import defer
 from twisted.internet.protocol import Factory
 from twisted.logger import Logger
 from zope.interface import implementer
 
 from dispycos import config, metrics, paths
 from dispycos.errors import ComputationClosed, DispycosError, FileTransferError
+from dispycos.heartbeat import SilenceWatch
 from dispycos.interfaces import IComputationEvents
 from dispycos.protocol import auth
 from dispycos.protocol import scheduling
@@ -72,7 +73,22 @@ class RemoteComputation:
         self._scheduling = True
         self.closed = False
         self.status_task = None
-        self.last_seen = channel.reactor.seconds()
+        #: The client's heartbeat (L{scheduling.ClientPulse}): a silent client of the active computation is closed.
+        self.watch = SilenceWatch(channel.reactor, config.MinPulseInterval, self._silence_limit, self._silent)
+        self.watch.start()
+
+    def _silence_limit(self):
+        svc = self.channel.service
+        if svc.scheduler.active is not self or svc.zombie_period == 0:
+            return None  # only the active computation's; --zombie_period 0: never
+        return svc.zombie_period or config.MissedPulses * self.pulse_interval
+
+    def _silent(self, seconds):
+        self.log.warn("client of computation {c} silent for {s:.0f}s: closing it", c=self.id, s=seconds)
+        self.channel.computations.pop(self.id, None)
+        self.close(reason="client silent (zombie)")
+        if self.channel.connected:
+            self.channel.transport.abortConnection()
 
     def _send(self, event, key=b"", reason=""):
         if self.channel.connected:
@@ -124,6 +140,7 @@ class RemoteComputation:
         return d.addCallback(lambda r: min(r["cpus"], info.cpus))
 
     def activated(self):
+        self.watch.heard()  # a queued client's silence does not count against it
         self._send("active", key=self.key)
         monitor = self.channel.service.monitor
         if monitor is not None:
@@ -163,6 +180,7 @@ class RemoteComputation:
         if self.closed:
             return
         self.closed = True
+        self.watch.stop()
         try:
             yield self.channel.service.scheduler.release(self, terminate=True)
         finally:
@@ -193,6 +211,12 @@ class ClientChannel(metrics.CountedConnection, StreamingAMP):
             raise FileTransferError("the scheduler takes component files of this client's staged computations only")
         os.makedirs(comp.files_dir, exist_ok=True)
         return comp.files_dir
+
+    def ampBoxReceived(self, box):
+        # Any word from the client, not only its pulses, shows it is alive.
+        for comp in self.computations.values():
+            comp.watch.heard()
+        super().ampBoxReceived(box)
 
     def connectionLost(self, reason):
         super().connectionLost(reason)
@@ -275,7 +299,7 @@ class ClientChannel(metrics.CountedConnection, StreamingAMP):
     def _pulse(self, computation):
         comp = self.computations.get(computation)
         if comp is not None:
-            comp.last_seen = self.reactor.seconds()
+            comp.watch.heard()
         return {}
 
 
@@ -320,7 +344,6 @@ class SchedulerService(service.Service):
         self.metrics = None
         self.listening = []
         self.port = None
-        self._reaper = None
 
     def keyring(self, role, computation):
         return self.key if role == "client" else None
@@ -344,9 +367,6 @@ class SchedulerService(service.Service):
         parent = paths.private_dir(self._dest_path or config.default_dest_path())
         self.dest_path = paths.fresh_dir(parent, "scheduler-%d" % port)
         self.scheduler.advertise = (self.ext_hosts[0] if self.ext_hosts else self.hosts[0], port)
-        self._reaper = task.LoopingCall(self._reap_zombies)
-        self._reaper.clock = self.reactor
-        self._reaper.start(config.MinPulseInterval, now=False)
         self.log.info("dispycos scheduler {name} listening at {h}:{p}", name=self.scheduler_name,
                       h=self.hosts[0] or "0.0.0.0", p=port)
         if self.metrics_port is not None:
@@ -366,19 +386,6 @@ class SchedulerService(service.Service):
             self.console = start_console(self, require_terminal=self.stdin_commands == "auto",
                                          console=SchedulerConsole)
 
-    def _reap_zombies(self):
-        comp = self.scheduler.active
-        if not isinstance(comp, RemoteComputation) or self.zombie_period == 0:
-            return  # --zombie_period 0: clients are never closed for their silence
-        limit = self.zombie_period or config.MissedPulses * comp.pulse_interval
-        silent = self.reactor.seconds() - comp.last_seen
-        if silent > limit:
-            self.log.warn("client of computation {c} silent for {s:.0f}s: closing it", c=comp.id, s=silent)
-            comp.channel.computations.pop(comp.id, None)
-            comp.close(reason="client silent (zombie)")
-            if comp.channel.connected:
-                comp.channel.transport.abortConnection()
-
     def quit(self):
         """Close the active computation and stop (the C{quit} command)."""
         self.reactor.stop()
@@ -393,8 +400,6 @@ class SchedulerService(service.Service):
 
     @defer.inlineCallbacks
     def stopService(self):
-        if self._reaper is not None and self._reaper.running:
-            self._reaper.stop()
         if self.console is not None:
             self.console.stop()
         if self.monitor is not None:

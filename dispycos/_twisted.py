@@ -1,4 +1,4 @@
-# -*- test-case-name: tests.unit.test_twisted_internals,tests.test_protocol -*-
+# -*- test-case-name: tests.unit.test_twisted_internals,tests.unit.test_protocol -*-
 """
 Every use of Twisted's private names, in one place.
 
@@ -48,7 +48,7 @@ def write_now(transport):
 # box's responder runs while AMP's parser works through a read: it stops
 # the parser there, and the bytes it had not parsed yet (the start of the
 # frame, maybe more) are taken from it. Both reach into Twisted's
-# Int16StringReceiver (C{paused}, C{_unprocessed}); tests/test_protocol.py
+# Int16StringReceiver (C{paused}, C{_unprocessed}); tests/unit/test_protocol.py
 # checks that they still mean what they meant.
 
 
@@ -69,7 +69,7 @@ def take_unparsed(proto):
 #
 # An argument's wire name (bytes) as the Python keyword AMP gives responders;
 # custom Argument types that read several boxes' keys need the same mapping.
-# tests/test_protocol.py checks it still maps as AMP itself does.
+# tests/unit/test_twisted_internals.py checks it still maps as AMP itself does.
 
 #: C{b"some-name"} -> C{"some_name"} (Twisted's own mapping).
 wire_name_to_identifier = amp._wireNameToPythonIdentifier

@@ -1,4 +1,4 @@
-# -*- test-case-name: tests.test_units -*-
+# -*- test-case-name: tests.unit.test_tasks -*-
 """
 Exceptions of dispycos. Every failure a Deferred of the public API reports is
 a L{DispycosError}.

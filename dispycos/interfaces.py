@@ -1,4 +1,4 @@
-# -*- test-case-name: tests.test_units -*-
+# -*- test-case-name: tests.unit.test_tasks -*-
 """
 The seam between a computation and its scheduler.
 

@@ -1,4 +1,4 @@
-# -*- test-case-name: tests.test_units -*-
+# -*- test-case-name: tests.unit.test_tasks -*-
 """
 Status codes and the small records sent to a computation's C{status_task}.
 """

@@ -1,4 +1,4 @@
-# -*- test-case-name: tests.test_units -*-
+# -*- test-case-name: tests.unit.test_tasks -*-
 """
 Outcomes of tasks as they travel between processes: C{(kind, value)} with
 kind L{OK} (the result), L{ERROR} (type name, text, traceback, exception),

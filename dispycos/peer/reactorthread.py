@@ -1,4 +1,4 @@
-# -*- test-case-name: tests.test_units -*-
+# -*- test-case-name: tests.unit.test_tasks -*-
 """
 Calls that work from the reactor's thread and from worker threads alike: a
 plain-function task (or a program of the blocking API) runs outside the

@@ -1,4 +1,4 @@
-# -*- test-case-name: tests.test_units -*-
+# -*- test-case-name: tests.unit.test_tasks -*-
 """
 References to tasks: L{TaskRef} (any task, wherever it runs: what a task
 reference unpickles to) and L{RemoteTask} (a task this process created

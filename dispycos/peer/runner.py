@@ -1,4 +1,4 @@
-# -*- test-case-name: tests.test_units -*-
+# -*- test-case-name: tests.unit.test_tasks -*-
 """
 The runner of a task's code: it drives pycos-style generator functions
 (yielding Deferreds) and C{async def} coroutines step by step, and raises

@@ -1,4 +1,4 @@
-# -*- test-case-name: tests.test_units -*-
+# -*- test-case-name: tests.unit.test_tasks -*-
 """
 Local tasks with a mailbox (L{Task}): pycos-style generator functions,
 C{async def} coroutines and plain functions (in a worker thread). References

@@ -1,4 +1,4 @@
-# -*- test-case-name: tests.test_protocol -*-
+# -*- test-case-name: tests.unit.test_protocol -*-
 """
 AMP argument types for values larger than AMP's 64 KiB limit, and for JSON
 metadata.

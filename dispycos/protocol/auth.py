@@ -1,4 +1,4 @@
-# -*- test-case-name: tests.test_protocol -*-
+# -*- test-case-name: tests.unit.test_protocol -*-
 """
 Shared-secret challenge-response (HMAC-SHA256 over fresh nonces), bound to
 the connection it runs on.

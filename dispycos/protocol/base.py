@@ -1,4 +1,4 @@
-# -*- test-case-name: tests.test_protocol -*-
+# -*- test-case-name: tests.unit.test_protocol -*-
 """
 L{DispycosAMP}: AMP with a shared-secret handshake that gates every other
 command, and with batching of small one-way messages.

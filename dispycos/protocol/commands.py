@@ -1,4 +1,4 @@
-# -*- test-case-name: tests.test_protocol -*-
+# -*- test-case-name: tests.unit.test_protocol -*-
 """
 Every AMP command of dispycos, grouped by link, but for those between a
 client and a shared scheduler (L{dispycos.protocol.scheduling}).

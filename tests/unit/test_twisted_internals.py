@@ -1,7 +1,7 @@
 """
 Guards of dispycos._twisted, the one module that names Twisted's private
 attributes: each test fails loudly when a Twisted release changes what a
-helper relies on (tests/test_protocol.py also drives the raw-frame helpers
+helper relies on (tests/unit/test_protocol.py also drives the raw-frame helpers
 through a whole connection).
 """
 

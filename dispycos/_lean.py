@@ -36,9 +36,10 @@ def _lazy_module(name):
     setattr(importlib.import_module(parent), child, module)
 
 
-def import_twisted(twisted_tls=False):
+def import_twisted(twisted_tls=False, install=True):
     """
-    Import the reactor and AMP, without pyOpenSSL unless
+    Import the reactor (without C{install}: only its module, so that a zygote
+    can fork processes that each install their own) and AMP, without pyOpenSSL unless
     C{twisted_tls} (or unless Twisted's networking is already imported, when
     hiding it would change nothing). Call it before anything imports Twisted's
     networking modules.
@@ -49,7 +50,12 @@ def import_twisted(twisted_tls=False):
         _lazy_module("http.cookiejar")
     sys.modules["OpenSSL"] = None  # "import OpenSSL" raises ImportError
     try:
-        import twisted.internet.reactor  # noqa: F401
+        if install:
+            import twisted.internet.reactor  # noqa: F401
+        else:
+            import twisted.internet.default  # noqa: F401
+            import twisted.internet.epollreactor  # noqa: F401
+            import twisted.internet.tcp  # noqa: F401
         import twisted.protocols.amp  # noqa: F401
     finally:
         del sys.modules["OpenSSL"]

@@ -21,6 +21,7 @@ from .tls import TLS
 from .tls import listen as tls_listen
 from .protocol import auth, commands
 from .serverpool import ServerSlot
+from .starters import SpawnStarter
 from .status import Location
 
 
@@ -145,7 +146,8 @@ class NodeService(service.Service):
                  udp_port=config.NodePort, peers=(), scheduler_port=config.SchedulerPort,
                  serve=-1, on_exit=None, service_window=None, zombie_period=0, pid_file=None,
                  stdin_commands=False, max_file_size=0, tls_files=(), twisted_tls=False, node_secret=None,
-                 sched_normal=False, metrics_port=None, metrics_host="127.0.0.1", log_format="text"):
+                 sched_normal=False, metrics_port=None, metrics_host="127.0.0.1", log_format="text",
+                 starter=None):
         self.reactor = reactor
         # Observability (dispycos.metrics): this node's links, what ended servers had
         # reported; /metrics on metrics_host:metrics_port (None: not served);
@@ -173,6 +175,8 @@ class NodeService(service.Service):
         self.ext_hosts = list(ext_hosts)
         self.debug = debug
         self.spawner = spawner
+        #: How servers start (an IServerStarter, see dispycos.starters): forked by a zygote, or spawned.
+        self.starter = starter or SpawnStarter(reactor, spawner)
         self.ready_file = ready_file
         self.min_pulse_interval = min_pulse_interval
         self.max_pulse_interval = max_pulse_interval
@@ -236,7 +240,7 @@ class NodeService(service.Service):
         # Servers listen where the node does, never on more addresses.
         bind = ",".join(self.hosts)
         for i in range(1, self.cpus + 1):
-            slot = ServerSlot(self, i, bind, self.ports[i] if i < len(self.ports) else 0, self.spawner)
+            slot = ServerSlot(self, i, bind, self.ports[i] if i < len(self.ports) else 0, starter=self.starter)
             self.slots.append(slot)
             slot.spawn()
         d = defer.DeferredList([s.when_ready() for s in self.slots], consumeErrors=True)
@@ -323,6 +327,7 @@ class NodeService(service.Service):
             except Exception:
                 self.log.failure("releasing computation at stop")
         yield defer.DeferredList([s.stop(terminate=True, grace=config.ServerKillGrace) for s in self.slots], consumeErrors=True)
+        self.starter.stop()
         paths.remove_tree(self.node_dir)
         self._remove_pid_file()
         yield service.Service.stopService(self)

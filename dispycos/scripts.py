@@ -109,12 +109,15 @@ def _second_signal_kills():
 
 def node_main(argv=None):
     """Entry point of C{dispycosnode}."""
-    from . import _lean
+    from . import _lean, zygote
 
+    argv = sys.argv[1:] if argv is None else argv
+    # Before the reactor: the zygote its servers are forked from (dispycos.zygote).
+    zygote.prefork_for_node(argv)
     _lean.import_twisted()  # the node never needs Twisted's own TLS plumbing
     from .nodetap import Options, makeService
 
-    _run_service(Options, makeService, sys.argv[1:] if argv is None else argv, "dispycosnode")
+    _run_service(Options, makeService, argv, "dispycosnode")
 
 
 def scheduler_main(argv=None):

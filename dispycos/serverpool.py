@@ -1,7 +1,8 @@
 # -*- test-case-name: tests.test_core -*-
 """
-The node's server processes: spawning them with AMP on pipes (fds 3 and 4),
-noticing their death at once, and stopping them (pipe close, then SIGKILL).
+The node's server processes: starting them (forked by the zygote or spawned,
+see L{dispycos.starters}) with AMP on pipes (fds 3 and 4), noticing their
+death at once, and stopping them (pipe close, then SIGKILL).
 """
 
 import os
@@ -15,6 +16,7 @@ from twisted.protocols import amp
 
 from . import logs, metrics
 from .protocol import commands
+from .starters import SpawnStarter
 
 _FD_TO_CHILD, _FD_FROM_CHILD = 3, 4
 
@@ -98,7 +100,7 @@ class ServerSlot(ProcessProtocol):
 
     log = Logger()
 
-    def __init__(self, node, index, host, port, spawner=None):
+    def __init__(self, node, index, host, port, spawner=None, starter=None):
         self.node = node
         self.index = index
         self.host = host
@@ -112,7 +114,8 @@ class ServerSlot(ProcessProtocol):
         self.expect_exit = False
         self._ready_waiters = []
         self._ended_waiters = []
-        self._spawner = spawner
+        #: An IServerStarter; C{spawner} (as C{reactor.spawnProcess}) for a spawning one.
+        self._starter = starter or SpawnStarter(node.reactor, spawner)
         self._out = b""
         self._stdout = b""
         self.tasks = 0
@@ -121,34 +124,35 @@ class ServerSlot(ProcessProtocol):
 
     # -- life cycle ---------------------------------------------------------------
 
-    def spawn(self):
-        reactor = self.node.reactor
-        self.is_ready = False
-        self.expect_exit = False
-        argv = [
-            sys.executable, "-u", "-m", "dispycos.server",
+    def server_args(self):
+        """The server's command-line arguments (the starter adds C{--parent})."""
+        args = [
             "--index", str(self.index),
             "--host", self.host,
             "--port", str(self.wanted_port),
-            "--parent", str(os.getpid()),
         ]
         if self.node.debug:
-            argv.append("--debug")
+            args.append("--debug")
         if getattr(self.node, "log_format", "text") != "text":
-            argv += ["--log_format", self.node.log_format]
+            args += ["--log_format", self.node.log_format]
         for flag in ("twisted_tls", "sched_normal"):
             if getattr(self.node, flag, False):
-                argv.append("--" + flag)
+                args.append("--" + flag)
         if getattr(self.node, "max_file_size", 0):
-            argv += ["--max_file_size", str(self.node.max_file_size)]
+            args += ["--max_file_size", str(self.node.max_file_size)]
         for option, path in zip(("--certfile", "--keyfile", "--cafile"), getattr(self.node, "tls_files", ())):
             if path:
-                argv += [option, os.path.abspath(path)]
+                args += [option, os.path.abspath(path)]
+        return args
+
+    def spawn(self):
+        """Start this slot's server process with the pool's starter (see L{dispycos.starters})."""
+        self.is_ready = False
+        self.expect_exit = False
         env = server_environment()
         env["PYTHONPATH"] = os.pathsep.join(p for p in sys.path if p)
-        spawn = self._spawner or reactor.spawnProcess
-        spawn(self, sys.executable, argv, env=env, childFDs={0: "w", 1: "r", 2: "r", 3: "w", 4: "r"})
         self.running = True
+        self._starter.start(self, self.server_args(), env)
 
     def connectionMade(self):
         self.control = _ControlAMP(self)
@@ -243,7 +247,7 @@ class ServerSlot(ProcessProtocol):
         return self.control.callRemote(command, **kw)
 
     def signal(self, sig):
-        if self.running:
+        if self.running and self.transport is not None:
             try:
                 self.transport.signalProcess(sig)
             except (error.ProcessExitedAlready, OSError):

@@ -57,10 +57,13 @@ def gone(pid):
 
 def accepts(port):
     try:
-        socket.create_connection(("127.0.0.1", port), timeout=0.05).close()
-        return True
+        s = socket.create_connection(("127.0.0.1", port), timeout=0.05)
     except OSError:
         return False
+    try:
+        return s.getsockname() != s.getpeername()  # not a TCP self-connection
+    finally:
+        s.close()
 
 
 def watch(targets, out, deadline=30.0):
@@ -72,7 +75,9 @@ def watch(targets, out, deadline=30.0):
             if pid in out:
                 continue
             if pid not in dead:
-                if gone(pid):
+                # Gone: no process (or a zombie) and its listening socket closed (a
+                # zombie leader's other threads may still hold it a moment).
+                if gone(pid) and not accepts(port):
                     dead[pid] = time.perf_counter()
             elif accepts(port):
                 out[pid] = (time.perf_counter() - dead[pid]) * 1000

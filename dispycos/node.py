@@ -750,6 +750,11 @@ class NodeService(service.Service):
                 self.log.info("service window stopped: node {n} takes no new computation", n=self.name)
         self._arm_window()
 
+    def server_started(self, slot):
+        """C{slot}'s process has its pid (a forked server's comes after C{spawn()} returned): record it."""
+        if self.running and not self.stopping:
+            self._write_pid_file()
+
     def _write_pid_file(self):
         if self.pid_file:
             from .nodetap import write_pid_file

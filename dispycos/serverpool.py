@@ -159,6 +159,9 @@ class ServerSlot(ProcessProtocol):
         self.control.makeConnection(_PipeTransport(self.transport))
         self.pid = self.transport.pid
         self.transport.closeStdin()
+        started = getattr(self.node, "server_started", None)
+        if started is not None:
+            started(self)
 
     def _ready(self, port, pid):
         # A restarted server keeps its location (clients and the scheduler know it).

@@ -138,6 +138,8 @@ def prefork():
         ours.close()
         _die_with(node)
         _set_name(ZYGOTE_NAME)
+        scrub_secrets()
+        set_command_line([sys.executable, "-m", "dispycos.zygote", "--parent", str(node)])
         code = Zygote(theirs).serve()
     except BaseException:
         try:
@@ -167,6 +169,69 @@ def _set_name(name):
         import ctypes
 
         ctypes.CDLL(None, use_errno=True).prctl(15, name, 0, 0, 0)  # PR_SET_NAME
+    except Exception:
+        pass
+
+
+def _proc_areas():
+    """(arg_start, arg_end, env_start, env_end) of this process (Linux's /proc/self/stat), or None."""
+    try:
+        with open("/proc/self/stat", "rb") as f:
+            stat = f.read()
+        fields = stat[stat.rindex(b")") + 2:].split()
+        # Fields 48-51 of proc(5), counted from 1 with pid and comm: here from "state" (field 3).
+        return tuple(int(x) for x in fields[48 - 3:52 - 3])
+    except (OSError, ValueError, IndexError):
+        return None
+
+
+def _write_area(start, end, data):
+    """Overwrite [start, end) of this process's memory with C{data}, NUL-padded (truncated to fit)."""
+    import ctypes
+
+    size = end - start
+    if size <= 0:
+        return
+    data = data[:size - 1] + b"\0" * (size - min(len(data), size - 1))
+    ctypes.memmove(start, data, size)
+
+
+def _secret(name):
+    return name.startswith("DISPYCOS_") and "SECRET" in name
+
+
+def scrub_secrets():
+    """
+    Forget the node's C{DISPYCOS_*SECRET*} variables here (the zygote and every
+    server forked from it): out of C{os.environ}, and blanked in the
+    environment block the node was started with (what /proc/self/environ
+    shows), since a fork keeps it. Servers never see the node's secret.
+    """
+    for name in [k for k in os.environ if _secret(k)]:
+        del os.environ[name]
+    areas = _proc_areas()
+    if areas is None:
+        return
+    _, _, start, end = areas
+    try:
+        import ctypes
+
+        block = ctypes.string_at(start, end - start)
+        kept = [e for e in block.split(b"\0") if not _secret(e.split(b"=", 1)[0].decode("utf-8", "replace"))]
+        if len(kept) != len(block.split(b"\0")):
+            _write_area(start, end, b"\0".join(kept))
+    except Exception:
+        pass
+
+
+def set_command_line(argv):
+    """Make /proc/self/cmdline (ps, psutil) show C{argv}, within the room the original took (Linux)."""
+    areas = _proc_areas()
+    if areas is None:
+        return
+    start, end, _, _ = areas
+    try:
+        _write_area(start, end, b"\0".join(a.encode() for a in argv) + b"\0")
     except Exception:
         pass
 
@@ -304,6 +369,7 @@ class Zygote:
         os.environ.update(msg.get("env", {}))
         args = list(msg["args"]) + ["--parent", str(zygote)]
         sys.argv = ["dispycos.server"] + args
+        set_command_line([sys.executable, "-m", "dispycos.server"] + args)
         from .server import main
 
         main(args)

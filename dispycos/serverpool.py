@@ -151,8 +151,8 @@ class ServerSlot(ProcessProtocol):
         self.expect_exit = False
         env = server_environment()
         env["PYTHONPATH"] = os.pathsep.join(p for p in sys.path if p)
-        self.running = True
         self._starter.start(self, self.server_args(), env)
+        self.running = True
 
     def connectionMade(self):
         self.control = _ControlAMP(self)

@@ -139,8 +139,9 @@ def prefork():
         _die_with(node)
         _set_name(ZYGOTE_NAME)
         scrub_secrets()
-        set_command_line([sys.executable, "-m", "dispycos.zygote", "--parent", str(node)])
-        code = Zygote(theirs).serve()
+        command_line = [sys.executable, "-m", "dispycos.zygote", "--parent", str(node)]
+        set_command_line(command_line)
+        code = Zygote(theirs, command_line).serve()
     except BaseException:
         try:
             import traceback
@@ -251,9 +252,10 @@ def _die_with(parent):
 class Zygote:
     """The zygote's loop: fork on request, report pids and exit statuses."""
 
-    def __init__(self, sock):
+    def __init__(self, sock, command_line=()):
         self.sock = sock
         self.children = set()
+        self.command_line = list(command_line)
 
     def serve(self):
         signal.signal(signal.SIGINT, signal.SIG_IGN)  # Ctrl-C at a terminal is for the node
@@ -312,7 +314,16 @@ class Zygote:
             token = msg["start"]
             if len(fds) != CHILD_FDS:
                 raise ValueError("a start request came with %d fds, not %d" % (len(fds), CHILD_FDS))
-            pid = os.fork()
+            args = list(msg["args"]) + ["--parent", str(os.getpid())]
+            # The server's command line from its first instant (the node records it in its pid file
+            # as soon as it hears the pid): set here, inherited, then the zygote's own back.
+            set_command_line([sys.executable, "-m", "dispycos.server"] + args)
+            pid = None
+            try:
+                pid = os.fork()
+            finally:
+                if pid != 0:
+                    set_command_line(self.command_line)
         except Exception as e:
             for fd in fds:
                 os.close(fd)
@@ -321,7 +332,7 @@ class Zygote:
         if pid == 0:
             code = 1
             try:
-                code = self._child(msg, fds)
+                code = self._child(args, msg, fds)
             except SystemExit as e:
                 code = e.code if isinstance(e.code, int) else (0 if e.code is None else 1)
             except BaseException:
@@ -339,7 +350,7 @@ class Zygote:
         self.children.add(pid)
         self._send({"pid": pid, "token": token})
 
-    def _child(self, msg, fds):
+    def _child(self, args, msg, fds):
         """In a fresh server: become it (its fds, signals, environment), then run its main."""
         zygote = os.getppid()
         _die_with(zygote)
@@ -367,9 +378,7 @@ class Zygote:
                                       errors="backslashreplace")
         os.environ.clear()
         os.environ.update(msg.get("env", {}))
-        args = list(msg["args"]) + ["--parent", str(zygote)]
         sys.argv = ["dispycos.server"] + args
-        set_command_line([sys.executable, "-m", "dispycos.server"] + args)
         from .server import main
 
         main(args)

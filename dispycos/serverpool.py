@@ -112,6 +112,8 @@ class ServerSlot(ProcessProtocol):
         self.running = False
         self.is_ready = False
         self.expect_exit = False
+        #: A signal asked for before the starter connected the process (delivered then).
+        self._pending_signal = None
         self._ready_waiters = []
         self._ended_waiters = []
         #: An IServerStarter; C{spawner} (as C{reactor.spawnProcess}) for a spawning one.
@@ -149,6 +151,12 @@ class ServerSlot(ProcessProtocol):
         """Start this slot's server process with the pool's starter (see L{dispycos.starters})."""
         self.is_ready = False
         self.expect_exit = False
+        self._pending_signal = None
+        # Until the starter connects the new process (at once when spawned, once
+        # the zygote reports the fork when forked) there is none to talk to: not
+        # the ended predecessor's transport, nor its pid.
+        self.transport = None
+        self.pid = None
         env = server_environment()
         env["PYTHONPATH"] = os.pathsep.join(p for p in sys.path if p)
         self._starter.start(self, self.server_args(), env)
@@ -162,6 +170,13 @@ class ServerSlot(ProcessProtocol):
         started = getattr(self.node, "server_started", None)
         if started is not None:
             started(self)
+        # A stop() (or its kill) that came before the process was connected
+        # takes effect now, rather than when stop's grace runs out.
+        if self.expect_exit:
+            self._close_control()
+        sig, self._pending_signal = self._pending_signal, None
+        if sig is not None:
+            self.signal(sig)
 
     def _ready(self, port, pid):
         # A restarted server keeps its location (clients and the scheduler know it).
@@ -250,11 +265,25 @@ class ServerSlot(ProcessProtocol):
         return self.control.callRemote(command, **kw)
 
     def signal(self, sig):
-        if self.running and self.transport is not None:
-            try:
-                self.transport.signalProcess(sig)
-            except (error.ProcessExitedAlready, OSError):
-                pass
+        """Send C{sig} to the server process (once it is connected, if it is not yet)."""
+        if not self.running:
+            return
+        if self.transport is None:
+            self._pending_signal = sig
+            return
+        try:
+            self.transport.signalProcess(sig)
+        except (error.ProcessExitedAlready, OSError):
+            pass
+
+    def _close_control(self):
+        """Close the node's end of fd 3: the server exits when it reads the end of it."""
+        if self.transport is None:
+            return  # not connected yet: connectionMade closes it (expect_exit)
+        try:
+            self.transport.closeChildFD(_FD_TO_CHILD)
+        except Exception:
+            pass
 
     @defer.inlineCallbacks
     def stop(self, terminate=True, grace=None):
@@ -275,10 +304,8 @@ class ServerSlot(ProcessProtocol):
             except Exception:
                 pass
         if self.running:
-            try:
-                self.transport.closeChildFD(_FD_TO_CHILD)
-            except Exception:
-                pass
+            # Not connected yet (a fork the zygote has not reported): connectionMade closes it.
+            self._close_control()
         yield ended
         if killer is not None and killer.active():
             killer.cancel()

@@ -135,6 +135,65 @@ def test_slot_lifecycle_with_a_fake_transport():
     assert not slot.running and slot.wanted_port == 40001  # a restart keeps its port
 
 
+class FakeProcess:
+    """A connected server process's transport, recording what the slot does to it."""
+
+    def __init__(self, pid):
+        self.pid = pid
+        self.closed = []
+        self.signals = []
+
+    def closeChildFD(self, fd):
+        self.closed.append(fd)
+
+    def closeStdin(self):
+        self.closed.append(0)
+
+    def writeToChild(self, fd, data):
+        pass
+
+    def signalProcess(self, sig):
+        self.signals.append(sig)
+
+
+def test_slot_stopped_before_its_process_is_connected():
+    # A forked server is connected once the zygote reports its pid, some
+    # milliseconds after spawn(): a stop() in between (a node told to stop
+    # while replacing a closed computation's servers) must not wait for its
+    # kill at the end of the grace, and must not touch the process before.
+    reactor = MemoryReactorClock()
+    node = FakeNode(reactor)
+    slot = ServerSlot(node, 1, "127.0.0.1", 0, starter=FakeStarter())
+    slot.spawn()
+    first = FakeProcess(4242)
+    slot.makeConnection(first)
+    slot.processEnded(failure.Failure(error.ProcessDone(0)))
+    slot.spawn()  # its replacement, not connected yet
+    assert slot.transport is None and slot.pid is None
+    stopped = []
+    slot.stop(terminate=True, grace=5).addCallback(stopped.append)
+    assert first.closed == [0] and first.signals == []  # the ended predecessor is left alone
+    second = FakeProcess(4243)
+    slot.makeConnection(second)
+    assert second.closed == [0, 3]  # no stdin, and the control pipe closed at once: it exits
+    assert second.signals == []
+    slot.processEnded(failure.Failure(error.ProcessTerminated(1, None, 1 << 8)))
+    assert stopped == [None]
+    assert node.ended[-1][:2] == (1, True)  # an expected exit
+    assert reactor.getDelayedCalls() == []  # the kill was cancelled, never needed
+
+
+def test_slot_kill_asked_before_its_process_is_connected_is_delivered():
+    reactor = MemoryReactorClock()
+    slot = ServerSlot(FakeNode(reactor), 1, "127.0.0.1", 0, starter=FakeStarter())
+    slot.spawn()
+    slot.stop(terminate=True, grace=5)
+    reactor.advance(5)  # the grace ran out before the process was connected
+    proc = FakeProcess(4242)
+    slot.makeConnection(proc)
+    assert proc.closed == [0, 3] and proc.signals == [signal.SIGKILL]
+
+
 @pytest.mark.parametrize("status, kind, code, sig", [
     (0, error.ProcessDone, 0, None),
     (3 << 8, error.ProcessTerminated, 3, None),
@@ -220,6 +279,37 @@ def test_zygote_starter_forks_through_the_zygote():
     assert isinstance(proto.ended.value, error.ProcessTerminated) and proto.ended.value.exitCode == 3
     with pytest.raises(error.ProcessExitedAlready):
         proc.signalProcess("KILL")
+    starter.stop()
+    z.close()
+
+
+def test_slot_stopped_while_the_zygote_forks_its_server():
+    # The same with the zygote starter, the zygote being the test: the fork is
+    # reported after stop(); the server then reads the end of its fd 3 at once.
+    reactor = MemoryReactorClock()
+    z = FakeZygote()
+    node = FakeNode(reactor)
+    starter = ZygoteStarter(reactor, zygote.Handle(99999, z.node_end), fallback=FakeStarter())
+    slot = ServerSlot(node, 1, "127.0.0.1", 0, starter=starter)
+    slot.spawn()
+    msg, fds = z.receive()
+    stopped = []
+    slot.stop(terminate=True, grace=5).addCallback(stopped.append)
+    z.send({"pid": 2 ** 22 + 7, "token": msg["start"]})  # a pid no process has (beyond pid_max)
+    read_zygote(starter)
+    proc = slot.transport
+    pump(proc)
+    stdin, stdout, stderr, fd3, fd4 = fds
+    os.set_blocking(fd3, False)
+    assert os.read(fd3, 100) == b""  # the end of the pipe (not "nothing yet"): what makes a server exit
+    for fd in fds:
+        os.close(fd)
+    z.send({"exit": 2 ** 22 + 7, "status": 1 << 8})
+    read_zygote(starter)
+    pump(proc)
+    assert stopped == [None]
+    assert node.ended[-1][:2] == (1, True)
+    assert reactor.getDelayedCalls() == []
     starter.stop()
     z.close()
 

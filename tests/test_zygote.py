@@ -6,13 +6,17 @@ DISPYCOS_NO_FORK=1 spawn them as before. Real processes.
 
 import os
 import signal
+import subprocess
+import sys
 import time
 
 import psutil
 import pytest
 import pytest_twisted
 
-from .conftest import NodeProcess, Session
+from dispycos import Computation, Scheduler, config
+
+from .conftest import NodeProcess, Session, env_for_children
 
 
 def whoami():
@@ -37,6 +41,14 @@ def wait_for(predicate, timeout=30.0, what="condition"):
         time.sleep(0.02)
 
 
+def open_fd(pid, fd):
+    """What fd C{fd} of process C{pid} is ("pipe:[123]", a path), or None if it is not open."""
+    try:
+        return os.readlink("/proc/%d/fd/%s" % (pid, fd))
+    except OSError:
+        return None
+
+
 def gone(pid):
     try:
         return psutil.Process(pid).status() == psutil.STATUS_ZOMBIE
@@ -53,6 +65,12 @@ async def test_servers_are_forked_from_the_zygote(fresh_node):
     servers = wait_for(lambda: len(node.server_pids()) == 2 and node.server_pids(), what="2 servers")
     assert {psutil.Process(pid).ppid() for pid in servers} == {zygote}
     assert psutil.Process(zygote).ppid() == node.proc.pid
+    # A server holds its own pipes only, none of the node's standard streams
+    # (inherited through the zygote, they would keep the node's parent waiting).
+    node_std = {open_fd(node.proc.pid, fd) for fd in (0, 1, 2)} - {"/dev/null", None}
+    for pid in servers:
+        held = {open_fd(pid, fd) for fd in os.listdir("/proc/%d/fd" % pid)}
+        assert not held & node_std, (pid, held & node_std)
     async with Session(node, [whoami]) as comp:
         seen = await comp.run_result(whoami)
     assert seen["pid"] in servers
@@ -128,3 +146,98 @@ async def test_no_fork_spawns_servers(fresh_node, how):
         seen = await comp.run_result(whoami)
     assert seen["ppid"] == node.proc.pid
     assert seen["nodetap"] is False
+
+
+def square(n):
+    return n * n
+
+
+@pytest.mark.parametrize("attempt", range(3))  # a race: a few tries to lose it
+@pytest_twisted.ensureDeferred
+async def test_node_stopped_while_replacements_are_forked_exits_at_once(fresh_node, attempt):
+    # A closed computation's servers are replaced at once: SIGTERM right after the close
+    # (what a LocalCluster's stop does) finds forks the zygote has not reported yet. Those
+    # servers must be stopped as soon as they are, not killed when stop's grace runs out.
+    node = fresh_node(cpus=3)
+    wait_for(lambda: len(node.server_pids()) == 3, what="3 servers")
+    scheduler = Scheduler(nodes=[node.location], secret=node.secret, discover=False)
+    comp = Computation([square])
+    try:
+        await comp.schedule(timeout=30)
+        assert await comp.run_result(square, 3) == 9
+        await comp.close(terminate=True)
+        started = time.monotonic()
+        node.kill(signal.SIGTERM)
+    finally:
+        await scheduler.close()
+    code = node.proc.wait(30)
+    took = time.monotonic() - started
+    assert code == 0, node.output()
+    assert took < config.ServerKillGrace - 1, "%.1f s to stop:\n%s" % (took, node.output())
+
+
+#: A node's server pool in miniature, with a real zygote and a real forked
+#: server: the zygote is stopped (SIGSTOP) while it is asked for the server,
+#: the slot is stopped, then the zygote goes on and reports the fork.
+STOPPED_BEFORE_FORK = """
+import os, signal, sys, time
+from dispycos import zygote
+zygote.preload()
+handle = zygote.prefork()  # as dispycosnode does: before the reactor
+from dispycos import _lean
+_lean.import_twisted()
+from twisted.internet import defer, task
+from dispycos.serverpool import ServerSlot
+from dispycos.starters import ZygoteStarter
+
+GRACE = float(sys.argv[1])
+
+class Node:
+    debug = False
+    log_format = "text"
+    twisted_tls = False
+    sched_normal = True
+    max_file_size = 0
+    tls_files = ()
+
+    def __init__(self, reactor):
+        self.reactor = reactor
+
+    def server_ended(self, slot, expected, reason):
+        print("ended expected=%s pid=%s" % (expected, slot.pid), flush=True)
+
+@defer.inlineCallbacks
+def main(reactor):
+    starter = ZygoteStarter(reactor, handle)
+    slot = ServerSlot(Node(reactor), 1, "127.0.0.1", 0, starter=starter)
+    os.kill(handle.pid, signal.SIGSTOP)
+    slot.spawn()
+    started = time.monotonic()
+    stopped = slot.stop(terminate=True, grace=GRACE)
+    reactor.callLater(0.3, os.kill, handle.pid, signal.SIGCONT)
+    yield stopped
+    print("stopped after %.2f s" % (time.monotonic() - started), flush=True)
+    starter.stop()
+
+task.react(main)
+"""
+
+
+def test_server_stopped_before_the_zygote_forked_it_exits_once_forked(tmp_path):
+    grace = 20
+    proc = subprocess.Popen([sys.executable, "-c", STOPPED_BEFORE_FORK, str(grace)], stdout=subprocess.PIPE,
+                            stderr=subprocess.STDOUT, text=True, env=env_for_children(tmp_path),
+                            start_new_session=True)
+    try:
+        out, _ = proc.communicate(timeout=60)
+    finally:
+        if proc.poll() is None:
+            os.killpg(proc.pid, signal.SIGKILL)  # its zygote and server die with it (PR_SET_PDEATHSIG)
+            proc.wait()
+    assert proc.returncode == 0, out
+    (ended,) = [line for line in out.splitlines() if line.startswith("ended ")]
+    assert ended.startswith("ended expected=True pid=") and ended != "ended expected=True pid=None", out
+    (stopped,) = [line for line in out.splitlines() if line.startswith("stopped after ")]
+    took = float(stopped.split()[2])
+    # Forked, told to exit at once, gone: well before the kill at the end of the grace.
+    assert took < grace / 4, out

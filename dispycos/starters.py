@@ -40,6 +40,11 @@ class IServerStarter(Interface):
         Start C{python -m dispycos.server} with the arguments C{args} (a list
         of strings, without C{--parent}) and the environment C{env}, driven by
         C{protocol} (an C{IProcessProtocol}): fds as L{CHILD_FDS}.
+
+        The protocol may be connected after C{start} returns (a forked server
+        once the zygote reports its pid; a spawned one at once): until then
+        it has no transport, and what it is asked to do to the process (a
+        stop, a signal) waits for C{makeConnection}.
         """
 
     def stop():

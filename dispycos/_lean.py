@@ -36,9 +36,10 @@ def _lazy_module(name):
     setattr(importlib.import_module(parent), child, module)
 
 
-def import_twisted(twisted_tls=False):
+def import_twisted(twisted_tls=False, install=True):
     """
-    Import the reactor and AMP, without pyOpenSSL unless
+    Import the reactor (without C{install}: only its module, so that a zygote
+    can fork processes that each install their own) and AMP, without pyOpenSSL unless
     C{twisted_tls} (or unless Twisted's networking is already imported, when
     hiding it would change nothing). Call it before anything imports Twisted's
     networking modules.
@@ -49,11 +50,17 @@ def import_twisted(twisted_tls=False):
         _lazy_module("http.cookiejar")
     sys.modules["OpenSSL"] = None  # "import OpenSSL" raises ImportError
     try:
-        import twisted.internet.reactor  # noqa: F401
+        if install:
+            import twisted.internet.reactor  # noqa: F401
+        else:
+            import twisted.internet.default  # noqa: F401
+            import twisted.internet.epollreactor  # noqa: F401
+            import twisted.internet.tcp  # noqa: F401
         import twisted.protocols.amp  # noqa: F401
     finally:
         del sys.modules["OpenSSL"]
-    _refuse_reactor_tls()
+    if install:
+        refuse_reactor_tls()
 
 
 #: What a task that needs Twisted's own TLS is told in a lean process.
@@ -61,11 +68,12 @@ NO_TWISTED_TLS = ("Twisted's TLS support is off in dispycos node and server proc
                   "pyOpenSSL, see dispycos._lean): start the node with --twisted_tls")
 
 
-def _refuse_reactor_tls():
+def refuse_reactor_tls():
     """
-    Make the reactor's C{listenSSL}/C{connectSSL} fail with L{NO_TWISTED_TLS}
-    (instead of Twisted's bare C{"SSL support is not present"}) when Twisted
-    decided at import time that it has no TLS.
+    Make the installed reactor's C{listenSSL}/C{connectSSL} fail with
+    L{NO_TWISTED_TLS} (instead of Twisted's bare C{"SSL support is not
+    present"}) when Twisted decided at import time that it has no TLS; a
+    forked server calls it once it installed its reactor.
     """
     from twisted.internet import posixbase, reactor
 

@@ -55,11 +55,15 @@ def _second_signal_kills():
 def node_main(argv=None):
     """Entry point of C{dispycosnode}."""
     from dispycos import _lean
+    from dispycos.node import zygote
 
+    argv = sys.argv[1:] if argv is None else argv
+    # Before the reactor: the zygote its servers are forked from (dispycos.node.zygote).
+    zygote.prefork_for_node(argv)
     _lean.import_twisted()  # the node never needs Twisted's own TLS plumbing
     from dispycos.node.tap import Options, makeService  # only now: after _lean
 
-    _run_service(Options, makeService, sys.argv[1:] if argv is None else argv, "dispycosnode")
+    _run_service(Options, makeService, argv, "dispycosnode")
 
 
 def scheduler_main(argv=None):

@@ -182,8 +182,26 @@ class NodeProcess:
     def server_pids(self):
         import psutil
 
+        # Spawned servers are the node's children ("python -m dispycos.server"),
+        # forked ones its zygote's (named "dispycos-server", see dispycos.node.zygote).
+        pids = []
         try:
-            return sorted(c.pid for c in psutil.Process(self.proc.pid).children() if "dispycos.server" in " ".join(c.cmdline()))
+            for c in psutil.Process(self.proc.pid).children(recursive=True):
+                try:
+                    if c.name() == "dispycos-server" or "dispycos.server" in " ".join(c.cmdline()):
+                        pids.append(c.pid)
+                except psutil.Error:
+                    pass
+        except psutil.Error:
+            return []
+        return sorted(pids)
+
+    def zygote_pids(self):
+        """The node's zygote (a list: empty when its servers are spawned)."""
+        import psutil
+
+        try:
+            return [c.pid for c in psutil.Process(self.proc.pid).children() if c.name() == "dispycos-zygote"]
         except psutil.Error:
             return []
 

@@ -38,7 +38,10 @@ def test_every_dispycos_workload_runs_at_a_tiny_size(tmp_path):
             continue
         assert "skipped" not in trial and trial["value"] > 0, (w, trial)
     mem = data["trials"]["dispycos"]["MEM"][0]
-    assert len(mem["processes"]) == 3  # the node and its 2 servers
+    # the node, its zygote and its 2 servers, forked from the zygote (dispycos.node.zygote)
+    cmds = [p["cmd"] for p in mem["processes"]]
+    assert len(cmds) == 4, cmds
+    assert sum("dispycos.node.zygote" in c for c in cmds) == 1 and sum("dispycos.server" in c for c in cmds) == 2, cmds
     assert mem["uss_mib"] > 0 and mem["pss_mib"] > 0
     w7 = data["trials"]["dispycos"]["W7"][0]
     size = common.SIZES["quick"]

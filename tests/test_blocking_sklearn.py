@@ -89,7 +89,9 @@ with joblib.parallel_config(backend="dispycos"):
     out["own_cluster_scores"] = fitted["test_score"].tolist() == local_scores.tolist()
     pids = {e.fit_pid_ for e in fitted["estimator"]}
     children = psutil.Process().children()          # the cluster's node; the fits ran in its servers
-    out["own_cluster_pids"] = len(children) == 1 and bool(pids) and pids <= {c.pid for c in children[0].children()}
+    # (its servers are its descendants: forked by its zygote, or spawned by it with --no_fork)
+    out["own_cluster_pids"] = len(children) == 1 and bool(pids) and pids <= {
+        c.pid for c in children[0].children(recursive=True)}
 out["own_cluster_stopped"] = [c.pid for c in psutil.Process().children() if c.status() != psutil.STATUS_ZOMBIE]
 print(json.dumps(out, sort_keys=True))
 """

@@ -80,3 +80,21 @@ def test_import_dispycos_is_light():
     out = subprocess.run([sys.executable, "-c", code], env=env_for_children(), capture_output=True, text=True,
                          timeout=60)
     assert out.stdout.split() == ["False", "False"], out.stderr
+
+
+def test_zygote_preload_installs_no_reactor_and_stays_lean():
+    # What dispycosnode imports before it forks its zygote (dispycos.node.zygote.preload): the
+    # server's modules and the reactor's module, but no reactor installed (each forked server
+    # installs its own), and Twisted's import-time TLS probe found no pyOpenSSL. A Twisted
+    # release that probes elsewhere or installs a reactor on import fails here.
+    code = (
+        "import sys\n"
+        "from dispycos.node import zygote\n"
+        "zygote.preload()\n"
+        "from twisted.internet import posixbase\n"
+        "print('twisted.internet.reactor' in sys.modules, 'dispycos.server' in sys.modules,"
+        " posixbase.tls is None, 'OpenSSL' in sys.modules)\n"
+    )
+    out = subprocess.run([sys.executable, "-c", code], env=env_for_children(), capture_output=True, text=True,
+                         timeout=60)
+    assert out.stdout.split() == ["False", "True", "True", "False"], out.stderr

@@ -95,7 +95,7 @@ class Node:
 
     def server_pids(self):
         try:
-            return sorted(c.pid for c in psutil.Process(self.proc.pid).children()
+            return sorted(c.pid for c in psutil.Process(self.proc.pid).children(recursive=True)
                           if "dispycos.server" in " ".join(c.cmdline()))
         except psutil.Error:
             return []

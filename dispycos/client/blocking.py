@@ -441,7 +441,12 @@ class Computation(_ComputationAPI):
 def _generate_computation_methods():
     """Every other public method of the Deferred API's Computation, in blocking form (aliases too)."""
     cls = _computation_api()
-    functions = {n: v for n, v in vars(cls).items() if not n.startswith("_") and inspect.isfunction(v)}
+    from dispycos.client.taskapi import _TaskMethods  # (written by hand here: run*, map, run_results)
+
+    functions = {}
+    for klass in reversed(cls.__mro__):  # Computation and the parts it is made of (ClusterControl)
+        if klass not in (object, _TaskMethods):
+            functions.update((n, v) for n, v in vars(klass).items() if not n.startswith("_") and inspect.isfunction(v))
     for name, function in functions.items():
         if function.__name__ == name and name not in _BY_HAND:
             setattr(_ComputationAPI, name, _blocking(cls, name))

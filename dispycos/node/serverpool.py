@@ -1,7 +1,8 @@
 # -*- test-case-name: tests.test_core -*-
 """
-The node's server processes: spawning them with AMP on pipes (fds 3 and 4),
-noticing their death at once, and stopping them (pipe close, then SIGKILL).
+The node's server processes: starting them (forked by the zygote or spawned,
+see L{dispycos.node.starters}) with AMP on pipes (fds 3 and 4), noticing their
+death at once, and stopping them (pipe close, then SIGKILL).
 """
 
 import os
@@ -15,6 +16,7 @@ from twisted.protocols import amp
 
 from dispycos import logs, metrics
 from dispycos.protocol import commands
+from dispycos.node.starters import SpawnStarter
 
 _FD_TO_CHILD, _FD_FROM_CHILD = 3, 4
 
@@ -98,7 +100,7 @@ class ServerSlot(ProcessProtocol):
 
     log = Logger()
 
-    def __init__(self, node, index, host, port, spawner=None):
+    def __init__(self, node, index, host, port, spawner=None, starter=None):
         self.node = node
         self.index = index
         self.host = host
@@ -110,9 +112,12 @@ class ServerSlot(ProcessProtocol):
         self.running = False
         self.is_ready = False
         self.expect_exit = False
+        #: A signal asked for before the starter connected the process (delivered then).
+        self._pending_signal = None
         self._ready_waiters = []
         self._ended_waiters = []
-        self._spawner = spawner
+        #: An IServerStarter; C{spawner} (as C{reactor.spawnProcess}) for a spawning one.
+        self._starter = starter or SpawnStarter(node.reactor, spawner)
         self._out = b""
         self._stdout = b""
         self.tasks = 0
@@ -121,33 +126,40 @@ class ServerSlot(ProcessProtocol):
 
     # -- life cycle ---------------------------------------------------------------
 
-    def spawn(self):
-        reactor = self.node.reactor
-        self.is_ready = False
-        self.expect_exit = False
-        argv = [
-            sys.executable, "-u", "-m", "dispycos.server",
+    def server_args(self):
+        """The server's command-line arguments (the starter adds C{--parent})."""
+        args = [
             "--index", str(self.index),
             "--host", self.host,
             "--port", str(self.wanted_port),
-            "--parent", str(os.getpid()),
         ]
         if self.node.debug:
-            argv.append("--debug")
+            args.append("--debug")
         if getattr(self.node, "log_format", "text") != "text":
-            argv += ["--log_format", self.node.log_format]
+            args += ["--log_format", self.node.log_format]
         for flag in ("twisted_tls", "sched_normal"):
             if getattr(self.node, flag, False):
-                argv.append("--" + flag)
+                args.append("--" + flag)
         if getattr(self.node, "max_file_size", 0):
-            argv += ["--max_file_size", str(self.node.max_file_size)]
+            args += ["--max_file_size", str(self.node.max_file_size)]
         for option, path in zip(("--certfile", "--keyfile", "--cafile"), getattr(self.node, "tls_files", ())):
             if path:
-                argv += [option, os.path.abspath(path)]
+                args += [option, os.path.abspath(path)]
+        return args
+
+    def spawn(self):
+        """Start this slot's server process with the pool's starter (see L{dispycos.node.starters})."""
+        self.is_ready = False
+        self.expect_exit = False
+        self._pending_signal = None
+        # Until the starter connects the new process (at once when spawned, once
+        # the zygote reports the fork when forked) there is none to talk to: not
+        # the ended predecessor's transport, nor its pid.
+        self.transport = None
+        self.pid = None
         env = server_environment()
         env["PYTHONPATH"] = os.pathsep.join(p for p in sys.path if p)
-        spawn = self._spawner or reactor.spawnProcess
-        spawn(self, sys.executable, argv, env=env, childFDs={0: "w", 1: "r", 2: "r", 3: "w", 4: "r"})
+        self._starter.start(self, self.server_args(), env)
         self.running = True
 
     def connectionMade(self):
@@ -155,6 +167,16 @@ class ServerSlot(ProcessProtocol):
         self.control.makeConnection(_PipeTransport(self.transport))
         self.pid = self.transport.pid
         self.transport.closeStdin()
+        started = getattr(self.node, "server_started", None)
+        if started is not None:
+            started(self)
+        # A stop() (or its kill) that came before the process was connected
+        # takes effect now, rather than when stop's grace runs out.
+        if self.expect_exit:
+            self._close_control()
+        sig, self._pending_signal = self._pending_signal, None
+        if sig is not None:
+            self.signal(sig)
 
     def _ready(self, port, pid):
         # A restarted server keeps its location (clients and the scheduler know it).
@@ -243,11 +265,25 @@ class ServerSlot(ProcessProtocol):
         return self.control.callRemote(command, **kw)
 
     def signal(self, sig):
-        if self.running:
-            try:
-                self.transport.signalProcess(sig)
-            except (error.ProcessExitedAlready, OSError):
-                pass
+        """Send C{sig} to the server process (once it is connected, if it is not yet)."""
+        if not self.running:
+            return
+        if self.transport is None:
+            self._pending_signal = sig
+            return
+        try:
+            self.transport.signalProcess(sig)
+        except (error.ProcessExitedAlready, OSError):
+            pass
+
+    def _close_control(self):
+        """Close the node's end of fd 3: the server exits when it reads the end of it."""
+        if self.transport is None:
+            return  # not connected yet: connectionMade closes it (expect_exit)
+        try:
+            self.transport.closeChildFD(_FD_TO_CHILD)
+        except Exception:
+            pass
 
     @defer.inlineCallbacks
     def stop(self, terminate=True, grace=None):
@@ -268,10 +304,8 @@ class ServerSlot(ProcessProtocol):
             except Exception:
                 pass
         if self.running:
-            try:
-                self.transport.closeChildFD(_FD_TO_CHILD)
-            except Exception:
-                pass
+            # Not connected yet (a fork the zygote has not reported): connectionMade closes it.
+            self._close_control()
         yield ended
         if killer is not None and killer.active():
             killer.cancel()

@@ -19,6 +19,7 @@ from dispycos.heartbeat import SilenceWatch
 from dispycos.node.console import start_console
 from dispycos.node.pidfile import remove_pid_file, write_pid_file
 from dispycos.node.serverpool import ServerSlot
+from dispycos.node.starters import SpawnStarter
 from dispycos.node.service_window import ENDED, IN_SERVICE
 from dispycos.protocol import auth, commands
 from dispycos.protocol.discovery import Discovery
@@ -149,7 +150,8 @@ class NodeService(service.Service):
                  udp_port=config.NodePort, peers=(), scheduler_port=config.SchedulerPort,
                  serve=-1, on_exit=None, service_window=None, zombie_period=0, pid_file=None,
                  stdin_commands=False, max_file_size=0, tls_files=(), twisted_tls=False, node_secret=None,
-                 sched_normal=False, metrics_port=None, metrics_host="127.0.0.1", log_format="text"):
+                 sched_normal=False, metrics_port=None, metrics_host="127.0.0.1", log_format="text",
+                 starter=None):
         self.reactor = reactor
         # Observability (dispycos.metrics): this node's links, what ended servers had
         # reported; /metrics on metrics_host:metrics_port (None: not served);
@@ -177,6 +179,8 @@ class NodeService(service.Service):
         self.ext_hosts = list(ext_hosts)
         self.debug = debug
         self.spawner = spawner
+        #: How servers start (an IServerStarter, see dispycos.node.starters): forked by a zygote, or spawned.
+        self.starter = starter or SpawnStarter(reactor, spawner)
         self.ready_file = ready_file
         self.min_pulse_interval = min_pulse_interval
         self.max_pulse_interval = max_pulse_interval
@@ -243,7 +247,7 @@ class NodeService(service.Service):
         # Servers listen where the node does, never on more addresses.
         bind = ",".join(self.hosts)
         for i in range(1, self.cpus + 1):
-            slot = ServerSlot(self, i, bind, self.ports[i] if i < len(self.ports) else 0, self.spawner)
+            slot = ServerSlot(self, i, bind, self.ports[i] if i < len(self.ports) else 0, starter=self.starter)
             self.slots.append(slot)
             slot.spawn()
         d = defer.DeferredList([s.when_ready() for s in self.slots], consumeErrors=True)
@@ -332,6 +336,7 @@ class NodeService(service.Service):
             except Exception:
                 self.log.failure("releasing computation at stop")
         yield defer.DeferredList([s.stop(terminate=True, grace=config.ServerKillGrace) for s in self.slots], consumeErrors=True)
+        self.starter.stop()
         paths.remove_tree(self.node_dir)
         self._remove_pid_file()
         yield service.Service.stopService(self)
@@ -750,6 +755,11 @@ class NodeService(service.Service):
             else:
                 self.log.info("service window stopped: node {n} takes no new computation", n=self.name)
         self._arm_window()
+
+    def server_started(self, slot):
+        """C{slot}'s process has its pid (a forked server's comes after C{spawn()} returned): record it."""
+        if self.running and not self.stopping:
+            self._write_pid_file()
 
     def _write_pid_file(self):
         if self.pid_file:

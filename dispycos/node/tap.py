@@ -43,6 +43,9 @@ class Options(UnderscoreOptions):
                                  "overrides --daemon."],
         ["sched_normal", None, "Run server processes under the normal Linux scheduling policy; by default they run "
                                "as SCHED_BATCH (throughput work that does not preempt other processes on wake-up)."],
+        ["no_fork", None, "Start every server as a new interpreter instead of forking it from the node's "
+                          "pre-loaded zygote (also DISPYCOS_NO_FORK=1; the default off Linux and with "
+                          "--twisted_tls)."],
         ["twisted_tls", None, "Load Twisted's TLS support (pyOpenSSL, ~12 MiB) in every server process, for tasks "
                               "that use reactor.connectSSL, startTLS or https with Twisted's Agent."],
     ]
@@ -167,6 +170,24 @@ def service_window(options, clock=None):
         raise usage.UsageError(str(e))
 
 
+def server_starter(options, reactor):
+    """
+    How the node starts servers: forked by the zygote C{dispycosnode} forked
+    before its reactor (see L{dispycos.node.zygote}), else spawned (C{--no_fork},
+    C{--twisted_tls}, twistd, not Linux).
+    """
+    from dispycos.node import zygote
+    from dispycos.node.starters import SpawnStarter, ZygoteStarter
+
+    handle = zygote.take()
+    no_fork = options["no_fork"] or options["twisted_tls"] or os.environ.get("DISPYCOS_NO_FORK", "") not in ("", "0")
+    if handle is not None and not no_fork:
+        return ZygoteStarter(reactor, handle)
+    if handle is not None:
+        zygote.discard(handle)
+    return SpawnStarter(reactor)
+
+
 def makeService(options, reactor=None):
     """
     The node's service, from parsed L{Options}. With C{--save_config}, saves
@@ -191,6 +212,7 @@ def makeService(options, reactor=None):
     stdin_commands = True if options["stdin_commands"] else (False if options["daemon"] else "auto")
     return for_twistd(NodeService(
         reactor,
+        starter=server_starter(options, reactor),
         cpus=options["servers"],
         hosts=options["ip_addr"],
         ports=options["ports"],

@@ -1,12 +1,14 @@
 # -*- test-case-name: tests.test_core -*-
 """
-A server process (C{python -m dispycos.server}, see L{dispycos.server.__main__}), started by a
-node, one per CPU.
+A server process, one per CPU of a node: forked from the node's zygote
+(L{dispycos.node.zygote}, which calls L{main}), or spawned as C{python -m
+dispycos.server} (L{dispycos.server.__main__}, see L{dispycos.node.starters}).
 
 It speaks AMP to its node over the pipes on fds 3 (in) and 4 (out), and
 listens on TCP for the computation's clients and peers, who create tasks and
 exchange messages with it directly. It dies with its node: the pipe closing
-ends it, and on Linux so does the node's death (PR_SET_PDEATHSIG).
+ends it, and on Linux so does its parent's death (PR_SET_PDEATHSIG: the node's,
+or the zygote's, which dies with the node).
 """
 
 import os
@@ -422,6 +424,10 @@ def main(argv=None):
 
     from twisted.internet import reactor, stdio
     from twisted.python.threadpool import ThreadPool
+
+    from dispycos import _lean
+
+    _lean.refuse_reactor_tls()  # (a forked server installed its reactor only now)
 
     # (JSON records on stderr: the node logs them as its own, see ServerSlot.)
     start_logging(args.debug, log_format=args.log_format)

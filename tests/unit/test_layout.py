@@ -53,3 +53,18 @@ def test_public_paths():
                  "as_completed", "DispycosNodeAllocate"):
         assert getattr(dispycos, name).__module__.startswith("dispycos."), name
     assert importlib.util.find_spec("dispycos.server.__main__") is not None  # python -m dispycos.server
+
+
+def test_the_blocking_computation_has_every_method_of_the_deferred_one():
+    """Wherever a method of Computation is defined (its own class or a part of it), the blocking API has it."""
+    import inspect
+
+    from dispycos.blocking import Computation as Blocking
+    from dispycos.client.computation import Computation
+    from dispycos.client.taskapi import _TaskMethods  # run*, map, run_results: written by hand
+
+    public = {n for n, v in inspect.getmembers(Computation, inspect.isfunction)
+              if not n.startswith("_") and n not in vars(_TaskMethods)}
+    missing = {n for n in public if not hasattr(Blocking, n)}
+    assert not missing, missing
+    assert {"servers", "nodes", "tasks", "send_file", "close"} <= public

@@ -15,8 +15,8 @@ from twisted.logger import Logger
 from twisted.protocols import amp
 
 from dispycos import logs, metrics
-from dispycos.protocol import commands
 from dispycos.node.starters import SpawnStarter
+from dispycos.protocol import commands
 
 _FD_TO_CHILD, _FD_FROM_CHILD = 3, 4
 

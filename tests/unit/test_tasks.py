@@ -20,7 +20,8 @@ import dispycos
 from dispycos import config, errors, status
 from dispycos.client.computation import Computation
 from dispycos.errors import FileTransferError, RemoteTaskError, TaskAbandoned, TaskTerminated, UnknownTaskError
-from dispycos.node.service import expand_ports, safe_join
+from dispycos.node.service import expand_ports
+from dispycos.protocol.receiving import safe_join
 from dispycos.status import DispycosStatus, Location, Status
 from dispycos.peer.tasks import (
     ABANDONED,

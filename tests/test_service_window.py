@@ -11,6 +11,7 @@ from twisted.internet import defer
 from twisted.internet.task import Clock
 
 from dispycos.errors import DispycosError
+from dispycos.node.hosting import HostedComputation
 from dispycos.node.service import NodeService
 from dispycos.node.service_window import (
     ENDED,
@@ -171,9 +172,8 @@ def make_node(clock, tmp_path, **kw):
 
 
 def fake_active(node, computation="c1"):
-    node.active = {"computation": computation, "key": b"", "components": b"", "proto": FakeProto(),
-                   "host": "127.0.0.1", "slots": {}, "client": "x", "served": True, "initialized": True,
-                   "files": {}, "setup": {}, "server_args": {}, "node_globals": None}
+    node.active = HostedComputation(computation, FakeProto(), "127.0.0.1", {}, initialized=True, client="x",
+                                    key=b"", components=b"", served=True)
     return node.active
 
 

@@ -50,13 +50,13 @@ class NodeProtocol(metrics.CountedConnection, StreamingAMP):
             "cpus": len(node.slots),
             "platform": platform.platform(),
             "avail": avail_info(node.dest_path),
-            "busy": node.active is not None and node.active["proto"] is not self,
+            "busy": node.active is not None and node.active.proto is not self,
         }
 
     @commands.Pulse.responder
     def _pulse(self, interval):
         node = self.node
-        if node.active is not None and node.active["proto"] is self:
+        if node.active is not None and node.active.proto is self:
             node.scheduler_watch.heard()
         self.pulse_interval = min(max(interval, node.min_pulse_interval), node.max_pulse_interval)
         return {"avail": avail_info(node.dest_path)}

@@ -42,13 +42,13 @@ def status_lines(node):
     if active is None:
         lines.append("  no computation")
     else:
-        lines.append("  computation %s of client %s" % (active["computation"], active.get("client") or "?"))
+        lines.append("  computation %s of client %s" % (active.computation, active.client or "?"))
     for slot in node.slots:
         state = "running" if slot.running and slot.is_ready else ("starting" if slot.running else "not running")
         head = '  server %d "%s_server-%d" pid %s at %s:%s (%s)' % (
             slot.index, node.name, slot.index, slot.pid, slot.host or addr, slot.port, state)
-        if active is not None and slot.index in active["slots"]:
-            lines.append("%s: running %d task(s) for computation %s" % (head, slot.tasks, active["computation"]))
+        if active is not None and slot.index in active.slots:
+            lines.append("%s: running %d task(s) for computation %s" % (head, slot.tasks, active.computation))
         else:
             lines.append("%s: is not currently used" % head)
     return lines
@@ -83,7 +83,7 @@ class NodeConsole(basic.LineReceiver):
             if self.node.active is None:
                 self.say("no computation to close")
             else:
-                self.say("closing computation %s" % self.node.active["computation"])
+                self.say("closing computation %s" % self.node.active.computation)
                 self.node.close_computation(False, "closed from the console").addBoth(
                     lambda _: self.say("computation closed"))
         elif command in ("quit", "exit"):
@@ -97,7 +97,7 @@ class NodeConsole(basic.LineReceiver):
         self.done = True
         if self.node.active is not None:
             self.say("%s computation %s, then quitting"
-                     % ("terminating" if terminate else "closing", self.node.active["computation"]))
+                     % ("terminating" if terminate else "closing", self.node.active.computation))
         else:
             self.say("quitting")
         self.node.quit(terminate)

@@ -58,7 +58,7 @@ class NodePolicies:
                 self._zombie_timer.cancel()
             self._zombie_timer = None
         self._last_activity = self.reactor.seconds()
-        if active.pop("served", False):
+        if active.served:
             self.served += 1
         if self.quitting:
             self.request_exit("quit")
@@ -93,23 +93,23 @@ class NodePolicies:
         active = self.active
         if active is None:
             return defer.succeed(None)
-        self.log.info("closing computation {c}{why}", c=active["computation"], why=(": " + why) if why else "")
-        slots = sorted(active["slots"].items())
+        self.log.info("closing computation {c}{why}", c=active.computation, why=(": " + why) if why else "")
+        slots = sorted(active.slots.items())
 
         def tell(result):
             # Every server is reported closed, then the node itself: the
             # scheduler then books the node free (one-way events: nothing
             # to wait for).
-            proto = active["proto"]
+            proto = active.proto
             if proto.connected:
                 for index, location in slots:
-                    proto.callRemote(commands.ServerEvent, computation=active["computation"], index=index,
+                    proto.callRemote(commands.ServerEvent, computation=active.computation, index=index,
                                      event="closed", location=location)
-                proto.callRemote(commands.ServerEvent, computation=active["computation"], index=0,
+                proto.callRemote(commands.ServerEvent, computation=active.computation, index=0,
                                  event="node_closed", location="")
             return result
 
-        return self.release(active["computation"], terminate).addBoth(tell)
+        return self.release(active.computation, terminate).addBoth(tell)
 
     def quit(self, terminate=False):
         """Close the active computation (if any), then exit (console C{quit}/C{terminate})."""
@@ -133,7 +133,7 @@ class NodePolicies:
         idle = self.reactor.seconds() - (self._last_activity or 0)
         if idle >= self.zombie_period:
             self.log.warn("computation {c} idle for {s:.1f}s (zombie period {z}s): releasing it",
-                          c=active["computation"], s=idle, z=self.zombie_period)
+                          c=active.computation, s=idle, z=self.zombie_period)
             self.close_computation(True, "zombie (idle for %.1fs)" % idle)
         else:
             self._zombie_timer = self.reactor.callLater(self.zombie_period - idle, self._zombie_check)

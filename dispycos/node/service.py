@@ -150,7 +150,7 @@ class NodeService(Hosting, NodePolicies, service.Service):
             return self.node_dir
         if dest != "node":
             raise FileTransferError("a node takes files for its node directory only, not %r" % (dest,))
-        if active is None or active["proto"] is not proto or active["computation"] != computation:
+        if active is None or active.proto is not proto or active.computation != computation:
             raise FileTransferError("node %s is not held for computation %s by this scheduler" % (self.name, computation))
         return self.node_dir
 
@@ -188,7 +188,7 @@ class NodeService(Hosting, NodePolicies, service.Service):
         active = self.active
         if active is None:
             return None
-        return config.MissedPulses * (active["proto"].pulse_interval or self.max_pulse_interval)
+        return config.MissedPulses * (active.proto.pulse_interval or self.max_pulse_interval)
 
     def _scheduler_silent(self, seconds):
         """Release a computation whose scheduler fell silent."""
@@ -196,12 +196,12 @@ class NodeService(Hosting, NodePolicies, service.Service):
         active = self.active
         if active is None:
             return
-        proto = active["proto"]
-        self.log.warn("scheduler of computation {c} silent for {s:.1f}s; releasing it", c=active["computation"], s=seconds)
+        proto = active.proto
+        self.log.warn("scheduler of computation {c} silent for {s:.1f}s; releasing it", c=active.computation, s=seconds)
         if proto.connected:
             proto.transport.abortConnection()
         else:
-            self.release(active["computation"], True)
+            self.release(active.computation, True)
 
     def _announce_ready(self, _):
         addr = self.ext_hosts[0] if self.ext_hosts else (self.hosts[0] or "0.0.0.0")
@@ -253,8 +253,8 @@ class NodeService(Hosting, NodePolicies, service.Service):
             yield self.metrics.stop()
         if self.active is not None:
             try:
-                proto = self.active["proto"]
-                yield self.release(self.active["computation"], True)
+                proto = self.active.proto
+                yield self.release(self.active.computation, True)
                 if proto.connected:
                     proto.transport.loseConnection()
             except Exception:
@@ -273,16 +273,16 @@ class NodeService(Hosting, NodePolicies, service.Service):
         active = self.active
         if not expected:
             self.log.warn("server {i} (pid {pid}) died: {why}", i=slot.index, pid=slot.pid, why=reason.getErrorMessage())
-            if active is not None and slot.index in active["slots"]:
-                proto = active["proto"]
+            if active is not None and slot.index in active.slots:
+                proto = active.proto
                 if proto.connected:
                     proto.callRemote(
-                        commands.ServerEvent, computation=active["computation"], index=slot.index,
-                        event="died", location=active["slots"][slot.index],
+                        commands.ServerEvent, computation=active.computation, index=slot.index,
+                        event="died", location=active.slots[slot.index],
                     )
         slot.spawn()
         self._write_pid_file()
-        if not expected and active is not None and slot.index in active["slots"]:
+        if not expected and active is not None and slot.index in active.slots:
             slot.when_ready().addCallback(self._reinit, active).addErrback(
                 lambda f: self.log.warn("server {i} restart failed: {f}", i=slot.index, f=f.getErrorMessage())
             )
@@ -292,14 +292,14 @@ class NodeService(Hosting, NodePolicies, service.Service):
         if self.active is not active:
             return
         location = yield self._init_slot(slot, active)
-        server_setup = active["setup"].get("server_setup")
-        if server_setup and slot.index in active["server_args"]:
-            yield self._run_setup(slot, server_setup, active["server_args"][slot.index], False,
+        server_setup = active.setup.get("server_setup")
+        if server_setup and slot.index in active.server_args:
+            yield self._run_setup(slot, server_setup, active.server_args[slot.index], False,
                                   self._server_dir(slot))
-        proto = active["proto"]
+        proto = active.proto
         if self.active is active and proto.connected:
             proto.callRemote(
-                commands.ServerEvent, computation=active["computation"], index=slot.index,
+                commands.ServerEvent, computation=active.computation, index=slot.index,
                 event="initialized", location=location,
             )
 
@@ -314,13 +314,13 @@ class NodeService(Hosting, NodePolicies, service.Service):
     @defer.inlineCallbacks
     def _init_slot(self, slot, active):
         yield slot.when_ready()
-        location = str(Location(active["host"], slot.port))
+        location = str(Location(active.host, slot.port))
         yield slot.call(
-            commands.Init, computation=active["computation"], key=active["key"],
-            components=active["components"], node_dir=self.node_dir,
-            server_dir=self._server_dir(slot), location=location, node_globals=active.get("node_globals"),
+            commands.Init, computation=active.computation, key=active.key,
+            components=active.components, node_dir=self.node_dir,
+            server_dir=self._server_dir(slot), location=location, node_globals=active.node_globals,
         )
-        active["slots"][slot.index] = location
+        active.slots[slot.index] = location
         return location
 
     @defer.inlineCallbacks
@@ -337,10 +337,10 @@ class NodeService(Hosting, NodePolicies, service.Service):
     @defer.inlineCallbacks
     def _prepare_slot(self, slot, active, init=True):
         """Init a server; run server_setup unless servers wait for enable_server."""
-        location = active["slots"].get(slot.index)
+        location = active.slots.get(slot.index)
         if init:
             location = yield self._init_slot(slot, active)
-        setup = active["setup"]
+        setup = active.setup
         ready = True
         if setup.get("server_setup"):
             if setup.get("disable_servers"):
@@ -349,7 +349,7 @@ class NodeService(Hosting, NodePolicies, service.Service):
                 try:
                     yield self._run_setup(slot, setup["server_setup"], None, False, self._server_dir(slot))
                 except SetupError as e:
-                    active["slots"].pop(slot.index, None)
+                    active.slots.pop(slot.index, None)
                     return {"index": slot.index, "location": location, "ready": False, "error": str(e)}
-                active["server_args"][slot.index] = None
+                active.server_args[slot.index] = None
         return {"index": slot.index, "location": location, "ready": ready}

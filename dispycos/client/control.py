@@ -19,7 +19,6 @@ class ClusterControl:
     close and restart them, send them files, list them and their tasks.
     """
 
-
     def _control(self, action, target, args=None, terminate=False, restart=False):
         if not self._active or self._closed:
             return defer.fail(ComputationClosed("computation is not scheduled"))

@@ -47,7 +47,6 @@ class Hosting:
     closed and restarted, then released.
     """
 
-
     def prepare(self, proto, computation, files):
         """
         Hold this node for C{computation} of C{proto}'s scheduler, which

@@ -1,4 +1,4 @@
-# -*- test-case-name: tests.test_node_cli,tests.test_service_window -*-
+# -*- test-case-name: tests.test_node_cli,tests.unit.test_service_window -*-
 """
 What C{dispycosnode}'s command line adds to a node (L{NodePolicies}, a part of L{dispycos.node.service.NodeService}).
 """
@@ -18,7 +18,6 @@ class NodePolicies:
     computations), service windows, the zombie period of an idle computation,
     the pid file and the console's quit.
     """
-
 
     def _start_extras(self):
         self._write_pid_file()

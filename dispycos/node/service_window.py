@@ -1,4 +1,4 @@
-# -*- test-case-name: tests.test_service_window -*-
+# -*- test-case-name: tests.unit.test_service_window -*-
 """
 Daily service windows of a node (C{--service_start}, C{--service_stop},
 C{--service_end}).

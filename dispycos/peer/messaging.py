@@ -21,7 +21,6 @@ class Messaging:
     one at a time behind each other, waiting for a task, terminating one.
     """
 
-
     def send(self, ref, msg):
         if ref.location == self.location:
             task = self.tasks.get(ref.tid)

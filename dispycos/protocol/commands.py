@@ -345,8 +345,6 @@ class Close(amp.Command):
 # -- streams (files, and payloads over the inline cap), any peer link ------------------
 
 
-
-
 class StreamOpen(amp.Command):
     """
     Open a stream of C{size} bytes with digest C{sha256}: C{purpose} is

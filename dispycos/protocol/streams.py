@@ -40,7 +40,6 @@ TLS_FRAME = 1024 * 1024
 FILE_BLOCK = 4 * 1024 * 1024
 
 
-
 def _file_digest(path):
     sha = hashlib.sha256()
     size = 0

@@ -16,7 +16,6 @@ class Controlling:
     enable, suspend, resume, close or restart them.
     """
 
-
     def held_node_link(self, comp, where):
         """The connection to node C{where}, held for C{comp} but without servers yet (or None)."""
         for link in self._links_at(comp, where):

@@ -22,7 +22,6 @@ class Enlisting:
     and how servers leave.
     """
 
-
     @defer.inlineCallbacks
     def _reserve(self, link, comp):
         if (link.computation is comp or link.proto is None or comp is not self.active

@@ -24,14 +24,12 @@ class _Placement:
         self.avoid = avoid
 
 
-
 class Placing:
     """
     How L{Scheduler} places tasks: a CPU task waits FIFO for a server without
     one, other tasks go at once; C{where} restricts and C{avoid} steers away
     from servers while another exists.
     """
-
 
     def place(self, comp, cpu, where=None, avoid=None):
         """

@@ -12,6 +12,12 @@ import pytest_twisted
 from .conftest import NodeProcess, Session, env_for_children
 
 
+def run_python(code):
+    """C{code} run by a fresh interpreter with this checkout (its output, as text)."""
+    return subprocess.run([sys.executable, "-c", code], env=env_for_children(), capture_output=True, text=True,
+                          timeout=60)
+
+
 def twisted_tls_state():
     import sys
 
@@ -70,15 +76,13 @@ def test_lean_import_in_a_fresh_interpreter():
         "import OpenSSL.SSL\n"
         "print('ok')\n"
     )
-    out = subprocess.run([sys.executable, "-c", code], env=env_for_children(), capture_output=True, text=True,
-                         timeout=60)
+    out = run_python(code)
     assert out.stdout.strip() == "ok", out.stderr
 
 
 def test_import_dispycos_is_light():
     code = "import sys, dispycos; print('twisted.internet.reactor' in sys.modules, 'dispycos.client.computation' in sys.modules)"
-    out = subprocess.run([sys.executable, "-c", code], env=env_for_children(), capture_output=True, text=True,
-                         timeout=60)
+    out = run_python(code)
     assert out.stdout.split() == ["False", "False"], out.stderr
 
 
@@ -95,6 +99,5 @@ def test_zygote_preload_installs_no_reactor_and_stays_lean():
         "print('twisted.internet.reactor' in sys.modules, 'dispycos.server' in sys.modules,"
         " posixbase.tls is None, 'OpenSSL' in sys.modules)\n"
     )
-    out = subprocess.run([sys.executable, "-c", code], env=env_for_children(), capture_output=True, text=True,
-                         timeout=60)
+    out = run_python(code)
     assert out.stdout.split() == ["False", "True", "True", "False"], out.stderr

@@ -22,7 +22,7 @@ import pytest_twisted
 
 from dispycos import paths
 from dispycos.node import configfile
-from dispycos.protocol import streams
+from dispycos.protocol import receiving, streams
 from dispycos.errors import FileTransferError
 from dispycos.node.pidfile import PID_FILE_NAME, check_pid_file
 
@@ -264,11 +264,11 @@ def test_a_link_at_the_very_partial_name_is_refused_and_left_alone(tmp_path, mon
     root.mkdir()
     victim = tmp_path / "victim.txt"
     victim.write_text("precious")
-    monkeypatch.setattr(streams, "_ids", iter([7, 8]))
-    monkeypatch.setattr(streams.secrets, "token_hex", lambda n: "feedbeef")
+    monkeypatch.setattr(receiving, "_ids", iter([7, 8]))
+    monkeypatch.setattr(receiving.secrets, "token_hex", lambda n: "feedbeef")
     planted = root / (".dispycos-partial-%d-7-feedbeef" % os.getpid())
     planted.symlink_to(victim)
-    receiver = streams.StreamReceiver(lambda dest, computation: str(root))
+    receiver = receiving.StreamReceiver(lambda dest, computation: str(root))
     with pytest.raises(FileTransferError, match="cannot write"):
         receiver.start("file", "f.txt", "", "server", 4, b"\0" * 32, False, "c")
     assert victim.read_text() == "precious" and os.readlink(planted) == str(victim)
@@ -278,7 +278,7 @@ def test_a_link_at_the_very_partial_name_is_refused_and_left_alone(tmp_path, mon
         os.close(fd)
         raise OSError(28, "No space left on device")
 
-    monkeypatch.setattr(streams.os, "fdopen", failing_fdopen)
+    monkeypatch.setattr(receiving.os, "fdopen", failing_fdopen)
     with pytest.raises(FileTransferError, match="No space left"):
         receiver.start("file", "f.txt", "new/dir", "server", 4, b"\0" * 32, False, "c")
     assert os.listdir(root) == [planted.name] and receiver.open == {}

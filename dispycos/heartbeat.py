@@ -7,6 +7,7 @@ scheduler from the client of its active computation, and a client from its
 shared scheduler (which it pulses).
 """
 
+from twisted.application import service
 from twisted.internet import task
 
 
@@ -14,14 +15,14 @@ def _value(v):
     return v() if callable(v) else v
 
 
-class SilenceWatch:
+class SilenceWatch(service.Service):
     """
     Every C{interval} seconds on C{clock}: when nothing was L{heard} for more
     than C{limit} seconds, the watch stops and calls C{on_silent(seconds)};
     otherwise it calls C{ping()}, if given (an active heartbeat: whatever
     answers the ping calls L{heard}). C{interval} and C{limit} are numbers or
     callables read at every check; a C{limit} of None or 0 never declares
-    silence (the pings still go).
+    silence (the pings still go). As a service, it watches while it runs.
 
     @ivar last_heard: the clock's time when the peer was last heard of
         (creation counts).
@@ -45,8 +46,17 @@ class SilenceWatch:
         return self.clock.seconds() - self.last_heard
 
     @property
-    def running(self):
+    def watching(self):
+        """Whether checks (and pings) go on."""
         return self._loop is not None and self._loop.running
+
+    def startService(self):
+        super().startService()
+        self.start()
+
+    def stopService(self):
+        super().stopService()
+        self.stop()
 
     def start(self, now=False):
         """Check (and ping) every interval from now on (at once too with C{now}); restarts a running watch."""

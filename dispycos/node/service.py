@@ -55,7 +55,7 @@ def expand_ports(specs, count):
     return ports[:count]
 
 
-class NodeService(Hosting, NodePolicies, service.Service):
+class NodeService(Hosting, NodePolicies, service.MultiService):
     """
     A dispycos node.
 
@@ -76,6 +76,7 @@ class NodeService(Hosting, NodePolicies, service.Service):
                  stdin_commands=False, max_file_size=0, tls_files=(), twisted_tls=False, node_secret=None,
                  sched_normal=False, metrics_port=None, metrics_host="127.0.0.1", log_format="text",
                  starter=None):
+        super().__init__()
         self.reactor = reactor
         # Observability (dispycos.metrics): this node's links, what ended servers had
         # reported; /metrics on metrics_host:metrics_port (None: not served);
@@ -111,7 +112,6 @@ class NodeService(Hosting, NodePolicies, service.Service):
         self.udp_port = udp_port
         self.peers = list(peers)
         self.scheduler_port = scheduler_port
-        self.discovery = None
         self.slots = []
         self.listening = []
         self.active = None
@@ -137,6 +137,16 @@ class NodeService(Hosting, NodePolicies, service.Service):
         self._zombie_timer = None
         self._window_timer = None
 
+        # The parts that start once the node listens (its port is in what they
+        # send) and stop before it lets its computation go, by name:
+        self.discovery = Discovery(reactor, self.hosts, self.udp_port, self.key, self._discovered)
+        self.discovery.setName("discovery")
+        self.discovery.setServiceParent(self)
+        if metrics_port is not None:
+            _MetricsService(self).setServiceParent(self)
+        self.scheduler_watch.setName("heartbeat")
+        self.scheduler_watch.setServiceParent(self)
+
     def keyring(self, role, computation):
         return self.key if role == "scheduler" else None
 
@@ -157,7 +167,6 @@ class NodeService(Hosting, NodePolicies, service.Service):
     # -- service ---------------------------------------------------------------
 
     def startService(self):
-        super().startService()
         # Refused (UnsafePathError) unless this user's alone: see dispycos.paths.
         self.dest_path = paths.private_dir(self.dest_path)
         factory = Factory.forProtocol(lambda: NodeProtocol(self))
@@ -176,11 +185,7 @@ class NodeService(Hosting, NodePolicies, service.Service):
             slot.spawn()
         d = defer.DeferredList([s.when_ready() for s in self.slots], consumeErrors=True)
         d.addCallback(self._announce_ready)
-        self.discovery = Discovery(self.reactor, self.hosts, self.udp_port, self.key, self._discovered)
-        self.discovery.start()
-        if self.metrics_port is not None:
-            self.metrics = metrics.serve_node(self, self.metrics_host, self.metrics_port)
-        self.scheduler_watch.start()
+        super().startService()  # then the children: discovery, /metrics, heartbeat
         self._start_extras()
 
     def _scheduler_limit(self):
@@ -243,14 +248,10 @@ class NodeService(Hosting, NodePolicies, service.Service):
     def stopService(self):
         self.stopping = True
         self._stop_extras()
-        self.scheduler_watch.stop()
-        if self.discovery is not None:
-            self.discovery.stop()
+        yield super().stopService()  # the children, last first
         for p in self.listening:
             yield p.stopListening()
         self.listening = []
-        if self.metrics is not None:
-            yield self.metrics.stop()
         if self.active is not None:
             try:
                 proto = self.active.proto
@@ -263,7 +264,6 @@ class NodeService(Hosting, NodePolicies, service.Service):
         self.starter.stop()
         paths.remove_tree(self.node_dir)
         self._remove_pid_file()
-        yield service.Service.stopService(self)
 
     # -- servers ------------------------------------------------------------------
 
@@ -353,3 +353,22 @@ class NodeService(Hosting, NodePolicies, service.Service):
                     return {"index": slot.index, "location": location, "ready": False, "error": str(e)}
                 active.server_args[slot.index] = None
         return {"index": slot.index, "location": location, "ready": ready}
+
+
+class _MetricsService(service.Service):
+    """The node's C{/metrics} page (L{dispycos.metrics}), served while the node runs."""
+
+    name = "metrics"
+
+    def __init__(self, node):
+        self.node = node
+
+    def startService(self):
+        super().startService()
+        node = self.node
+        node.metrics = metrics.serve_node(node, node.metrics_host, node.metrics_port)
+
+    def stopService(self):
+        super().stopService()
+        server, self.node.metrics = self.node.metrics, None
+        return server.stop() if server is not None else None

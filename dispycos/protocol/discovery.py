@@ -18,6 +18,7 @@ import os
 import time
 from collections import OrderedDict
 
+from twisted.application import service
 from twisted.internet.protocol import DatagramProtocol
 from twisted.logger import Logger
 
@@ -126,7 +127,7 @@ class _Socket(DatagramProtocol):
         self.owner._received(data, addr)
 
 
-class Discovery:
+class Discovery(service.Service):
     """
     UDP sockets on C{port} for the interfaces in C{hosts}: bound to each
     address and to its broadcast address (so a loopback-only daemon listens on
@@ -177,6 +178,14 @@ class Discovery:
         except Exception as e:
             self.log.warn("discovery: no reply socket: {e}", e=e)
             self.reply, self.reply_port = None, self.port
+
+    def startService(self):
+        super().startService()
+        self.start()
+
+    def stopService(self):
+        super().stopService()
+        self.stop()
 
     def stop(self):
         ports, self.ports = self.ports, []

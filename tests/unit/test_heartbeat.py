@@ -18,7 +18,7 @@ def test_pings_every_interval_while_the_peer_answers():
     for _ in range(20):
         clock.advance(1)
         watch.heard()  # the answer to each ping
-    assert pings == [float(i) for i in range(1, 21)] and silent == [] and watch.running
+    assert pings == [float(i) for i in range(1, 21)] and silent == [] and watch.watching
 
 
 def test_silence_over_the_limit_is_reported_once_and_the_watch_stops():
@@ -28,7 +28,7 @@ def test_silence_over_the_limit_is_reported_once_and_the_watch_stops():
     watch.heard()  # last word at t=1
     for _ in range(10):
         clock.advance(1)
-    assert silent == [6.0] and not watch.running  # checked at t=7: 6 s silent > 5
+    assert silent == [6.0] and not watch.watching  # checked at t=7: 6 s silent > 5
     assert pings == [1.0, 2.0, 3.0, 4.0, 5.0, 6.0]
 
 
@@ -52,10 +52,10 @@ def test_no_limit_never_declares_silence():
         clock, watch, silent, pings = make(limit=limit)
         watch.start(now=True)
         clock.pump([10] * 10)
-        assert silent == [] and len(pings) == 11 and watch.running
+        assert silent == [] and len(pings) == 11 and watch.watching
         watch.stop()
         clock.advance(100)
-        assert len(pings) == 11 and not watch.running
+        assert len(pings) == 11 and not watch.watching
 
 
 def test_restart_keeps_what_was_heard():

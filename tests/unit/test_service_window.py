@@ -259,3 +259,18 @@ def test_node_quit_without_computation(tmp_path):
     clock.advance(0)
     assert exits == [1]
     assert isinstance(d, defer.Deferred)
+
+
+def test_the_node_is_a_tree_of_named_services(tmp_path):
+    """Discovery, /metrics and the heartbeat are children of the node, started after it listens."""
+    from twisted.application import service
+
+    from dispycos.heartbeat import SilenceWatch
+    from dispycos.protocol.discovery import Discovery
+
+    node = make_node(Clock(), tmp_path, metrics_port=0)
+    assert isinstance(node, service.MultiService)
+    assert [s.name for s in node] == ["discovery", "metrics", "heartbeat"]
+    assert isinstance(node.getServiceNamed("discovery"), Discovery)
+    assert isinstance(node.getServiceNamed("heartbeat"), SilenceWatch)
+    assert [s.name for s in make_node(Clock(), tmp_path)] == ["discovery", "heartbeat"]  # no /metrics asked for

@@ -115,6 +115,25 @@ def test_killing_the_node_leaves_no_zygote_or_server():
         node.stop()
 
 
+def test_a_stopped_node_reaps_its_zygote():
+    """
+    SIGTERM: the node stops its servers and waits for its zygote before it
+    exits, so no dead zygote is left to init (which not every container's
+    first process reaps).
+    """
+    node = NodeProcess(cpus=1)
+    try:
+        zygote = node.zygote_pids()
+        assert len(zygote) == 1
+        wait_for(lambda: len(node.server_pids()) == 1, what="1 server")
+        node.proc.send_signal(signal.SIGTERM)
+        assert node.proc.wait(30) == 0
+        with pytest.raises(psutil.NoSuchProcess):  # not even a zombie
+            psutil.Process(zygote[0]).status()
+    finally:
+        node.stop()
+
+
 def test_zygote_killed_servers_die_and_are_spawned():
     node = NodeProcess(cpus=2)
     try:

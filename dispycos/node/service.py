@@ -261,7 +261,7 @@ class NodeService(Hosting, NodePolicies, service.MultiService):
             except Exception:
                 self.log.failure("releasing computation at stop")
         yield defer.DeferredList([s.stop(terminate=True, grace=config.ServerKillGrace) for s in self.slots], consumeErrors=True)
-        self.starter.stop()
+        yield self.starter.stop()  # (the zygote reaped before the node exits)
         paths.remove_tree(self.node_dir)
         self._remove_pid_file()
 

@@ -23,7 +23,7 @@ import signal
 import socket
 import sys
 
-from twisted.internet import error
+from twisted.internet import defer, error
 from twisted.logger import Logger
 from twisted.python import failure
 from zope.interface import Interface, implementer
@@ -48,7 +48,10 @@ class IServerStarter(Interface):
         """
 
     def stop():
-        """The node is stopping: release what this starter holds (its zygote)."""
+        """
+        The node is stopping: release what this starter holds (its zygote);
+        None, or a Deferred firing once that is done.
+        """
 
 
 def _reason(status):
@@ -305,24 +308,43 @@ class ZygoteStarter:
             for fd in ours.values():
                 os.close(fd)
             self.fallback.start(protocol, args, env)
-        self._reap_zygote(50)
+        self._reaped = self._reap_zygote(500)
 
     _stopped = False
+    #: Fires once the zygote is reaped (after its socket closed), else None.
+    _reaped = None
 
     def _stopping(self):
         return self._stopped
 
     def _reap_zygote(self, tries):
-        try:
-            pid, _ = os.waitpid(self.zygote_pid, os.WNOHANG)
-        except ChildProcessError:
-            return
-        if pid == 0 and tries > 0:
-            self.reactor.callLater(0.1, self._reap_zygote, tries - 1)
+        """
+        A Deferred firing once the zygote is reaped, looked for every 10 ms,
+        C{tries} times at most (a node that exited first would leave it to
+        init, which not every container's first process does).
+        """
+        reaped = defer.Deferred()
+
+        def look(left):
+            try:
+                pid, _ = os.waitpid(self.zygote_pid, os.WNOHANG)
+            except ChildProcessError:
+                pid = self.zygote_pid
+            if pid != 0 or left <= 0:
+                reaped.callback(None)
+            else:
+                self.reactor.callLater(0.01, look, left - 1)
+
+        look(tries)
+        return reaped
 
     def stop(self):
-        """Close the socket: the zygote ends (and any server still alive with it)."""
+        """
+        Close the socket: the zygote ends (and any server still alive with
+        it); the Deferred returned fires once it is reaped.
+        """
         self._stopped = True
         if self.sock is not None:
             self.reactor.removeReader(self._reader)
             self._gone()
+        return self._reaped if self._reaped is not None else defer.succeed(None)

@@ -59,8 +59,6 @@ def import_twisted(twisted_tls=False, install=True):
         import twisted.protocols.amp  # noqa: F401
     finally:
         del sys.modules["OpenSSL"]
-    if install:
-        refuse_reactor_tls()
 
 
 #: What a task that needs Twisted's own TLS is told in a lean process.
@@ -72,8 +70,9 @@ def refuse_reactor_tls():
     """
     Make the installed reactor's C{listenSSL}/C{connectSSL} fail with
     L{NO_TWISTED_TLS} (instead of Twisted's bare C{"SSL support is not
-    present"}) when Twisted decided at import time that it has no TLS; a
-    forked server calls it once it installed its reactor.
+    present"}) when Twisted decided at import time that it has no TLS. A
+    server process (spawned or forked) calls it once its reactor is
+    installed; the node runs no task code and needs none of it.
     """
     from twisted.internet import posixbase, reactor
 

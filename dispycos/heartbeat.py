@@ -7,15 +7,16 @@ scheduler from the client of its active computation, and a client from its
 shared scheduler (which it pulses).
 """
 
-from twisted.application import service
 from twisted.internet import task
+
+from dispycos.services import StartStopService
 
 
 def _value(v):
     return v() if callable(v) else v
 
 
-class SilenceWatch(service.Service):
+class SilenceWatch(StartStopService):
     """
     Every C{interval} seconds on C{clock}: when nothing was L{heard} for more
     than C{limit} seconds, the watch stops and calls C{on_silent(seconds)};
@@ -49,14 +50,6 @@ class SilenceWatch(service.Service):
     def watching(self):
         """Whether checks (and pings) go on."""
         return self._loop is not None and self._loop.running
-
-    def startService(self):
-        super().startService()
-        self.start()
-
-    def stopService(self):
-        super().stopService()
-        self.stop()
 
     def start(self, now=False):
         """Check (and ping) every interval from now on (at once too with C{now}); restarts a running watch."""

@@ -230,7 +230,7 @@ class NodeService(Hosting, NodePolicies, service.MultiService):
 
     def announce(self):
         """Tell schedulers (broadcast, and every --peer) that this node is here."""
-        if self.discovery is None or self.stopping or self.port is None:
+        if self.stopping or self.port is None:
             return
         msg = self._announcement()
         self.discovery.broadcast(msg, self.scheduler_port)

@@ -18,11 +18,11 @@ import os
 import time
 from collections import OrderedDict
 
-from twisted.application import service
 from twisted.internet.protocol import DatagramProtocol
 from twisted.logger import Logger
 
 from dispycos import config
+from dispycos.services import StartStopService
 from dispycos.status import Location
 
 MAGIC = b"DISPYCOS1\n"
@@ -127,7 +127,7 @@ class _Socket(DatagramProtocol):
         self.owner._received(data, addr)
 
 
-class Discovery(service.Service):
+class Discovery(StartStopService):
     """
     UDP sockets on C{port} for the interfaces in C{hosts}: bound to each
     address and to its broadcast address (so a loopback-only daemon listens on
@@ -178,14 +178,6 @@ class Discovery(service.Service):
         except Exception as e:
             self.log.warn("discovery: no reply socket: {e}", e=e)
             self.reply, self.reply_port = None, self.port
-
-    def startService(self):
-        super().startService()
-        self.start()
-
-    def stopService(self):
-        super().stopService()
-        self.stop()
 
     def stop(self):
         ports, self.ports = self.ports, []

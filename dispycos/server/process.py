@@ -427,7 +427,7 @@ def main(argv=None):
 
     from dispycos import _lean
 
-    _lean.refuse_reactor_tls()  # (a forked server installed its reactor only now)
+    _lean.refuse_reactor_tls()  # tasks needing Twisted's TLS are told how to get it
 
     # (JSON records on stderr: the node logs them as its own, see ServerSlot.)
     start_logging(args.debug, log_format=args.log_format)

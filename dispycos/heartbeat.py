@@ -25,6 +25,12 @@ class SilenceWatch(StartStopService):
     callables read at every check; a C{limit} of None or 0 never declares
     silence (the pings still go). As a service, it watches while it runs.
 
+    A check that comes over an interval late means this process itself did
+    not run its reactor meanwhile (a long computation or loop in the
+    reactor thread): the peer's word may be waiting unread in the socket,
+    so that check declares nothing and pings; the next one, after the
+    reactor has read, decides.
+
     @ivar last_heard: the clock's time when the peer was last heard of
         (creation counts).
     """
@@ -37,6 +43,7 @@ class SilenceWatch(StartStopService):
         self.ping = ping
         self.last_heard = clock.seconds()
         self._loop = None
+        self._checked = None  # the clock's time at the last check (or start)
 
     def heard(self):
         """The peer said something: its silence starts again from now."""
@@ -54,6 +61,7 @@ class SilenceWatch(StartStopService):
     def start(self, now=False):
         """Check (and ping) every interval from now on (at once too with C{now}); restarts a running watch."""
         self.stop()
+        self._checked = self.clock.seconds()
         self._loop = task.LoopingCall(self._check)
         self._loop.clock = self.clock
         self._loop.start(_value(self.interval), now=now)
@@ -70,8 +78,11 @@ class SilenceWatch(StartStopService):
         if loop is not None and loop.interval != interval:
             loop.interval = interval
         limit = _value(self.limit)
+        now = self.clock.seconds()
+        stalled = self._checked is not None and now - self._checked > 2 * interval
+        self._checked = now
         silent = self.silent_for()
-        if limit and silent > limit:
+        if limit and silent > limit and not stalled:
             self.stop()
             self.on_silent(silent)
         elif self.ping is not None:

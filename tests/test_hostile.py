@@ -21,7 +21,7 @@ import time
 import psutil
 import pytest
 import pytest_twisted
-from twisted.internet import defer, reactor, threads
+from twisted.internet import defer, reactor, task, threads
 from twisted.internet.task import deferLater
 
 import dispycos
@@ -948,6 +948,38 @@ async def test_mailbox_flood_of_a_million_messages(fresh_node, tmp_path):
     print("mailbox flood: %d messages sent in %.1fs, all queued after %.1fs; server RSS +%.0f MiB "
           "(%.0f bytes per message); mailbox held %d" % (count, sent_in, filled_in, growth / MiB, growth / count, held))
     assert held == count == config.MaxMailbox
+
+
+@pytest_twisted.ensureDeferred
+async def test_a_send_loop_lets_the_reactor_run_between_drains(fresh_node, tmp_path):
+    """
+    A producer looping over send() and drain() in the reactor thread, from
+    its first message on (the connection to the server is not up yet): each
+    drain() waits for the connection and gives the reactor a turn, so its
+    timers run meanwhile and none (the connection's own timeout, a
+    heartbeat's silence) finds itself overdue at the end.
+    """
+    node = fresh_node(cpus=1)
+    flag = str(tmp_path / "read-now")
+    ticks = []
+    async with Session(node, [hoard]) as comp:
+        rtask = await comp.run_async(hoard, flag, 600)
+        loop = task.LoopingCall(lambda: ticks.append(time.monotonic()))
+        loop.start(0.05)
+        rounds = 0
+        for start in range(0, 300000, 20000):
+            for i in range(start, start + 20000):
+                rtask.send(i)
+            await rtask.drain()
+            rounds += 1
+        during = len(ticks)
+        loop.stop()
+        assert await rtask.deliver("one more", timeout=120) == 1
+        open(flag, "w").close()
+        held = await rtask.result(timeout=120)
+    print("send loop: %d rounds of 20,000 messages, %d timer ticks ran meanwhile" % (rounds, during))
+    assert held == 300001
+    assert during > 1  # the first tick runs at start(); any other ran between rounds
 
 
 @pytest_twisted.ensureDeferred

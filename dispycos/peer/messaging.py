@@ -3,7 +3,7 @@
 Messages and requests to tasks in other processes (L{Messaging}, a part of L{dispycos.peer.runtime.Runtime}).
 """
 
-from twisted.internet import defer
+from twisted.internet import defer, task
 
 from dispycos import serialize
 from dispycos.errors import DispycosError, MailboxFull, UnknownTaskError
@@ -92,13 +92,27 @@ class Messaging:
     def drain(self, ref):
         """
         Deferred firing once messages queued for C{ref}'s process have gone
-        out (backpressure for fast producers); at once when nothing waits.
+        out (backpressure for fast producers), on the reactor's next turn at
+        the earliest; it errbacks when the connection they wait for fails.
         """
         link = self.links.get(ref.location)
-        if link is None or link.proto is None:
-            return defer.succeed(None)
-        link.proto.flush()
-        return link.proto.drained()
+        if link is None:
+            d = defer.succeed(None)
+        elif link.proto is None or not link.proto.connected:
+            # Still connecting: what was sent waits for the connection.
+            d = self.connection(ref.location).addCallback(self._drained)
+        else:
+            d = self._drained(link.proto)
+        # Always on a later reactor turn: a producer looping over send() and
+        # drain() then lets the reactor read and run its timers between
+        # rounds (a heartbeat's answer, a connection completing) rather than
+        # finding them all overdue at the end.
+        return d.addCallback(lambda _: task.deferLater(self.reactor, 0, lambda: None))
+
+    @staticmethod
+    def _drained(proto):
+        proto.flush()
+        return proto.drained()
 
     def backed_up(self, location):
         """True while the connection to C{location} cannot take more (thread-safe read)."""

@@ -65,3 +65,25 @@ def test_restart_keeps_what_was_heard():
     watch.start()  # e.g. at a computation's own pulse interval: silence still counts from t=0
     clock.advance(2)
     assert silent == [6.0]
+
+
+def test_a_check_after_our_own_stall_waits_for_the_reactor_to_read():
+    """
+    Our reactor did not run for 30 s (the peer's answers wait unread in the
+    socket): the late check declares nothing; the next one decides, on what
+    the reactor read in between.
+    """
+    clock, watch, silent, pings = make(limit=5)
+    watch.start()
+    clock.advance(1)
+    watch.heard()
+    clock.advance(30)  # one late check, at t=31: 30 s "silent"
+    assert silent == [] and watch.watching and pings == [1.0, 31.0]
+    watch.heard()  # the reactor read the answers that were waiting
+    clock.advance(1)
+    assert silent == [] and watch.watching
+    # a peer that really is silent is still declared, one interval later
+    clock.advance(30)
+    assert silent == [] and watch.watching
+    clock.advance(1)
+    assert silent == [32.0] and not watch.watching  # heard last at t=31

@@ -17,6 +17,7 @@ from dispycos.errors import FileTransferError, SetupError
 from dispycos.heartbeat import SilenceWatch
 from dispycos.node.connection import NodeProtocol
 from dispycos.node.hosting import Hosting
+from dispycos.node.nodeconfig import NodeConfig
 from dispycos.node.policies import NodePolicies
 from dispycos.node.serverpool import ServerSlot
 from dispycos.node.starters import SpawnStarter
@@ -55,28 +56,37 @@ def expand_ports(specs, count):
     return ports[:count]
 
 
+def _default_dest_path():
+    """L{config.default_dest_path} (a name the node's C{config} argument hides)."""
+    return config.default_dest_path()
+
+
 class NodeService(Hosting, NodePolicies, service.MultiService):
     """
-    A dispycos node.
-
-    @param cpus: number of server processes.
-    @param hosts: addresses to listen on.
-    @param ports: from L{expand_ports}: the node's port, then each server's.
-    @param secret: the shared secret schedulers must prove.
+    A dispycos node, set up by a L{NodeConfig} (its fields: the number of
+    servers, the addresses and ports to listen on, the secret schedulers must
+    prove, the command-line policies...).
     """
 
     log = Logger()
     name = "dispycosnode"
 
-    def __init__(self, reactor, cpus, hosts, ports, secret="", node_name=None, dest_path=None,
-                 ext_hosts=(), debug=False, spawner=None, ready_file=None,
-                 min_pulse_interval=config.MinPulseInterval, max_pulse_interval=config.MaxPulseInterval,
-                 udp_port=config.NodePort, peers=(), scheduler_port=config.SchedulerPort,
-                 serve=-1, on_exit=None, service_window=None, zombie_period=0, pid_file=None,
-                 stdin_commands=False, max_file_size=0, tls_files=(), twisted_tls=False, node_secret=None,
-                 sched_normal=False, metrics_port=None, metrics_host="127.0.0.1", log_format="text",
-                 starter=None):
+    def __init__(self, reactor, config=None, *args, **kwargs):
+        """
+        C{NodeService(reactor, config)} with a L{NodeConfig}; or, as before it,
+        with that config's fields as arguments: C{NodeService(reactor, cpus,
+        hosts, ports, secret=..., ...)} (then the node builds the config).
+        """
+        if isinstance(config, NodeConfig):
+            if args or kwargs:
+                raise TypeError("NodeService takes a NodeConfig or its fields as arguments, not both")
+        elif config is None and not args:
+            config = NodeConfig(**kwargs)
+        else:
+            config = NodeConfig(config, *args, **kwargs)
         super().__init__()
+        #: The node's settings (a frozen L{NodeConfig}); the attributes below are copied from it.
+        self.config = config
         self.reactor = reactor
         # Observability (dispycos.metrics): this node's links, what ended servers had
         # reported; /metrics on metrics_host:metrics_port (None: not served);
@@ -84,34 +94,34 @@ class NodeService(Hosting, NodePolicies, service.MultiService):
         self.counts = metrics.Counts()
         self.retired_counts = metrics.Counts()
         self.computations_taken = 0
-        self.metrics_port = metrics_port
-        self.metrics_host = metrics_host
+        self.metrics_port = config.metrics_port
+        self.metrics_host = config.metrics_host
         self.metrics = None
-        self.log_format = log_format
-        self.twisted_tls = twisted_tls
-        self.sched_normal = sched_normal
-        self.max_file_size = max_file_size
-        self.tls_files = tuple(tls_files)
+        self.log_format = config.log_format
+        self.twisted_tls = config.twisted_tls
+        self.sched_normal = config.sched_normal
+        self.max_file_size = config.max_file_size
+        self.tls_files = tuple(config.tls_files)
         self.tls = TLS(*self.tls_files) if any(self.tls_files) else None
-        self.cpus = cpus
-        self.hosts = list(hosts)
-        self.ports = ports
+        self.cpus = config.cpus
+        self.hosts = list(config.hosts)
+        self.ports = list(config.ports)
         # The key schedulers prove: the node secret, else the cluster's secret
         # (else this user's own), for its own use (clients prove another).
-        self.key = auth.key_from_secret(node_secret or secret or paths.user_secret(), auth.NODE)
-        self.name = node_name or socket.gethostname()
-        self.dest_path = dest_path or config.default_dest_path()
-        self.ext_hosts = list(ext_hosts)
-        self.debug = debug
-        self.spawner = spawner
+        self.key = auth.key_from_secret(config.node_secret or config.secret or paths.user_secret(), auth.NODE)
+        self.name = config.node_name or socket.gethostname()
+        self.dest_path = config.dest_path or _default_dest_path()
+        self.ext_hosts = list(config.ext_hosts)
+        self.debug = config.debug
+        self.spawner = config.spawner
         #: How servers start (an IServerStarter, see dispycos.node.starters): forked by a zygote, or spawned.
-        self.starter = starter or SpawnStarter(reactor, spawner)
-        self.ready_file = ready_file
-        self.min_pulse_interval = min_pulse_interval
-        self.max_pulse_interval = max_pulse_interval
-        self.udp_port = udp_port
-        self.peers = list(peers)
-        self.scheduler_port = scheduler_port
+        self.starter = config.starter or SpawnStarter(reactor, config.spawner)
+        self.ready_file = config.ready_file
+        self.min_pulse_interval = config.min_pulse_interval
+        self.max_pulse_interval = config.max_pulse_interval
+        self.udp_port = config.udp_port
+        self.peers = list(config.peers)
+        self.scheduler_port = config.scheduler_port
         self.slots = []
         self.listening = []
         self.active = None
@@ -121,15 +131,15 @@ class NodeService(Hosting, NodePolicies, service.MultiService):
         self.stopping = False
         self.node_dir = None
         self.port = None
-        # Command-line features (see the "CLI features" section below).
-        self.serve = serve
+        # Command-line features (see dispycos.node.policies).
+        self.serve = config.serve
         self.served = 0
-        self._on_exit = on_exit
-        self.service_window = service_window
+        self._on_exit = config.on_exit
+        self.service_window = config.service_window
         self.service_phase = None
-        self.zombie_period = zombie_period or 0
-        self.pid_file = pid_file
-        self.stdin_commands = stdin_commands
+        self.zombie_period = config.zombie_period or 0
+        self.pid_file = config.pid_file
+        self.stdin_commands = config.stdin_commands
         self.console = None
         self.quitting = False
         self.exiting = False
@@ -142,7 +152,7 @@ class NodeService(Hosting, NodePolicies, service.MultiService):
         self.discovery = Discovery(reactor, self.hosts, self.udp_port, self.key, self._discovered)
         self.discovery.setName("discovery")
         self.discovery.setServiceParent(self)
-        if metrics_port is not None:
+        if config.metrics_port is not None:
             _MetricsService(self).setServiceParent(self)
         self.scheduler_watch.setName("heartbeat")
         self.scheduler_watch.setServiceParent(self)

@@ -19,6 +19,7 @@ from twisted.python import usage
 from dispycos import config
 from dispycos.logs import for_twistd
 from dispycos.node import configfile
+from dispycos.node.nodeconfig import NodeConfig
 from dispycos.node.pidfile import PID_FILE_NAME, check_pid_file, pid_file_path
 from dispycos.node.service import NodeService, expand_ports
 from dispycos.node.service_window import ServiceWindow, ServiceWindowError
@@ -208,10 +209,14 @@ def makeService(options, reactor=None):
         check_pid_file(pid_file, clean=options["clean"])
     except usage.UsageError as e:
         options.fail("dispycosnode", e)
+    return for_twistd(NodeService(reactor, node_config(options, reactor, dest_path, pid_file)), options)
+
+
+def node_config(options, reactor, dest_path, pid_file):
+    """The L{NodeConfig} of parsed L{Options} (checked by them), with the private C{dest_path} and C{pid_file}."""
     # Without --daemon the node reads stdin if it is a terminal when it starts.
     stdin_commands = True if options["stdin_commands"] else (False if options["daemon"] else "auto")
-    return for_twistd(NodeService(
-        reactor,
+    return NodeConfig(
         starter=server_starter(options, reactor),
         cpus=options["servers"],
         hosts=options["ip_addr"],
@@ -240,4 +245,4 @@ def makeService(options, reactor=None):
         metrics_port=options["metrics_port"],
         metrics_host=options["metrics_host"],
         log_format=options["log_format"],
-    ), options)
+    )

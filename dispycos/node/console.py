@@ -19,6 +19,7 @@ Task counts come from the servers' once-a-second reports.
 import os
 import sys
 
+from twisted.application import service
 from twisted.internet import interfaces
 from twisted.logger import Logger
 from twisted.protocols import basic
@@ -178,3 +179,30 @@ def start_console(node, require_terminal=False, console=NodeConsole):
     protocol = console(node)
     transport = stdio.StandardIO(protocol, reactor=node.reactor)
     return _Console(protocol, transport)
+
+
+class ConsoleService(service.Service):
+    """
+    The node's stdin console (L{start_console}) as a named child ("console")
+    of the node, the last: it starts once everything else has, and stops
+    first, so no command comes in while the node stops. With
+    C{require_terminal} ("auto" in C{--stdin_commands}), stdin is looked at
+    when the service starts (twistd may have daemonized since the node was
+    made): no terminal, no console. The running console is C{node.console}
+    (None without one).
+    """
+
+    name = "console"
+
+    def __init__(self, node, require_terminal=False):
+        self.node = node
+        self.require_terminal = require_terminal
+
+    def startService(self):
+        super().startService()
+        self.node.console = start_console(self.node, require_terminal=self.require_terminal)
+
+    def stopService(self):
+        super().stopService()
+        if self.node.console is not None:
+            self.node.console.stop()

@@ -12,7 +12,7 @@ nodes on one host need distinct C{--dest_path}s), JSON::
 
 The node writes it at start and whenever a server process is replaced
 (through a fresh temporary, see L{paths.replace_file}), and removes it when
-it stops. At start, if the file names a live process of this node's making
+it stops (L{PidFileService}, the node's child service "pidfile"). At start, if the file names a live process of this node's making
 (same pid, creation time, user and exact command line as recorded) the node
 refuses to start, unless C{--clean} is given: then those processes are sent
 SIGTERM, given some seconds, then SIGKILL, and the file is removed. A
@@ -26,6 +26,7 @@ import json
 import os
 import sys
 
+from twisted.application import service
 from twisted.python import usage
 
 from dispycos import config, paths
@@ -196,3 +197,46 @@ def check_pid_file(path, clean=False):
         os.unlink(path)
     except FileNotFoundError:
         pass
+
+
+class PidFileService(service.Service):
+    """
+    The node's pid file at C{path}, a named child ("pidfile") of the node:
+    written when the children start, that is once the node listens and has
+    spawned its servers (the file names its port and their pids), and
+    rewritten (L{write}) as servers are replaced.
+
+    Its removal does not fit a child's stop: the node stops its children
+    before it stops listening and kills its servers, and the file must name
+    those servers until they are gone (a node killed while it stops leaves
+    them to C{--clean}, which finds them here). So a stopping node removes
+    the file itself (L{remove}), last, after its servers and its zygote;
+    only this service stopped on its own, the node running on, removes it
+    at once.
+    """
+
+    name = "pidfile"
+
+    def __init__(self, node, path):
+        self.node = node
+        self.path = path
+
+    def startService(self):
+        super().startService()
+        self.write()
+
+    def stopService(self):
+        super().stopService()
+        if not self.node.stopping:
+            self.remove()
+
+    def write(self):
+        """Record the node and its servers now (a failure is logged: the node goes on)."""
+        try:
+            write_pid_file(self.path, self.node)
+        except Exception as e:
+            self.node.log.warn("cannot write pid file {f}: {e}", f=self.path, e=e)
+
+    def remove(self):
+        """Remove the file if it is this process's (L{remove_pid_file})."""
+        remove_pid_file(self.path)

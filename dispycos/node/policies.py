@@ -3,11 +3,12 @@
 What C{dispycosnode}'s command line adds to a node (L{NodePolicies}, a part of L{dispycos.node.service.NodeService}).
 """
 
+from twisted.application import service
 from twisted.internet import defer
 
 from dispycos.errors import DispycosError
-from dispycos.node.console import start_console
-from dispycos.node.pidfile import remove_pid_file, write_pid_file
+from dispycos.node.console import ConsoleService
+from dispycos.node.pidfile import PidFileService
 from dispycos.node.service_window import ENDED, IN_SERVICE
 from dispycos.protocol import commands
 
@@ -16,27 +17,33 @@ class NodePolicies:
     """
     The node's command-line policies: C{--serve} (quit after so many
     computations), service windows, the zombie period of an idle computation,
-    the pid file and the console's quit.
+    the pid file and the console's quit. The pid file, the service window
+    and the console are named children of the node (L{_add_policy_services}).
     """
 
     def _start_extras(self):
-        self._write_pid_file()
+        """
+        Arm the service window (if any): the node's phase now, and a timer to
+        the next change (started by the node's child "service_window"; the
+        pid file and the console are children of their own).
+        """
         if self.service_window is not None:
             self.service_phase = self.service_window.phase(self._local_now())
             self.log.info("service window ({w}): node is {p}", w=self.service_window, p=self.service_phase)
             self._arm_window()
-        if self.stdin_commands:
-            # "auto": only when stdin is a terminal we are in the foreground of
-            # (checked now: twistd may have daemonized since makeService).
-            self.console = start_console(self, require_terminal=self.stdin_commands == "auto")
 
     def _stop_extras(self):
+        """Cancel the policies' timers (the zombie period's, the service window's): the node stops."""
         for timer in (self._zombie_timer, self._window_timer):
             if timer is not None and timer.active():
                 timer.cancel()
         self._zombie_timer = self._window_timer = None
-        if self.console is not None:
-            self.console.stop()
+
+    def _stop_window(self):
+        """Cancel the service window's timer."""
+        if self._window_timer is not None and self._window_timer.active():
+            self._window_timer.cancel()
+        self._window_timer = None
 
     def _local_now(self):
         from datetime import datetime
@@ -165,12 +172,50 @@ class NodePolicies:
             self._write_pid_file()
 
     def _write_pid_file(self):
-        if self.pid_file:
-            try:
-                write_pid_file(self.pid_file, self)
-            except Exception as e:
-                self.log.warn("cannot write pid file {f}: {e}", f=self.pid_file, e=e)
+        """Rewrite the pid file (the child "pidfile", while it runs: see L{PidFileService})."""
+        pidfile = self.namedServices.get("pidfile")
+        if pidfile is not None and pidfile.running:
+            pidfile.write()
 
     def _remove_pid_file(self):
-        if self.pid_file:
-            remove_pid_file(self.pid_file)
+        """Remove the pid file (the stopping node's last step: see L{PidFileService})."""
+        pidfile = self.namedServices.get("pidfile")
+        if pidfile is not None:
+            pidfile.remove()
+
+    def _add_policy_services(self, config):
+        """
+        The policies' named children, after the node's others and in this
+        order: the pid file, the service window, the console (each only when
+        asked for). They start once the node listens, so stop before it lets
+        its computation go, the console first.
+        """
+        if config.pid_file:
+            PidFileService(self, config.pid_file).setServiceParent(self)
+        if config.service_window is not None:
+            _WindowService(self).setServiceParent(self)
+        if config.stdin_commands:
+            # "auto": only when stdin is a terminal we are in the foreground of
+            # (checked when the console starts: twistd may have daemonized since makeService).
+            ConsoleService(self, require_terminal=config.stdin_commands == "auto").setServiceParent(self)
+
+
+class _WindowService(service.Service):
+    """
+    The service window's timer (L{NodePolicies._start_extras}), a named child
+    ("service_window") of the node, between the pid file and the console as
+    it was armed before they were children.
+    """
+
+    name = "service_window"
+
+    def __init__(self, node):
+        self.node = node
+
+    def startService(self):
+        super().startService()
+        self.node._start_extras()
+
+    def stopService(self):
+        super().stopService()
+        self.node._stop_window()

@@ -148,7 +148,12 @@ class NodeService(Hosting, NodePolicies, service.MultiService):
         self._window_timer = None
 
         # The parts that start once the node listens (its port is in what they
-        # send) and stop before it lets its computation go, by name:
+        # send) and stop before it lets its computation go, by name: discovery,
+        # /metrics, the heartbeat, then the policies' pid file, service window
+        # and console (dispycos.node.policies). The listening ports and the
+        # servers are the node's own, not children: the children need the port
+        # at start, and the servers outlive them at stop (the computation is let
+        # go once nothing more comes in).
         self.discovery = Discovery(reactor, self.hosts, self.udp_port, self.key, self._discovered)
         self.discovery.setName("discovery")
         self.discovery.setServiceParent(self)
@@ -156,6 +161,7 @@ class NodeService(Hosting, NodePolicies, service.MultiService):
             _MetricsService(self).setServiceParent(self)
         self.scheduler_watch.setName("heartbeat")
         self.scheduler_watch.setServiceParent(self)
+        self._add_policy_services(config)
 
     def keyring(self, role, computation):
         return self.key if role == "scheduler" else None
@@ -195,8 +201,9 @@ class NodeService(Hosting, NodePolicies, service.MultiService):
             slot.spawn()
         d = defer.DeferredList([s.when_ready() for s in self.slots], consumeErrors=True)
         d.addCallback(self._announce_ready)
-        super().startService()  # then the children: discovery, /metrics, heartbeat
-        self._start_extras()
+        # Then the children, in order: discovery, /metrics, heartbeat, pid file,
+        # service window, console.
+        super().startService()
 
     def _scheduler_limit(self):
         """Seconds of silence of the active computation's scheduler before it is let go (5 missed pulses)."""
@@ -257,8 +264,10 @@ class NodeService(Hosting, NodePolicies, service.MultiService):
     @defer.inlineCallbacks
     def stopService(self):
         self.stopping = True
-        self._stop_extras()
-        yield super().stopService()  # the children, last first
+        self._stop_extras()  # the policies' timers
+        # The children, last first: console, service window, pid file (kept
+        # until the servers are gone, removed below), heartbeat, /metrics, discovery.
+        yield super().stopService()
         for p in self.listening:
             yield p.stopListening()
         self.listening = []

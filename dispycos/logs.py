@@ -27,10 +27,15 @@ FORMATS = ("text", "json")
 
 
 def log_predicate(debug):
-    """Info (or debug) level, without AMP's per-connection chatter unless debugging."""
+    """
+    Info (or debug) level, without AMP's per-connection chatter (nor the
+    scheduler's node links' "Scheduling retry" lines, from Twisted's
+    ClientService) unless debugging.
+    """
     predicate = LogLevelFilterPredicate(LogLevel.debug if debug else LogLevel.info)
     if not debug:
-        for namespace in ("twisted.protocols.amp", "twisted.internet.protocol", "dispycos.protocol.discovery._Socket"):
+        for namespace in ("twisted.protocols.amp", "twisted.internet.protocol", "dispycos.protocol.discovery._Socket",
+                          "twisted.application._client_service"):
             predicate.setLogLevelForNamespace(namespace, LogLevel.warn)
     return predicate
 

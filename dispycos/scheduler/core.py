@@ -171,7 +171,7 @@ class Scheduler(Placing, Controlling, Enlisting):
         if link is None:
             link = self.links[loc] = NodeLink(self, loc, listed)
             link.connect()
-        elif link.state in ("lost", "unreachable", "refused") and (link._retry is None or not link._retry.active()):
+        elif link.state in ("lost", "unreachable", "refused") and not link.retrying:
             link.connect()
 
     # -- discovery ------------------------------------------------------------------

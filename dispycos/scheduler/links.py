@@ -1,14 +1,29 @@
-# -*- test-case-name: tests.test_core -*-
+# -*- test-case-name: tests.unit.test_node_links,tests.test_core -*-
 """
-The scheduler's links to its nodes: a L{NodeLink} per node (connecting with
-backoff, heartbeats, the node's servers as L{ServerEntry}s) over a
-L{_NodeClient} connection.
+The scheduler's links to its nodes: a L{NodeLink} per node (its connection
+kept by a Twisted L{ClientService}, with backoff, heartbeats, the node's
+servers as L{ServerEntry}s) over a L{_NodeClient} connection.
+
+A link's service connects through a L{_NodeEndpoint} (TLS, or plaintext on
+loopback, as L{dispycos.protocol.tls.connect} does); its
+C{prepareConnection} runs the handshake and asks the node for its
+L{commands.NodeInfo}, so only an authenticated node becomes C{"connected"}.
+How long the service waits before the next attempt depends on how the last
+one ended (L{_RetryPolicy}): a node not reachable is tried again after 0.2 s,
+growing by 1.5 up to 10 s; one that refused after at least 5 s; a lost
+connection after 0.5 s; an abandoned node (missed pulses) after the pulse
+interval. A link to a node that was only discovered (not listed) does not
+retry: its service stops until the node is announced again.
 """
 
 import socket
 
+from twisted.application.internet import ClientService, backoffPolicy
 from twisted.internet import defer, error
+from twisted.internet.interfaces import IStreamClientEndpoint
+from twisted.internet.protocol import Factory, Protocol
 from twisted.logger import Logger
+from zope.interface import implementer
 
 from dispycos import config, metrics
 from dispycos.errors import AuthenticationError
@@ -17,6 +32,12 @@ from dispycos.protocol import commands
 from dispycos.protocol.base import DispycosAMP
 from dispycos.protocol.tls import connect as tls_connect
 from dispycos.status import DispycosNodeAvailInfo, DispycosNodeInfo, Location
+
+#: Seconds before connecting again: after a lost connection; at least, after a refusal.
+LOST_RETRY = 0.5
+REFUSED_RETRY = 5.0
+#: Seconds to wait for the node to accept the TCP connection.
+CONNECT_TIMEOUT = 5
 
 
 class _NodeClient(metrics.CountedConnection, DispycosAMP):
@@ -35,6 +56,143 @@ class _NodeClient(metrics.CountedConnection, DispycosAMP):
     def _server_event(self, computation, index, event, location):
         self.link.scheduler._server_event(self.link, computation, index, event, location)
         return {}
+
+
+class _NodeClientFactory(Factory):
+    """The L{_NodeClient}s of one link (the last one built is its current attempt's)."""
+
+    noisy = False
+
+    def __init__(self, link):
+        self.link = link
+        self.last = None
+
+    def buildProtocol(self, addr):
+        self.last = _NodeClient(self.link)
+        return self.last
+
+
+class _Attempt(Protocol):
+    """
+    One connection attempt, between the transport and what the service's
+    factory built (its proxy of a L{_NodeClient}, which tells the service of
+    a lost connection). The service hears of the loss only once it took the
+    connection (C{admitted}, after L{NodeLink._prepare}): before that, the
+    failed preparation is how it learns (a loss it is not in a state to hear).
+
+    @ivar info: the node's answer to L{commands.NodeInfo}.
+    """
+
+    def __init__(self, proxy, client):
+        self.proxy = proxy
+        self.client = client
+        self.made = False
+        self.admitted = False
+        self.cancelled = False
+        self.info = None
+
+    def logPrefix(self):
+        return self.client.logPrefix()
+
+    def makeConnection(self, transport):
+        self.transport = transport
+        if self.cancelled:
+            transport.abortConnection()
+            return
+        self.made = True
+        self.proxy.makeConnection(transport)
+
+    def dataReceived(self, data):
+        self.client.dataReceived(data)
+
+    def connectionLost(self, reason):
+        if self.admitted:
+            self.proxy.connectionLost(reason)  # the client's, then the service's: it retries
+            self.client.link._await()
+        elif self.made:
+            self.client.connectionLost(reason)  # fails the handshake, and so the attempt
+
+    def cancel(self, deferred=None):
+        """Give the attempt up (the service stops): a connection made after all is aborted."""
+        self.cancelled = True
+        if self.made and self.client.connected:
+            self.transport.abortConnection()
+
+
+@implementer(IStreamClientEndpoint)
+class _NodeEndpoint:
+    """
+    The endpoint of a link's service: a connection to the link's node as
+    L{dispycos.protocol.tls.connect} makes it (verified TLS when the
+    scheduler has TLS, else TLS off this host and plaintext on loopback),
+    with a timeout of L{CONNECT_TIMEOUT} seconds. (Twisted's own endpoints
+    would do, but this keeps the one place that decides about TLS.)
+    """
+
+    def __init__(self, link):
+        self.link = link
+
+    def connect(self, protocolFactory):
+        """Deferred firing with C{protocolFactory}'s protocol once connected (cancellable)."""
+        link = self.link
+        proxy = protocolFactory.buildProtocol(None)
+        attempt = link._attempt = _Attempt(proxy, link.factory.last)
+        link.state = "connecting"
+        done = defer.Deferred(attempt.cancel)
+        connecting = defer.maybeDeferred(tls_connect, link.scheduler.reactor, link.location.addr,
+                                         link.location.port, attempt, link.scheduler.tls, timeout=CONNECT_TIMEOUT)
+
+        def connected(_):
+            if not done.called:
+                done.callback(proxy)
+
+        def failed(f):
+            if not done.called:
+                done.errback(f)
+
+        connecting.addCallbacks(connected, failed)
+        done.addErrback(lambda f: link._attempt_failed(attempt, f))
+        return done
+
+
+class _RetryPolicy:
+    """
+    The C{retryPolicy} of a link's service: seconds before the next attempt,
+    by how the last one ended (the link's C{failure}). A node not reachable
+    is tried again after C{backoffPolicy(initialDelay=0.2, factor=1.5,
+    maxDelay=10)} of the number of such failures since the last connection
+    (the service's count of failures in a row also counts refusals, which do
+    not grow the backoff); a refusal waits that long but at least
+    L{REFUSED_RETRY}; a lost connection L{LOST_RETRY}; an abandoned node the
+    pulse interval. For an unlisted link the service is stopped on the next
+    turn instead (it does not retry).
+    """
+
+    def __init__(self, link):
+        self.link = link
+        self.backoff = backoffPolicy(initialDelay=0.2, maxDelay=10.0, factor=1.5, jitter=lambda: 0.0)
+        #: Attempts that found no node since the last connection.
+        self.unreachable = 0
+
+    def reset(self):
+        """The link connected: the backoff starts over."""
+        self.unreachable = 0
+
+    def __call__(self, attempt):
+        link = self.link
+        kind = link.failure
+        if kind == "lost":
+            delay = LOST_RETRY
+        elif kind == "abandoned":
+            delay = link.scheduler.pulse_interval()
+        elif kind == "refused":
+            delay = max(self.backoff(self.unreachable), REFUSED_RETRY)
+        else:
+            delay = self.backoff(self.unreachable)
+            self.unreachable += 1
+        if not link.listed:
+            link.scheduler.reactor.callLater(0, link._give_up)
+        return delay
 
 
 class ServerEntry:
@@ -64,7 +222,16 @@ class ServerEntry:
 
 
 class NodeLink:
-    """The scheduler's connection to one node, with reconnection and backoff."""
+    """
+    The scheduler's connection to one node, kept by a L{ClientService}
+    (C{service}) with backoff (see the module's docstring).
+
+    @ivar state: C{"new"}, C{"connecting"}, C{"connected"}, C{"refused"}
+        (C{refusal} says why), C{"unreachable"} or C{"lost"}.
+    @ivar failure: how the last attempt or connection ended (C{"unreachable"},
+        C{"refused"}, C{"lost"}, C{"abandoned"}; None while connected), which
+        the retry policy reads.
+    """
 
     log = Logger()
 
@@ -75,12 +242,17 @@ class NodeLink:
         self.proto = None
         self.state = "new"
         self.refusal = None
+        self.failure = None
         self.info = None
         self.servers = {}
         self.computation = None
-        self._delay = 0.2
-        self._retry = None
         self._stopped = False
+        self._attempt = None
+        self._waiting = None  # the service's whenConnected() Deferred
+        self.factory = _NodeClientFactory(self)
+        self.retry_policy = _RetryPolicy(self)
+        self.service = ClientService(_NodeEndpoint(self), self.factory, retryPolicy=self.retry_policy,
+                                     clock=scheduler.reactor, prepareConnection=self._prepare)
         #: The node's heartbeat: pulses at the scheduler's interval, abandoned after its silence limit.
         self.watch = SilenceWatch(scheduler.reactor, scheduler.pulse_interval,
                                   lambda: scheduler.silence_limit(scheduler.pulse_interval()), self._silent, self._pulse)
@@ -98,33 +270,100 @@ class NodeLink:
     def addr(self):
         return self.info.addr if self.info else self.location.addr
 
-    def connect(self):
-        if self._stopped:
-            return
-        self._retry = None
-        self.state = "connecting"
-        reactor = self.scheduler.reactor
-        proto = _NodeClient(self)
-        d = tls_connect(reactor, self.location.addr, self.location.port, proto, self.scheduler.tls, timeout=5)
-        d.addCallback(lambda p: p.handshake(self.scheduler.key, "scheduler"))
-        d.addCallback(lambda _: proto.callRemote(commands.NodeInfo))
-        d.addCallbacks(lambda info: self._connected(proto, info), lambda f: self._failed(proto, f))
+    @property
+    def retrying(self):
+        """Whether the link's service runs: it connects again by itself when the connection fails or is lost."""
+        return self.service.running
 
-    def _connected(self, proto, info):
-        if self._stopped:
-            proto.transport.loseConnection()
+    def connect(self):
+        """
+        Start the link's service: it connects, and again whenever an attempt
+        fails or the connection is lost (an unlisted link: until the first
+        failure). Nothing once stopped, or while the service runs.
+        """
+        if self._stopped or self.service.running:
             return
+        self.service.startService()
+        self._await()
+
+    def _await(self):
+        """Have the service tell L{_connected} of its next connection (once per connection)."""
+        if self._waiting is not None or not self.service.running:
+            return
+        d = self._waiting = self.service.whenConnected()
+        d.addCallbacks(self._connected, self._not_connected)
+
+    def _not_connected(self, f):
+        self._waiting = None
+        f.trap(defer.CancelledError)  # the service stopped
+
+    def _prepare(self, proxy):
+        """The service's C{prepareConnection}: the handshake, then the node's L{commands.NodeInfo}."""
+        attempt = self._attempt
+        client = attempt.client
+        d = client.handshake(self.scheduler.key, "scheduler")
+        d.addCallback(lambda _: client.callRemote(commands.NodeInfo))
+
+        def admitted(info):
+            attempt.info = info
+            attempt.admitted = True
+
+        d.addCallbacks(admitted, lambda f: self._attempt_failed(attempt, f))
+        return d
+
+    def _connected(self, proto):
+        # Called by the service as it takes the connection (in its state
+        # machine's transition): the scheduler hears of it on the next turn,
+        # out of the transition (what it does may stop this link).
+        self._waiting = None
+        info = self._attempt.info
         self.proto = proto
         self.state = "connected"
         self.refusal = None
-        self._delay = 0.2
+        self.failure = None
+        self.retry_policy.reset()
         avail = DispycosNodeAvailInfo(self.location, **info["avail"])
         self.info = DispycosNodeInfo(info["name"], self.location.addr, info["cpus"], info["platform"], avail)
         self.log.info("node {name} at {loc} connected: {cpus} servers", name=info["name"], loc=self.location, cpus=info["cpus"])
         self.abandoned = False
         self.watch.heard()
         self._start_pulses()
-        self.scheduler._node_connected(self)
+        self.scheduler.reactor.callLater(0, self._announce, proto)
+
+    def _announce(self, proto):
+        if proto is self.proto and not self._stopped:
+            self.scheduler._node_connected(self)
+
+    def _attempt_failed(self, attempt, f):
+        """An attempt failed (its connection, the handshake or NodeInfo): why, for the retry policy."""
+        client = attempt.client
+        if client.transport is not None and client.connected:
+            client.transport.abortConnection()
+        if self._stopped or attempt.cancelled:
+            return f
+        refusal = None
+        if f.check(AuthenticationError):
+            refusal = f.getErrorMessage()
+        elif client.ever_connected:
+            # It accepted the connection, then dropped or failed the handshake:
+            # TLS on one side only, a certificate it would not take, ...
+            refusal = "closed the connection during the handshake (%s; TLS on one side only?)" % (
+                f.getErrorMessage(),)
+        if refusal is not None:
+            self.state = self.failure = "refused"
+            self.refusal = refusal
+            self.log.warn("node at {loc} refused: {why}", loc=self.location, why=self.refusal)
+            self.scheduler._node_refused(self)
+        else:
+            self.state = self.failure = "unreachable"
+            self.refusal = None
+            self.log.debug("node at {loc} not reachable: {why}", loc=self.location, why=f.getErrorMessage())
+        return f
+
+    def _give_up(self):
+        """An unlisted link does not retry: its service stops (until L{connect}, when the node is announced again)."""
+        if self.service.running and not self._stopped and self.state != "connected":
+            self.service.stopService()
 
     # -- heartbeat -------------------------------------------------------------
 
@@ -146,9 +385,9 @@ class NodeLink:
         self.abandoned = True
         self.scheduler._node_abandoned(self)
         proto, self.proto = self.proto, None
-        proto.transport.abortConnection()
         self.state = "lost"
-        self._schedule_retry(self.scheduler.pulse_interval())
+        self.failure = "abandoned"  # the service retries after the pulse interval once the connection is closed
+        proto.transport.abortConnection()
 
     def _pulse_answer(self, answer):
         self.watch.heard()
@@ -159,57 +398,27 @@ class NodeLink:
         if comp is not None and comp is self.scheduler.active:
             comp.status_message(avail)
 
-    def _failed(self, proto, f):
-        if proto.transport is not None and proto.connected:
-            proto.transport.abortConnection()
-        if self._stopped:
-            return
-        refusal = None
-        if f.check(AuthenticationError):
-            refusal = f.getErrorMessage()
-        elif proto.ever_connected:
-            # It accepted the connection, then dropped or failed the handshake:
-            # TLS on one side only, a certificate it would not take, ...
-            refusal = "closed the connection during the handshake (%s; TLS on one side only?)" % (
-                f.getErrorMessage(),)
-        if refusal is not None:
-            self.state = "refused"
-            self.refusal = refusal
-            self.log.warn("node at {loc} refused: {why}", loc=self.location, why=self.refusal)
-            self.scheduler._node_refused(self)
-            self._schedule_retry(max(self._delay, 5.0))
-        else:
-            self.state = "unreachable"
-            self.refusal = None
-            self.log.debug("node at {loc} not reachable: {why}", loc=self.location, why=f.getErrorMessage())
-            self._schedule_retry(self._delay)
-            self._delay = min(self._delay * 1.5, 10.0)
-
-    def _schedule_retry(self, delay):
-        if self.listed and not self._stopped:
-            self._retry = self.scheduler.reactor.callLater(delay, self.connect)
-
     def connection_lost(self, proto):
+        """The connection of C{proto} closed: when it was the link's, the scheduler loses the node (the service retries)."""
         if proto is not self.proto:
             return
         self._stop_pulses()
         self.proto = None
         self.state = "lost"
+        self.failure = "lost"
         self.scheduler._node_lost(self)
-        self._schedule_retry(0.5)
 
     def call(self, command, **kw):
+        """Call C{command} on the node: its Deferred (failing at once when not connected)."""
         if self.proto is None:
             return defer.fail(error.ConnectionDone("node %s is not connected" % (self.location,)))
         return self.proto.callRemote(command, **kw)
 
     def stop(self):
+        """For good: no more pulses or attempts, the connection closed. Deferred firing once it is."""
         self._stopped = True
         self._stop_pulses()
-        if self._retry is not None and self._retry.active():
-            self._retry.cancel()
-        if self.proto is not None and self.proto.connected:
-            self.proto.transport.loseConnection()
+        return self.service.stopService()
 
 
 def _local_address_for(nodes):

@@ -12,6 +12,7 @@ import uuid
 import weakref
 from collections import deque
 
+from twisted.application import service
 from twisted.internet import defer
 from twisted.logger import Logger
 from zope.interface import implementer
@@ -41,10 +42,16 @@ def private_scheduler(reactor):
 
 
 @implementer(IScheduler)
-class Scheduler(Placing, Controlling, Enlisting):
+class Scheduler(Placing, Controlling, Enlisting, service.MultiService):
     """
     A private scheduler in this process, on the running reactor. It takes
     the options of the C{dispycos} program under their long names.
+
+    It is a L{service.MultiService}, started once made and stopped by
+    L{close}, whose named children are, in the order they start:
+    C{"metrics"} (with C{metrics_port}), C{"discovery"} (when it discovers
+    nodes) and a L{NodeLink} per node, C{"node <host>:<port>"}, added as
+    nodes are listed or found.
 
     @param nodes: nodes to connect to: C{"host[:port]"} strings (port 9706
         by default) or L{Location}s.
@@ -79,6 +86,7 @@ class Scheduler(Placing, Controlling, Enlisting):
                  ext_ip_addr=None, name=None, dest_path=None, max_file_size=0, secret_file=None, zombie_period=None,
                  pulse_interval=10, node_secret=None, node_secret_file=None, client_key=None, metrics_port=None,
                  metrics_host="127.0.0.1"):
+        service.MultiService.__init__(self)
         if reactor is None:
             from twisted.internet import reactor
         self.reactor = reactor
@@ -125,7 +133,7 @@ class Scheduler(Placing, Controlling, Enlisting):
         self.computations_taken = 0
         self.metrics = None
         if metrics_port is not None:
-            self.metrics = metrics.serve_private_scheduler(self, metrics_host, metrics_port)
+            _MetricsService(self, metrics_host, metrics_port).setServiceParent(self)
         self.links = {}
         self.queue = deque()
         self.active = None
@@ -141,7 +149,9 @@ class Scheduler(Placing, Controlling, Enlisting):
         if discover:
             self.discovery = Discovery(reactor, [ip_addr if ip_addr is not None else "127.0.0.1"], udp_port, self.key,
                                        self._discovered, client_key=client_key)
-            self.discovery.start()
+            self.discovery.setName("discovery")
+            self.discovery.setServiceParent(self)
+        self.startService()
         for entry in nodes:
             self.add_node(entry)
         self.probe()
@@ -170,7 +180,8 @@ class Scheduler(Placing, Controlling, Enlisting):
         link = self.links.get(loc)
         if link is None:
             link = self.links[loc] = NodeLink(self, loc, listed)
-            link.connect()
+            link.setName("node %s:%d" % (loc.addr, loc.port))
+            link.setServiceParent(self)  # it connects, the scheduler running
         elif link.state in ("lost", "unreachable", "refused") and not link.retrying:
             link.connect()
 
@@ -384,21 +395,37 @@ class Scheduler(Placing, Controlling, Enlisting):
             self.queue.popleft().schedule_failed(ScheduleError("scheduler closed"))
         if self.active is not None:
             yield self.active.close(terminate=True)
-        for link in self.links.values():
-            link.stop()
-        if self.discovery is not None:
-            self.discovery.stop()
         if self._connection_lost in self.runtime.lost_hooks:
             self.runtime.lost_hooks.remove(self._connection_lost)
         if _private.get(self.reactor) is self:
             del _private[self.reactor]
-        if self.metrics is not None:
-            yield self.metrics.stop()
+        if self.running:
+            yield self.stopService()  # the links, last first, then discovery and /metrics
 
     @property
     def metrics_url(self):
         """Where this scheduler serves C{/metrics} (None without C{metrics_port})."""
         return self.metrics.url if self.metrics is not None else None
+
+
+class _MetricsService(service.Service):
+    """A private scheduler's C{/metrics} page (L{dispycos.metrics}), served while it runs."""
+
+    name = "metrics"
+
+    def __init__(self, scheduler, host, port):
+        self.scheduler = scheduler
+        self.host = host
+        self.port = port
+
+    def startService(self):
+        super().startService()
+        self.scheduler.metrics = metrics.serve_private_scheduler(self.scheduler, self.host, self.port)
+
+    def stopService(self):
+        super().stopService()
+        server = self.scheduler.metrics  # kept: metrics_url still says where it was served
+        return server.stop() if server is not None else None
 
 
 # Status codes as class attributes, as in pycos programs (msg.status == Scheduler.ComputationClosed).

@@ -18,6 +18,7 @@ retry: its service stops until the node is announced again.
 
 import socket
 
+from twisted.application import service
 from twisted.application.internet import ClientService, backoffPolicy
 from twisted.internet import defer, error
 from twisted.internet.interfaces import IStreamClientEndpoint
@@ -221,10 +222,12 @@ class ServerEntry:
         return "<server %s>" % (self.location,)
 
 
-class NodeLink:
+class NodeLink(service.Service):
     """
     The scheduler's connection to one node, kept by a L{ClientService}
-    (C{service}) with backoff (see the module's docstring).
+    (C{service}) with backoff (see the module's docstring). A child of its
+    scheduler's service tree, named C{"node <host>:<port>"}: it connects
+    when started, and stops for good when stopped.
 
     @ivar state: C{"new"}, C{"connecting"}, C{"connected"}, C{"refused"}
         (C{refusal} says why), C{"unreachable"} or C{"lost"}.
@@ -413,6 +416,16 @@ class NodeLink:
         if self.proto is None:
             return defer.fail(error.ConnectionDone("node %s is not connected" % (self.location,)))
         return self.proto.callRemote(command, **kw)
+
+    def startService(self):
+        super().startService()
+        self.connect()
+
+    def stopService(self):
+        super().stopService()
+        # Not waited for (as the scheduler never waited for its links): a
+        # closing scheduler does not hang on a node that is slow to hang up.
+        self.stop()
 
     def stop(self):
         """For good: no more pulses or attempts, the connection closed. Deferred firing once it is."""

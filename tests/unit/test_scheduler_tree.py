@@ -1,0 +1,48 @@
+"""The private scheduler as a service tree, on a memory reactor (no sockets)."""
+
+import pytest
+from twisted.internet.testing import MemoryReactorClock
+
+from dispycos.protocol.discovery import Discovery
+from dispycos.scheduler.core import Scheduler
+from dispycos.scheduler.links import NodeLink
+
+
+@pytest.fixture
+def scheduler():
+    reactor = MemoryReactorClock()
+    s = Scheduler(nodes=["127.0.0.1:9801", "127.0.0.2:9802"], secret="s3cret", reactor=reactor, discover=True)
+    yield s
+    if s.running:
+        s.close()
+
+
+def test_children_are_named_and_started_in_order(scheduler):
+    assert scheduler.running
+    names = [child.name for child in scheduler]
+    assert names == ["discovery", "node 127.0.0.1:9801", "node 127.0.0.2:9802"]
+    assert isinstance(scheduler.getServiceNamed("discovery"), Discovery)
+    link = scheduler.getServiceNamed("node 127.0.0.2:9802")
+    assert isinstance(link, NodeLink) and link.running and link.retrying
+    assert link is scheduler.links[link.location]
+
+
+def test_a_node_found_later_joins_the_tree_and_starts(scheduler):
+    scheduler.add_node("127.0.0.3:9803", listed=False)
+    link = scheduler.getServiceNamed("node 127.0.0.3:9803")
+    assert link.running and link.state == "connecting"
+    scheduler.add_node("127.0.0.3:9803", listed=False)  # known already: the same child
+    assert [c.name for c in scheduler].count("node 127.0.0.3:9803") == 1
+
+
+def test_close_stops_every_child_for_good(scheduler):
+    links = list(scheduler.links.values())
+    done = []
+    scheduler.close().addCallback(done.append)
+    assert done == [None]
+    assert not scheduler.running
+    assert not any(child.running for child in scheduler)
+    assert all(not link.retrying for link in links)
+    for link in links:
+        link.connect()  # stopped for good: nothing starts again
+        assert not link.retrying

@@ -13,7 +13,6 @@ import uuid
 
 from twisted.application import service
 from twisted.internet import defer
-from twisted.internet.protocol import Factory
 from twisted.logger import Logger
 from zope.interface import implementer
 
@@ -26,7 +25,7 @@ from dispycos.protocol import scheduling
 from dispycos.protocol.arguments import unpack_items
 from dispycos.protocol.receiving import safe_join
 from dispycos.protocol.streams import StreamingAMP
-from dispycos.protocol.tls import listen as tls_listen
+from dispycos.scheduler import daemonparts
 from dispycos.scheduler.core import Scheduler
 from dispycos.status import DispycosStatus, Location
 
@@ -188,7 +187,7 @@ class RemoteComputation:
         self._send("closed", reason=reason)
 
 
-class _NoComputation:
+class NoComputation:
     """What the scheduler's monitor shows before the first computation."""
 
     status_task = None
@@ -303,10 +302,13 @@ class ClientChannel(metrics.CountedConnection, StreamingAMP):
         return {}
 
 
-class SchedulerService(service.Service):
+class SchedulerService(service.MultiService):
     """
     The shared scheduler: listens for clients on C{tcp_port}, drives nodes
-    with a L{Scheduler}.
+    with a L{Scheduler} (made when it starts). Its named children
+    (L{dispycos.scheduler.daemonparts}) start in this order, and stop last
+    first, before the scheduler closes: C{"listener"}, then as asked for
+    C{"metrics"}, C{"monitor"} and C{"console"}.
     """
 
     log = Logger()
@@ -316,6 +318,7 @@ class SchedulerService(service.Service):
                  zombie_period=None, udp_port=config.SchedulerPort, ext_hosts=(), stdin_commands=False,
                  http_port=None, name=None, dest_path=None, max_file_size=0, node_secret=None, metrics_port=None,
                  metrics_host="127.0.0.1", **scheduler_options):
+        super().__init__()
         self.reactor = reactor
         self.scheduler_name = name or socket.gethostname()
         self._dest_path = dest_path
@@ -342,49 +345,25 @@ class SchedulerService(service.Service):
         self.metrics_port = metrics_port
         self.metrics_host = metrics_host
         self.metrics = None
-        self.listening = []
         self.port = None
+        daemonparts.Listener(ClientChannel).setServiceParent(self)
+        if metrics_port is not None:
+            daemonparts.Metrics().setServiceParent(self)
+        if http_port is not None:
+            daemonparts.Monitor().setServiceParent(self)
+        if stdin_commands:
+            daemonparts.Console().setServiceParent(self)
 
     def keyring(self, role, computation):
         return self.key if role == "client" else None
 
     def startService(self):
-        super().startService()
         self.log.info("dispycos scheduler {name} starting", name=self.scheduler_name)
         self.scheduler = Scheduler(nodes=self.nodes, secret=self.secret, reactor=self.reactor, private=False,
                                    ip_addr=self.hosts[0] or "", udp_port=self.udp_port, name=self.scheduler_name,
                                    zombie_period=self.zombie_period, node_secret=self.node_secret,
                                    client_key=self.key, discover=True, **self.scheduler_options)
-        factory = Factory.forProtocol(lambda: ClientChannel(self))
-        port = self.tcp_port
-        for host in self.hosts:
-            p = tls_listen(self.reactor, port, factory, host, self.scheduler.tls)
-            self.listening.append(p)
-            port = p.getHost().port
-        self.port = port
-        # Everything the scheduler writes (clients' component files) goes under --dest_path.
-        # (Under a directory of this user's alone: see dispycos.paths.)
-        parent = paths.private_dir(self._dest_path or config.default_dest_path())
-        self.dest_path = paths.fresh_dir(parent, "scheduler-%d" % port)
-        self.scheduler.advertise = (self.ext_hosts[0] if self.ext_hosts else self.hosts[0], port)
-        self.log.info("dispycos scheduler {name} listening at {h}:{p}", name=self.scheduler_name,
-                      h=self.hosts[0] or "0.0.0.0", p=port)
-        if self.metrics_port is not None:
-            self.metrics = metrics.serve_shared_scheduler(self, self.metrics_host, self.metrics_port)
-        if self.http_port is not None:
-            from dispycos.httpd import HTTPServer  # lazily: twisted.web only with a monitor
-
-            host = self.hosts[0] if self.hosts[0] not in ("", "0.0.0.0") else "127.0.0.1"
-            tls = self.scheduler.tls
-            self.monitor = HTTPServer(_NoComputation(), host=host, port=self.http_port, reactor=self.reactor,
-                                      name=self.scheduler_name,
-                                      certfile=self.scheduler_options.get("certfile") if tls.cert else None,
-                                      keyfile=self.scheduler_options.get("keyfile") if tls.cert else None)
-        if self.stdin_commands:
-            from dispycos.node.console import SchedulerConsole, start_console  # lazily: only with a console
-
-            self.console = start_console(self, require_terminal=self.stdin_commands == "auto",
-                                         console=SchedulerConsole)
+        super().startService()  # the children, which use the scheduler
 
     def quit(self):
         """Close the active computation and stop (the C{quit} command)."""
@@ -400,16 +379,8 @@ class SchedulerService(service.Service):
 
     @defer.inlineCallbacks
     def stopService(self):
-        if self.console is not None:
-            self.console.stop()
-        if self.monitor is not None:
-            yield self.monitor.shutdown(wait=False)
-        if self.metrics is not None:
-            yield self.metrics.stop()
         try:
-            for p in self.listening:
-                yield p.stopListening()
-            self.listening = []
+            yield super().stopService()  # the children, last first: no new client, no page, no command
             if self.scheduler is not None:
                 comp = self.scheduler.active
                 if isinstance(comp, RemoteComputation):
@@ -419,4 +390,3 @@ class SchedulerService(service.Service):
             # Clients' files go however the rest ended.
             if self.dest_path is not None:
                 paths.remove_tree(self.dest_path)
-        yield service.Service.stopService(self)

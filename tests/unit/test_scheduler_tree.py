@@ -46,3 +46,24 @@ def test_close_stops_every_child_for_good(scheduler):
     for link in links:
         link.connect()  # stopped for good: nothing starts again
         assert not link.retrying
+
+
+def test_the_shared_schedulers_children_start_in_order_and_stop_before_it_closes(tmp_path):
+    from dispycos.scheduler.shared import SchedulerService
+
+    reactor = MemoryReactorClock()
+    daemon = SchedulerService(reactor, hosts=["127.0.0.1"], tcp_port=0, secret="s3cret",
+                              dest_path=str(tmp_path), udp_port=0)
+    assert [child.name for child in daemon] == ["listener"]
+    daemon.startService()
+    try:
+        assert daemon.running and daemon.scheduler is not None and daemon.scheduler.running
+        listener = daemon.getServiceNamed("listener")
+        assert listener.running and listener.ports and daemon.dest_path.startswith(str(tmp_path))
+        assert daemon.scheduler.advertise == ("127.0.0.1", daemon.port)
+    finally:
+        done = []
+        daemon.stopService().addCallback(done.append)
+    assert done == [None]
+    assert not listener.running and listener.ports == []
+    assert not daemon.scheduler.running  # closed after its children stopped

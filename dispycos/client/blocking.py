@@ -40,6 +40,7 @@ from twisted.internet import defer
 
 from dispycos.client import background
 from dispycos.client.background import ReactorThreadError, call, wait
+from dispycos.client.wrapping import GRACE, _blocking, _cancel, _generate, _unwrap, _wrap, _Wrapper, handles
 from dispycos.errors import TimeoutError
 from dispycos.status import Status
 
@@ -49,97 +50,6 @@ from dispycos.status import Status
 
 __all__ = ["Scheduler", "LocalCluster", "Computation", "Client", "RemoteTask", "Task", "TaskRef", "MapIterator",
            "ReactorThreadError", "TimeoutError", "call"]
-
-#: Seconds beyond a call's own C{timeout} (the Deferred API's, which then
-#: fails the call with a better message) that its wait may take.
-GRACE = 10
-
-
-# -- wrapping values ----------------------------------------------------------------
-
-
-def _unwrap(value):
-    """The Deferred-API object behind a blocking one (others as they are)."""
-    return value.wrapped if isinstance(value, _Wrapper) else value
-
-
-def _wrap(value, call_timeout):
-    """Task references (alone or in a list) as blocking handles; other values as they are."""
-    from dispycos.peer import tasks
-
-    if isinstance(value, tasks.Task):
-        return Task._around(value, call_timeout)
-    if isinstance(value, tasks.RemoteTask):
-        return RemoteTask._around(value, call_timeout)
-    if isinstance(value, tasks.TaskRef):
-        return TaskRef._around(value, call_timeout)
-    if isinstance(value, list):
-        return [_wrap(v, call_timeout) for v in value]
-    return value
-
-
-def _cancel(returned):
-    """Abandoning a wait: cancel the Deferred that was waited for."""
-    if isinstance(returned, defer.Deferred) and not returned.called:
-        returned.cancel()
-
-
-class _Wrapper:
-    """A blocking object around a Deferred-API one (C{wrapped}); reads other attributes through."""
-
-    wrapped = None
-    call_timeout = None
-
-    def __getattr__(self, name):
-        if name.startswith("__") or self.wrapped is None:
-            raise AttributeError(name)
-        return getattr(self.wrapped, name)
-
-    def __repr__(self):
-        return "<blocking %r>" % (self.wrapped,)
-
-
-def _blocking(cls, name, abandon=None):
-    """
-    The blocking form of the Deferred method C{cls.name}: it runs in the
-    reactor's thread and its result comes back as a value. Where the method
-    has a C{timeout} parameter, that bounds the wait (default: the object's
-    C{call_timeout}); else a keyword-only C{timeout=} does.
-    """
-    function = getattr(cls, name)
-    signature = inspect.signature(function)
-    what = "%s.%s" % (cls.__name__, name)
-
-    if "timeout" in signature.parameters:
-
-        def method(self, *args, **kwargs):
-            bound = signature.bind(None, *map(_unwrap, args), **kwargs)
-            timeout = bound.arguments.get("timeout")
-            if timeout is None and self.call_timeout is not None:
-                bound.arguments["timeout"] = timeout = self.call_timeout
-            target = getattr(self.wrapped, name)
-            thunk = functools.partial(target, *bound.args[1:], **bound.kwargs)
-            limit = None if timeout is None else timeout + GRACE
-            return _wrap(wait(thunk, limit, abandon, what), self.call_timeout)
-    else:
-
-        def method(self, *args, timeout=None, **kwargs):
-            target = getattr(self.wrapped, name)
-            thunk = functools.partial(target, *map(_unwrap, args), **kwargs)
-            limit = self.call_timeout if timeout is None else timeout
-            return _wrap(wait(thunk, limit, abandon, what), self.call_timeout)
-
-    method.__name__ = method.__qualname__ = name
-    method.__doc__ = "Blocking %s (see the Deferred API): its value, not a Deferred.\n\n%s" % (
-        what, inspect.getdoc(function) or "")
-    return method
-
-
-def _generate(namespace, cls, names, abandon=None):
-    """Put the blocking form of each method C{names} of C{cls} in C{namespace} (a class body's)."""
-    for name in names:
-        namespace[name] = _blocking(cls, name, (abandon or {}).get(name))
-
 
 # -- tasks --------------------------------------------------------------------------
 
@@ -236,6 +146,10 @@ for _name, _method in _task_methods("Task", ("deliver", "result", "terminate", "
 Task.finish = Task.result
 Task.recv = Task.receive
 del _name, _method
+
+# What the blocking calls return as handles, most specific first.
+handles.extend([(_deferred_task_classes().Task, Task), (_deferred_task_classes().RemoteTask, RemoteTask),
+                (_deferred_task_classes().TaskRef, TaskRef)])
 
 
 async def _mailbox(task=None):

@@ -32,6 +32,7 @@ needs no token; it listens on loopback unless told otherwise.
 
 from functools import partial
 
+from twisted.application import service
 from twisted.logger import Logger
 
 from dispycos.peer.outcomes import ABANDONED, ERROR, TERMINATED, TIMEOUT
@@ -403,3 +404,26 @@ def serve_shared_scheduler(service, host, port):
     """Serve the shared scheduler's numbers (L{shared_scheduler_values})."""
     return serve(service.reactor, partial(shared_scheduler_values, service), host, port,
                  "dispycos scheduler %s" % service.scheduler_name)
+
+
+class MetricsService(service.Service):
+    """
+    C{/metrics} of C{owner} (a node or a scheduler) while it runs, as its
+    child named C{"metrics"}: C{serve(owner)} makes the L{MetricsServer},
+    kept in C{owner.metrics} (stopped, it still says where it was served).
+    """
+
+    name = "metrics"
+
+    def __init__(self, owner, serve):
+        self.owner = owner
+        self.serve = serve
+
+    def startService(self):
+        super().startService()
+        self.owner.metrics = self.serve(self.owner)
+
+    def stopService(self):
+        super().stopService()
+        server = self.owner.metrics
+        return server.stop() if server is not None else None

@@ -158,7 +158,8 @@ class NodeService(Hosting, NodePolicies, service.MultiService):
         self.discovery.setName("discovery")
         self.discovery.setServiceParent(self)
         if config.metrics_port is not None:
-            _MetricsService(self).setServiceParent(self)
+            metrics.MetricsService(self, lambda node: metrics.serve_node(node, node.metrics_host,
+                                                                        node.metrics_port)).setServiceParent(self)
         self.scheduler_watch.setName("heartbeat")
         self.scheduler_watch.setServiceParent(self)
         self._add_policy_services(config)
@@ -372,22 +373,3 @@ class NodeService(Hosting, NodePolicies, service.MultiService):
                     return {"index": slot.index, "location": location, "ready": False, "error": str(e)}
                 active.server_args[slot.index] = None
         return {"index": slot.index, "location": location, "ready": ready}
-
-
-class _MetricsService(service.Service):
-    """The node's C{/metrics} page (L{dispycos.metrics}), served while the node runs."""
-
-    name = "metrics"
-
-    def __init__(self, node):
-        self.node = node
-
-    def startService(self):
-        super().startService()
-        node = self.node
-        node.metrics = metrics.serve_node(node, node.metrics_host, node.metrics_port)
-
-    def stopService(self):
-        super().stopService()
-        server, self.node.metrics = self.node.metrics, None
-        return server.stop() if server is not None else None

@@ -133,7 +133,8 @@ class Scheduler(Placing, Controlling, Enlisting, service.MultiService):
         self.computations_taken = 0
         self.metrics = None
         if metrics_port is not None:
-            _MetricsService(self, metrics_host, metrics_port).setServiceParent(self)
+            metrics.MetricsService(self, lambda s: metrics.serve_private_scheduler(s, metrics_host, metrics_port)
+                                   ).setServiceParent(self)
         self.links = {}
         self.queue = deque()
         self.active = None
@@ -406,26 +407,6 @@ class Scheduler(Placing, Controlling, Enlisting, service.MultiService):
     def metrics_url(self):
         """Where this scheduler serves C{/metrics} (None without C{metrics_port})."""
         return self.metrics.url if self.metrics is not None else None
-
-
-class _MetricsService(service.Service):
-    """A private scheduler's C{/metrics} page (L{dispycos.metrics}), served while it runs."""
-
-    name = "metrics"
-
-    def __init__(self, scheduler, host, port):
-        self.scheduler = scheduler
-        self.host = host
-        self.port = port
-
-    def startService(self):
-        super().startService()
-        self.scheduler.metrics = metrics.serve_private_scheduler(self.scheduler, self.host, self.port)
-
-    def stopService(self):
-        super().stopService()
-        server = self.scheduler.metrics  # kept: metrics_url still says where it was served
-        return server.stop() if server is not None else None
 
 
 # Status codes as class attributes, as in pycos programs (msg.status == Scheduler.ComputationClosed).

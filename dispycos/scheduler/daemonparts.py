@@ -3,8 +3,9 @@
 The parts of the shared scheduler's service tree
 (L{dispycos.scheduler.shared.SchedulerService}), each a named child that
 starts with it, in this order, and stops, last first, before its scheduler
-closes: C{"listener"} (its ports for clients), C{"metrics"} (C{/metrics}),
-C{"monitor"} (the browser monitor) and C{"console"} (stdin commands). Each
+closes: C{"listener"} (its ports for clients), C{"metrics"} (a
+L{dispycos.metrics.MetricsService}), C{"monitor"} (the browser monitor) and
+C{"console"} (stdin commands). Each
 reads what it needs from its parent when it starts.
 """
 
@@ -13,7 +14,7 @@ from twisted.internet import defer
 from twisted.internet.protocol import Factory
 from twisted.logger import Logger
 
-from dispycos import config, metrics, paths
+from dispycos import config, paths
 from dispycos.protocol.tls import listen as tls_listen
 
 
@@ -50,22 +51,6 @@ class Listener(service.Service):
         super().stopService()
         ports, self.ports = self.ports, []
         return defer.gatherResults([defer.maybeDeferred(p.stopListening) for p in ports])
-
-
-class Metrics(service.Service):
-    """The shared scheduler's C{/metrics} page (L{dispycos.metrics}) on its metrics host and port."""
-
-    name = "metrics"
-
-    def startService(self):
-        super().startService()
-        owner = self.parent
-        owner.metrics = metrics.serve_shared_scheduler(owner, owner.metrics_host, owner.metrics_port)
-
-    def stopService(self):
-        super().stopService()
-        server = self.parent.metrics
-        return server.stop() if server is not None else None
 
 
 class Monitor(service.Service):

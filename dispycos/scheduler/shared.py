@@ -348,7 +348,8 @@ class SchedulerService(service.MultiService):
         self.port = None
         daemonparts.Listener(ClientChannel).setServiceParent(self)
         if metrics_port is not None:
-            daemonparts.Metrics().setServiceParent(self)
+            metrics.MetricsService(self, lambda d: metrics.serve_shared_scheduler(d, d.metrics_host, d.metrics_port)
+                                   ).setServiceParent(self)
         if http_port is not None:
             daemonparts.Monitor().setServiceParent(self)
         if stdin_commands:

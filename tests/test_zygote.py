@@ -20,13 +20,18 @@ from .conftest import NodeProcess, Session, env_for_children
 
 
 def whoami():
+    import gc
     import os
     import sys
+
+    from dispycos.node import sharing
 
     # dispycos.node.tap is the node's command line: a spawned server never imports it,
     # a forked one has it from the zygote, which imported it before the fork.
     return {"pid": os.getpid(), "ppid": os.getppid(), "nodetap": "dispycos.node.tap" in sys.modules,
-            "reactor_running": __import__("twisted.internet.reactor").internet.reactor.running}
+            "reactor_running": __import__("twisted.internet.reactor").internet.reactor.running,
+            # what dispycos.node.sharing.prepare_fork left before the forks (frozen objects, fillers)
+            "frozen": gc.get_freeze_count(), "fillers": len(sharing._fillers)}
 
 
 def wait_for(predicate, timeout=30.0, what="condition"):
@@ -77,6 +82,7 @@ async def test_servers_are_forked_from_the_zygote(fresh_node):
     assert seen["ppid"] == zygote
     assert seen["nodetap"] is True
     assert seen["reactor_running"] is True
+    assert seen["frozen"] > 10000 and seen["fillers"] > 0, seen
     # The zygote itself runs no reactor: it has no TCP sockets and no threads.
     z = psutil.Process(zygote)
     assert z.num_threads() == 1

@@ -23,7 +23,6 @@ long as the node) and ends when its socket closes; every server asks the same
 relative to the zygote (single-threaded), so none outlives the node.
 """
 
-import gc
 import io
 import json
 import os
@@ -31,6 +30,8 @@ import select
 import signal
 import socket
 import sys
+
+from dispycos.node import sharing
 
 #: At most this many bytes in one message (arguments and environment of a server).
 MAX_MESSAGE = 1 << 18
@@ -87,6 +88,7 @@ def prefork_for_node(argv):
         # The node's own modules too: their pages are then shared with the
         # zygote (its servers never use them, they cost them nothing).
         from dispycos.node import tap  # noqa: F401
+        import psutil  # noqa: F401  (the node's: pid file, discovery, status)
 
         _preforked = prefork()
 
@@ -127,9 +129,8 @@ def prefork():
     node = os.getpid()
     _flush_std()
     # What is imported now is shared by node, zygote and servers: keep the
-    # collector from touching (so copying) those pages in each of them.
-    gc.collect()
-    gc.freeze()
+    # collector and new objects from touching (so copying) those pages.
+    sharing.prepare_fork()
     pid = os.fork()
     if pid:
         theirs.close()
@@ -268,7 +269,7 @@ class Zygote:
         self._wake = (wake_r, wake_w)
         signal.set_wakeup_fd(wake_w)
         signal.signal(signal.SIGCHLD, lambda *_: None)
-        gc.freeze()  # as in prefork(), for the little made since
+        sharing.prepare_fork()  # as in prefork(), for the little made since
         while True:
             try:
                 readable, _, _ = select.select([self.sock, wake_r], [], [])

@@ -108,7 +108,9 @@ class NodeService(Hosting, NodePolicies, service.MultiService):
         self.ports = list(config.ports)
         # The key schedulers prove: the node secret, else the cluster's secret
         # (else this user's own), for its own use (clients prove another).
-        self.key = auth.key_from_secret(config.node_secret or config.secret or paths.user_secret(), auth.NODE)
+        # Stretched in a thread from startService on (see auth.StretchedKey): the
+        # node listens and starts its servers meanwhile.
+        self._key = auth.StretchedKey(reactor, config.node_secret or config.secret or paths.user_secret(), auth.NODE)
         self.name = config.node_name or socket.gethostname()
         self.dest_path = config.dest_path or _default_dest_path()
         self.ext_hosts = list(config.ext_hosts)
@@ -154,7 +156,7 @@ class NodeService(Hosting, NodePolicies, service.MultiService):
         # servers are the node's own, not children: the children need the port
         # at start, and the servers outlive them at stop (the computation is let
         # go once nothing more comes in).
-        self.discovery = Discovery(reactor, self.hosts, self.udp_port, self.key, self._discovered)
+        self.discovery = Discovery(reactor, self.hosts, self.udp_port, None, self._discovered)  # key: once stretched
         self.discovery.setName("discovery")
         self.discovery.setServiceParent(self)
         if config.metrics_port is not None:
@@ -164,8 +166,19 @@ class NodeService(Hosting, NodePolicies, service.MultiService):
         self.scheduler_watch.setServiceParent(self)
         self._add_policy_services(config)
 
+    @property
+    def key(self):
+        """The key schedulers prove (stretched now if it is not yet)."""
+        return self._key.now()
+
     def keyring(self, role, computation):
-        return self.key if role == "scheduler" else None
+        if role != "scheduler":
+            return None
+        return self._key.value or self._key.wait()
+
+    def _key_stretched(self, key):
+        self.discovery.key = key
+        return key
 
     def stream_root(self, proto, dest, computation):
         """
@@ -186,6 +199,8 @@ class NodeService(Hosting, NodePolicies, service.MultiService):
     def startService(self):
         # Refused (UnsafePathError) unless this user's alone: see dispycos.paths.
         self.dest_path = paths.private_dir(self.dest_path)
+        self._key.start()
+        key = self._key.wait().addCallback(self._key_stretched)
         factory = Factory.forProtocol(lambda: NodeProtocol(self))
         port = self.ports[0]
         for host in self.hosts:
@@ -202,6 +217,8 @@ class NodeService(Hosting, NodePolicies, service.MultiService):
             slot.spawn()
         d = defer.DeferredList([s.when_ready() for s in self.slots], consumeErrors=True)
         d.addCallback(self._announce_ready)
+        # Schedulers hear of the node once it can answer them (its key stretched, its servers up).
+        defer.DeferredList([d, key], consumeErrors=True).addCallback(lambda _: self.announce())
         # Then the children, in order: discovery, /metrics, heartbeat, pid file,
         # service window, console.
         super().startService()
@@ -237,7 +254,6 @@ class NodeService(Hosting, NodePolicies, service.MultiService):
                 pass
         if self.ready_file:
             paths.replace_file(self.ready_file, "%s:%d\n" % (addr, self.port))
-        self.announce()
 
     # -- discovery ----------------------------------------------------------------
 

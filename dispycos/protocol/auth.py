@@ -22,6 +22,9 @@ import hashlib
 import hmac
 import os
 
+from twisted.internet import defer, interfaces, threads
+from twisted.logger import Logger
+
 NONCE_BYTES = 32
 #: What a key is for: proving a node's secret (schedulers ⇄ nodes, node discovery) ...
 NODE = "node"
@@ -40,6 +43,78 @@ def key_from_secret(secret, use=NODE):
     # every node and server process ~10 MiB and tens of milliseconds at start.
     return hashlib.scrypt(secret or b"", salt=b"dispycos-2:" + use.encode("ascii"), n=SCRYPT_N, r=8, p=1,
                           maxmem=64 * 1024 * 1024, dklen=32)
+
+
+class StretchedKey:
+    """
+    L{key_from_secret} of a secret, stretched in the reactor's thread pool
+    once L{start}ed, so the reactor (and the process's start) need not wait
+    the ~50 ms of scrypt: the node listens, starts its servers and announces
+    itself ready meanwhile, and a handshake that comes first waits for
+    L{wait}. Without a thread pool (a memory reactor) it is stretched at once.
+    """
+
+    log = Logger()
+
+    def __init__(self, reactor, secret, use=NODE):
+        self.reactor = reactor
+        self._secret, self._use = secret, use
+        self._key = None
+        self._started = False
+        self._failure = None
+        self._waiting = []
+
+    def start(self):
+        """Begin stretching (once)."""
+        if self._started:
+            return
+        self._started = True
+        if not interfaces.IReactorThreads.providedBy(self.reactor):
+            self.now()
+            return
+        d = threads.deferToThreadPool(self.reactor, self.reactor.getThreadPool(), key_from_secret,
+                                      self._secret, self._use)
+        d.addCallbacks(self._got, self._failed)
+
+    @property
+    def value(self):
+        """The key, or None while it is being stretched."""
+        return self._key
+
+    def now(self):
+        """The key, stretched in this thread if it is not yet (for callers that cannot wait)."""
+        if self._key is None:
+            self._got(key_from_secret(self._secret, self._use))
+        return self._key
+
+    def wait(self):
+        """A Deferred firing with the key (at once when it is there)."""
+        if self._key is not None:
+            return defer.succeed(self._key)
+        if self._failure is not None:
+            return defer.fail(self._failure)
+        d = defer.Deferred()
+        self._waiting.append(d)
+        return d
+
+    def _got(self, key):
+        if self._key is not None:
+            return None
+        self._key, self._secret = key, None
+        waiting, self._waiting = self._waiting, []
+        for d in waiting:
+            d.callback(key)
+        return None
+
+    def _failed(self, failure):
+        if self._key is not None:
+            return None
+        self.log.failure("cannot stretch the secret", failure)
+        self._failure = failure
+        waiting, self._waiting = self._waiting, []
+        for d in waiting:
+            d.errback(failure)
+        return None
 
 
 def new_nonce():

@@ -118,7 +118,8 @@ class DispycosAMP(amp.AMP):
     One authenticated dispycos connection.
 
     @ivar keyring: on the listening side, C{keyring(role, computation)}
-        returns the HMAC key for that peer or None to refuse it.
+        returns the HMAC key for that peer, None to refuse it, or a Deferred
+        of either (a key still being stretched).
     @ivar peer_location: the location the peer announced (its own listener).
     @ivar role: the connector's role (C{"scheduler"}, C{"peer"}).
     @ivar computation: the computation id the connector named.
@@ -352,6 +353,11 @@ class DispycosAMP(amp.AMP):
         if version != config.ProtocolVersion:
             raise AuthenticationError("protocol version %d, expected %d" % (version, config.ProtocolVersion))
         key = self.keyring(role, computation)
+        if isinstance(key, defer.Deferred):  # a key still being stretched (dispycos.protocol.auth.StretchedKey)
+            return key.addCallback(self._answer_hello, version, role, computation, location, nonce)
+        return self._answer_hello(key, version, role, computation, location, nonce)
+
+    def _answer_hello(self, key, version, role, computation, location, nonce):
         if key is None or len(nonce) != auth.NONCE_BYTES:
             self.log.warn("refused {role} {comp} from {peer}", role=role, comp=computation, peer=self._peer())
             raise AuthenticationError("peer refused")

@@ -133,6 +133,8 @@ class Discovery(StartStopService):
     address and to its broadcast address (so a loopback-only daemon listens on
     loopback only), or to all interfaces for C{""}.
 
+    @param key: the key packets are signed with; None until it is known (a
+        node's, being stretched): till then nothing is sent and what comes is dropped.
     @param handler: called with C{(msg, (host, port))} for each valid packet.
     """
 
@@ -188,6 +190,9 @@ class Discovery(StartStopService):
             p.stopListening()
 
     def _received(self, data, addr):
+        if self.key is None:  # not yet known (a node's, being stretched): nothing can be checked
+            self.dropped += 1
+            return
         msg = decode(self.key, data, self.guard)
         if msg is None and self.client_key is not None:
             msg = decode(self.client_key, data, self.guard)
@@ -204,10 +209,11 @@ class Discovery(StartStopService):
     def send(self, msg, addr, client=False):
         """Send C{msg} to C{addr} (host, port), signed with the clients' key when C{client}."""
         sender = getattr(self, "reply", None) or (self.ports[0] if self.ports else None)
-        if sender is None:
+        key = self.client_key if client else self.key
+        if sender is None or key is None:
             return
         try:
-            sender.write(encode(self.client_key if client else self.key, msg), addr)
+            sender.write(encode(key, msg), addr)
         except Exception as e:
             self.log.debug("discovery: cannot send to {a}: {e}", a=addr, e=e)
 

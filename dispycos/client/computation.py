@@ -23,7 +23,7 @@ from dispycos.errors import ComputationClosed, PicklingError, ScheduleError
 from dispycos.paths import resolve_secret
 from dispycos.peer.outcomes import ABANDONED, OK, outcome_result
 from dispycos.peer.refs import RemoteTask
-from dispycos.peer.runtime import runtime_for
+from dispycos.peer.registry import runtime_for
 from dispycos.peer.tasks import Task
 from dispycos.protocol.auth import CLIENT, key_from_secret
 from dispycos.protocol.discovery import find_scheduler

@@ -489,7 +489,7 @@ def watchdog(reactor, seconds):
 
     def fire():
         try:
-            from dispycos.peer.runtime import current_runtime
+            from dispycos.peer.registry import current_runtime
 
             rt = current_runtime(create=False)
             sys.stderr.write("WATCHDOG: workload still running after %s s (hung?)\n" % seconds)

@@ -131,7 +131,7 @@ async def test_metrics_count_what_ran(metrics_node):
     from twisted.internet import reactor
 
     from dispycos import metrics
-    from dispycos.peer.runtime import runtime_for
+    from dispycos.peer.registry import runtime_for
 
     runtime = runtime_for(reactor)
     base = metrics._connection_values(metrics.Counts(runtime.counts.as_list() if runtime else None))

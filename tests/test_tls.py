@@ -22,7 +22,7 @@ from .conftest import NodeProcess, env_for_children
 def fresh_runtime():
     """A client process is all-TLS or not: give the next tests a plain one again."""
     yield
-    from dispycos.peer.runtime import current_runtime, forget_runtime
+    from dispycos.peer.registry import current_runtime, forget_runtime
 
     runtime = current_runtime(create=False)
     if runtime is not None and runtime.tls is not None:

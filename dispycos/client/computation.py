@@ -4,17 +4,16 @@ The client API: L{Computation} packages code, schedules it and creates remote
 tasks. Every method returns a Deferred.
 """
 
-import inspect
 import os
 import tempfile
 import time
-import types
 
 from twisted.internet import defer
 from twisted.logger import Logger
 
 from dispycos import config, metrics, serialize
 from dispycos.client.attempts import TaskControl, TaskOptions
+from dispycos.client.components import collect, component_name, setup_names
 from dispycos.client.control import ClusterControl
 from dispycos.client.events import ComputationEvents
 from dispycos.client.schedclient import RemoteScheduler
@@ -23,7 +22,7 @@ from dispycos.errors import ComputationClosed, PicklingError, ScheduleError
 from dispycos.paths import resolve_secret
 from dispycos.peer.outcomes import ABANDONED, OK, outcome_result
 from dispycos.peer.refs import RemoteTask
-from dispycos.peer.runtime import runtime_for
+from dispycos.peer.registry import runtime_for
 from dispycos.peer.tasks import Task
 from dispycos.protocol.auth import CLIENT, key_from_secret
 from dispycos.protocol.discovery import find_scheduler
@@ -31,13 +30,6 @@ from dispycos.protocol.tls import TLS
 from dispycos.scheduler.allocate import DispycosNodeAllocate, allocate_cpus
 from dispycos.scheduler.core import private_scheduler
 from dispycos.status import DispycosStatus, Location, Status, TaskInfo
-
-_ANY_CALLABLE = (types.FunctionType, type)
-
-
-def _component_name(obj):
-    return getattr(obj, "__qualname__", None) or getattr(obj, "__name__", None)
-
 
 class Computation(_TaskMethods, ClusterControl):
     """
@@ -98,15 +90,8 @@ class Computation(_TaskMethods, ClusterControl):
         self.forward_output = bool(forward_output)
         #: Its tasks, counted here (its private scheduler's L{metrics.Counts} once scheduled).
         self._counts = metrics.Counts()
-        self._code = {}
-        self._files = []
-        for item in components:
-            self._add_component(item)
-        for fn in (node_setup, server_setup):
-            if fn is not None:
-                if not callable(fn):
-                    raise TypeError("setup function %r is not callable" % (fn,))
-                self._code.setdefault(_component_name(fn), fn)
+        #: Functions and classes by component name; files (name, path) streamed to every node.
+        self._code, self._files = collect(components, (node_setup, server_setup))
         for obj in self._code.values():
             serialize.register_by_value(obj)
         try:
@@ -128,45 +113,9 @@ class Computation(_TaskMethods, ClusterControl):
         self._exit_trigger = None
         self._scheduler_gone = None
 
-    def _add_component(self, item):
-        if isinstance(item, str):
-            path = os.path.abspath(item)
-            if not os.path.isfile(path):
-                raise ValueError("component %r is not a readable file" % (item,))
-            self._add_file(path)
-        elif isinstance(item, types.ModuleType):
-            path = getattr(item, "__file__", None)
-            if not path or not path.endswith((".py", ".pyc")):
-                raise ValueError("module component %r has no Python source file" % (item.__name__,))
-            if path.endswith(".pyc"):
-                path = path[:-1]
-            self._add_file(os.path.abspath(path), item.__name__.rpartition(".")[0].replace(".", os.sep))
-        elif isinstance(item, _ANY_CALLABLE) or inspect.isroutine(item):
-            name = _component_name(item)
-            if not name:
-                raise ValueError("component %r has no name" % (item,))
-            self._code[name] = item
-        else:
-            raise TypeError("invalid component %r: give functions, classes, modules or file paths" % (item,))
-
-    def _add_file(self, path, subdir=None):
-        cwd = os.getcwd()
-        if subdir is None:
-            rel = os.path.relpath(path, cwd)
-            name = rel if not rel.startswith("..") else os.path.basename(path)
-        else:
-            name = os.path.join(subdir, os.path.basename(path)) if subdir else os.path.basename(path)
-        if any(n == name for n, _ in self._files):
-            return
-        if not os.access(path, os.R_OK):
-            raise ValueError("component %r is not readable" % (path,))
-        # Streamed to every node when the computation is scheduled (read then, not held here).
-        self._files.append((name, path))
-
     def _setup_names(self):
         """Component names of C{node_setup} and C{server_setup} (or None)."""
-        return (_component_name(self.node_setup) if self.node_setup else None,
-                _component_name(self.server_setup) if self.server_setup else None)
+        return setup_names(self.node_setup, self.server_setup)
 
     def _allocate(self, info):
         """How many servers of the node described by C{info} to use."""
@@ -346,7 +295,7 @@ class Computation(_TaskMethods, ClusterControl):
         C{(code id, (code id, pickled function))}: the code travels once per
         connection (L{commands.DefineCode}) and tasks name it by its id.
         """
-        name = _component_name(fn)
+        name = component_name(fn)
         if name is not None and self._code.get(name) is fn:
             return name, None
         if not callable(fn):
@@ -400,7 +349,7 @@ class Computation(_TaskMethods, ClusterControl):
             for obj in kwargs.values():
                 serialize.register_by_value(type(obj))
             # In parts: a large bytes argument is streamed from where it is, not copied.
-            blob = serialize.dumps_parts((ref, args, kwargs), "arguments of %s" % (_component_name(fn),))
+            blob = serialize.dumps_parts((ref, args, kwargs), "arguments of %s" % (component_name(fn),))
             if len(blob) == 1:
                 blob = blob[0]
             if where is not None and not isinstance(where, Location):

@@ -17,7 +17,7 @@ from dispycos.errors import ComputationClosed, ConnectionLostError, DispycosErro
 from dispycos.heartbeat import SilenceWatch
 from dispycos.interfaces import IScheduler
 from dispycos.paths import resolve_secret
-from dispycos.peer.runtime import runtime_for
+from dispycos.peer.registry import runtime_for
 from dispycos.protocol import auth
 from dispycos.protocol import scheduling
 from dispycos.protocol.arguments import unpack_items

@@ -9,7 +9,7 @@ from twisted.internet import defer
 
 from dispycos import serialize
 from dispycos.peer.reactorthread import blocking_in_thread, oneway_in_thread, with_timeout
-from dispycos.peer.runtime import current_runtime
+from dispycos.peer.registry import current_runtime
 from dispycos.protocol import commands
 from dispycos.status import Location
 

@@ -11,12 +11,12 @@ from twisted.python.failure import Failure
 from dispycos.errors import TimeoutError
 from dispycos.peer.outcomes import outcome_result
 from dispycos.peer.reactorthread import blocking_in_thread, in_worker_thread
-from dispycos.peer.runtime import current_runtime
+from dispycos.peer.registry import current_runtime
 from dispycos.status import Location
 
 
 def _rebuild_ref(addr, port, tid, name):
-    # The runtime at hand: the one whose connection is being read (see runtime.current_runtime).
+    # The runtime at hand: the one whose connection is being read (see registry.current_runtime).
     runtime = current_runtime(create=False)
     location = Location(addr, port)
     if runtime is not None and runtime.location == location:

@@ -9,7 +9,6 @@ small one-way messages are batched per connection.
 """
 
 import itertools
-import weakref
 from collections import OrderedDict
 
 from twisted.internet import defer
@@ -18,7 +17,7 @@ from twisted.logger import Logger
 
 from dispycos.errors import ComputationClosed, ConnectionLostError, DispycosError, FileTransferError, PayloadTooLarge
 from dispycos.metrics import Counts
-from dispycos.peer.connection import INLINE_LIMIT, PeerAMP, _reading
+from dispycos.peer.connection import INLINE_LIMIT, PeerAMP
 from dispycos.peer.messaging import Messaging
 from dispycos.peer.outcomes import ABANDONED, OK, decode_outcome, decode_outcomes, encode_outcome, error_outcome
 from dispycos.protocol import commands
@@ -33,45 +32,6 @@ KEEP_FINISHED = 10000
 KEEP_BYTES = 64 * 1024 * 1024
 #: The first id of tasks a process creates elsewhere (ids below are its own tasks').
 REMOTE_TIDS = 1 << 40
-
-#: Each reactor's runtime (a process normally has one reactor, and one runtime).
-_runtimes = weakref.WeakKeyDictionary()
-
-
-def runtime_for(reactor, create=False):
-    """C{reactor}'s runtime; with C{create}, one listening on loopback is made when there is none."""
-    runtime = _runtimes.get(reactor)
-    if runtime is None and create:
-        runtime = Runtime(reactor)
-        runtime.listen()
-        _runtimes[reactor] = runtime
-    return runtime
-
-
-def set_runtime(runtime):
-    """Install C{runtime} as its reactor's runtime (a server's, a scheduler's)."""
-    _runtimes[runtime.reactor] = runtime
-
-
-def forget_runtime(runtime):
-    """Stop handing out C{runtime} as its reactor's (the next one needed is a new one)."""
-    if _runtimes.get(runtime.reactor) is runtime:
-        del _runtimes[runtime.reactor]
-
-
-def current_runtime(create=True):
-    """
-    The runtime at hand: the one whose connection is being read, else the
-    global reactor's (the public API's default; a client process gets one,
-    listening on loopback, the first time it is needed).
-    """
-    runtime = _reading.get()
-    if runtime is not None:
-        return runtime
-    from twisted.internet import reactor  # the public API's default reactor
-
-    return runtime_for(reactor, create)
-
 
 class _Link:
     """

@@ -25,7 +25,7 @@ from dispycos.peer.programs import start_program
 from dispycos.peer.reactorthread import blocking_in_thread, in_worker_thread, oneway_in_thread, with_timeout
 from dispycos.peer.refs import RemoteTask, TaskRef, _TaskAPI
 from dispycos.peer.runner import _async_raise, _Runner, _SinkRunner
-from dispycos.peer.runtime import current_runtime
+from dispycos.peer.registry import current_runtime
 from dispycos.protocol.streams import send_file
 
 log = Logger()

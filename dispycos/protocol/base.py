@@ -16,6 +16,7 @@ from twisted.protocols import amp
 from dispycos import config
 from dispycos.errors import AuthenticationError, ConnectionLostError, PayloadTooLarge
 from dispycos.protocol import auth, commands
+from dispycos.protocol.admission import pending_for
 from dispycos.protocol.arguments import pack_items
 from dispycos.protocol.tls import channel_binding
 from dispycos._twisted import buffered_bytes, stop_parsing, write_now
@@ -67,50 +68,6 @@ class _WriteWatcher:
         d = defer.Deferred()
         self._waiters.append(d)
         return d
-
-
-class PendingConnections:
-    """
-    A listener's connections that have not yet proven the secret: at most
-    C{per_address} from one address and C{total} in all. A connection past
-    a cap pushes out the oldest one it competes with, so connections left
-    idle by an attacker cannot lock out a peer whose handshake takes
-    milliseconds.
-    """
-
-    def __init__(self, per_address=None, total=None):
-        self.per_address = config.MaxPendingPerAddress if per_address is None else per_address
-        self.total = config.MaxPending if total is None else total
-        self._all = {}  # connection -> address, oldest first
-        self._by_address = {}  # address -> {connection: None}, oldest first
-
-    def __len__(self):
-        return len(self._all)
-
-    def count(self, address):
-        return len(self._by_address.get(address, ()))
-
-    def add(self, conn, address):
-        """Count C{conn}; return the C{(connection, why)} pairs to drop for it."""
-        self._all[conn] = address
-        mine = self._by_address.setdefault(address, {})
-        mine[conn] = None
-        victims = []
-        if len(mine) > self.per_address:
-            victims.append((next(iter(mine)), "over %d unauthenticated connections from its address" % self.per_address))
-        elif len(self._all) > self.total:
-            victims.append((next(iter(self._all)), "over %d unauthenticated connections in all" % self.total))
-        for victim, _ in victims:
-            self.remove(victim)
-        return victims
-
-    def remove(self, conn):
-        address = self._all.pop(conn, None)
-        mine = self._by_address.get(address)
-        if mine is not None:
-            mine.pop(conn, None)
-            if not mine:
-                del self._by_address[address]
 
 
 class DispycosAMP(amp.AMP):
@@ -171,15 +128,12 @@ class DispycosAMP(amp.AMP):
         if self.keyring is not None:
             # A listener's connection: it must say Hello soon and finish the
             # handshake in time, and it counts against the listener's caps on
-            # connections not yet authenticated (see PendingConnections).
+            # connections not yet authenticated (see L{dispycos.protocol.admission}).
             self._deadline = self.reactor.callLater(config.HelloTimeout, self._handshake_timeout)
             factory = getattr(self, "factory", None)
             if factory is None:
                 return
-            pending = factory.__dict__.get("dispycos_pending")
-            if pending is None:
-                pending = factory.dispycos_pending = PendingConnections()
-            self._pending = pending
+            pending = self._pending = pending_for(factory)
             for victim, why in pending.add(self, getattr(self.transport.getPeer(), "host", None)):
                 victim._drop(why)
 

@@ -21,7 +21,8 @@ from dispycos import config, metrics
 from dispycos.errors import ComputationClosed, NoServerError, ScheduleError
 from dispycos.interfaces import IScheduler
 from dispycos.paths import read_secret_file, resolve_secret
-from dispycos.peer.runtime import Runtime, runtime_for, set_runtime
+from dispycos.peer.registry import runtime_for, set_runtime
+from dispycos.peer.runtime import Runtime
 from dispycos.protocol import auth, commands
 from dispycos.protocol.discovery import Discovery
 from dispycos.protocol.tls import TLS

@@ -25,7 +25,8 @@ from dispycos.errors import DispycosError, SetupError
 from dispycos.logs import start_logging
 from dispycos.peer.outcomes import error_outcome, plain_outcome
 from dispycos.peer.reactorthread import in_worker_thread
-from dispycos.peer.runtime import Runtime, set_runtime
+from dispycos.peer.registry import set_runtime
+from dispycos.peer.runtime import Runtime
 from dispycos.peer.tasks import Task
 from dispycos.protocol import commands
 from dispycos.server.taskrunner import ServerGroup, Starter, resolve_function

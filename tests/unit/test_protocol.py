@@ -21,8 +21,9 @@ from twisted.test import iosim
 from dispycos import config, serialize
 from dispycos.errors import AuthenticationError, ConnectionLostError, PayloadTooLarge
 from dispycos.protocol import auth, commands
+from dispycos.protocol.admission import PendingConnections
 from dispycos.protocol.arguments import BigBytes, pack_items, unpack_items
-from dispycos.protocol.base import PendingConnections, BATCH_BYTES, DispycosAMP
+from dispycos.protocol.base import BATCH_BYTES, DispycosAMP
 from dispycos.peer.connection import PeerAMP
 from dispycos.status import Location
 

@@ -687,7 +687,7 @@ async def test_deliver_to_an_ended_task_errbacks():
 
 @pytest_twisted.ensureDeferred
 async def test_deliver_through_the_runtime_to_unknown_task_errbacks():
-    from dispycos.peer.runtime import current_runtime
+    from dispycos.peer.registry import current_runtime
 
     rt = current_runtime()
     ref = TaskRef(rt.location, 10**9, "nobody")
@@ -697,7 +697,7 @@ async def test_deliver_through_the_runtime_to_unknown_task_errbacks():
 
 @pytest_twisted.ensureDeferred
 async def test_task_pickles_into_a_reference():
-    from dispycos.peer.runtime import current_runtime
+    from dispycos.peer.registry import current_runtime
     from dispycos.peer.refs import _rebuild_ref
 
     rt = current_runtime()
@@ -730,7 +730,7 @@ async def test_task_pickles_into_a_reference():
 
 @pytest_twisted.ensureDeferred
 async def test_task_ids_are_unique_and_tasks_are_registered():
-    from dispycos.peer.runtime import current_runtime
+    from dispycos.peer.registry import current_runtime
 
     rt = current_runtime()
     a, b = Task(gen_receive), Task(gen_receive)
@@ -846,7 +846,7 @@ def test_the_computation_scheduler_seam_is_explicit():
     from zope.interface.verify import verifyObject
 
     from dispycos.interfaces import IComputationEvents, IScheduler
-    from dispycos.peer.runtime import runtime_for
+    from dispycos.peer.registry import runtime_for
     from dispycos import Computation, Scheduler
     from dispycos.client.schedclient import RemoteScheduler
     from dispycos.scheduler.core import private_scheduler

@@ -23,6 +23,7 @@ long as the node) and ends when its socket closes; every server asks the same
 relative to the zygote (single-threaded), so none outlives the node.
 """
 
+import importlib
 import io
 import json
 import os
@@ -37,6 +38,11 @@ from dispycos.node import sharing
 MAX_MESSAGE = 1 << 18
 #: The server's fds, in the order they travel: its 0, 1, 2, 3 and 4.
 CHILD_FDS = 5
+#: What L{preload} imports for the servers (loaded by name: the zygote uses none of them itself) ...
+SERVER_MODULES = ("twisted.internet.stdio", "twisted.python.threadpool", "dispycos.scripts", "dispycos.peer.runtime",
+                  "dispycos.server.process", "dispycos.server.taskrunner")
+#: ... and what the node imports before the fork, for itself (psutil: pid file, discovery, status).
+NODE_MODULES = ("dispycos.node.tap", "psutil")
 
 
 def preload(twisted_tls=False):
@@ -47,12 +53,8 @@ def preload(twisted_tls=False):
     from dispycos import _lean
 
     _lean.import_twisted(twisted_tls=twisted_tls, install=False)
-    import twisted.internet.stdio  # noqa: F401
-    import twisted.python.threadpool  # noqa: F401
-
-    from dispycos import scripts  # noqa: F401
-    from dispycos.peer import runtime  # noqa: F401
-    from dispycos.server import process, taskrunner  # noqa: F401
+    for name in SERVER_MODULES:
+        importlib.import_module(name)
 
 
 def fork_available():
@@ -87,8 +89,8 @@ def prefork_for_node(argv):
         preload()
         # The node's own modules too: their pages are then shared with the
         # zygote (its servers never use them, they cost them nothing).
-        from dispycos.node import tap  # noqa: F401
-        import psutil  # noqa: F401  (the node's: pid file, discovery, status)
+        for name in NODE_MODULES:
+            importlib.import_module(name)
 
         _preforked = prefork()
 

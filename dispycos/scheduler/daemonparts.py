@@ -53,6 +53,12 @@ class Listener(service.Service):
         return defer.gatherResults([defer.maybeDeferred(p.stopListening) for p in ports])
 
 
+class NoComputation:
+    """What the scheduler's monitor shows before the first computation."""
+
+    status_task = None
+
+
 class Monitor(service.Service):
     """The browser monitor of the shared scheduler (on its first host, loopback for all)."""
 
@@ -61,7 +67,6 @@ class Monitor(service.Service):
     def startService(self):
         super().startService()
         from dispycos.httpd import HTTPServer  # lazily: twisted.web only with a monitor
-        from dispycos.scheduler.shared import NoComputation
 
         owner = self.parent
         host = owner.hosts[0] if owner.hosts[0] not in ("", "0.0.0.0") else "127.0.0.1"

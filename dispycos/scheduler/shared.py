@@ -187,12 +187,6 @@ class RemoteComputation:
         self._send("closed", reason=reason)
 
 
-class NoComputation:
-    """What the scheduler's monitor shows before the first computation."""
-
-    status_task = None
-
-
 class ClientChannel(metrics.CountedConnection, StreamingAMP):
     """One client's connection to the shared scheduler (it streams its component files here)."""
 

@@ -207,7 +207,9 @@ class _IncomingBlob:
     """
     A blob being received: its pieces, in memory. Once complete it is a file
     to read from once: C{pickle.load} reads a large value straight from the
-    pieces into place, so the blob is never joined into one copy first. Pieces
+    pieces into place, and L{dispycos.serialize.loads} each out-of-band
+    buffer into a bytearray of its own (C{remaining} bounds what it
+    allocates), so the blob is never joined into one copy first. Pieces
     are let go as they are read.
     """
 
@@ -229,6 +231,11 @@ class _IncomingBlob:
     def discard(self):
         self.pieces.clear()
         self._left = 0
+
+    @property
+    def remaining(self):
+        """Bytes not read yet."""
+        return self._left
 
     def readinto(self, buffer):
         out = memoryview(buffer).cast("B")

@@ -114,16 +114,8 @@ class _Parts:
         return len(part)
 
 
-def dumps_parts(obj, what="object"):
-    """
-    Pickle C{obj} with cloudpickle into a list of C{bytes} whose
-    concatenation is the blob; large C{bytes} values in C{obj} are parts of
-    their own, not copies. Large buffers (L{OOB_THRESHOLD}) go out-of-band,
-    each a part of its own (copied once, as the parts may be sent later;
-    not copied when it is a whole C{bytes} object), behind a header.
-
-    @raise PicklingError: naming C{what} when C{obj} cannot be pickled.
-    """
+def _pickle(obj, what, copy):
+    """The parts of C{obj}'s blob; out-of-band buffers as views of their data unless C{copy}."""
     out = _Parts()
     buffers = []
 
@@ -134,8 +126,12 @@ def dumps_parts(obj, what="object"):
             return True
         if raw.nbytes < OOB_THRESHOLD:
             return True
-        whole = type(raw.obj) is bytes and len(raw.obj) == raw.nbytes
-        buffers.append((raw.obj if whole else raw.tobytes(), raw.readonly))
+        readonly = raw.readonly
+        if type(raw.obj) is bytes and len(raw.obj) == raw.nbytes:
+            raw = raw.obj
+        elif copy:
+            raw = raw.tobytes()
+        buffers.append((raw, readonly))
         return False
 
     try:
@@ -149,13 +145,27 @@ def dumps_parts(obj, what="object"):
     return [b"".join(head)] + [data for data, _ in buffers] + out.parts
 
 
-def dumps(obj, what="object"):
+def dumps_parts(obj, what="object"):
     """
-    Pickle C{obj} with cloudpickle.
+    Pickle C{obj} with cloudpickle into a list of C{bytes} whose
+    concatenation is the blob; large C{bytes} values in C{obj} are parts of
+    their own, not copies. Large buffers (L{OOB_THRESHOLD}) go out-of-band,
+    each a part of its own (copied once, as the parts may be sent later;
+    not copied when it is a whole C{bytes} object), behind a header.
 
     @raise PicklingError: naming C{what} when C{obj} cannot be pickled.
     """
-    return b"".join(dumps_parts(obj, what))
+    return _pickle(obj, what, copy=True)
+
+
+def dumps(obj, what="object"):
+    """
+    Pickle C{obj} with cloudpickle into one blob (L{dumps_parts} joined; an
+    out-of-band buffer is copied once, by the join).
+
+    @raise PicklingError: naming C{what} when C{obj} cannot be pickled.
+    """
+    return b"".join(_pickle(obj, what, copy=False))
 
 
 def _entries(head, count):

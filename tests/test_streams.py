@@ -139,6 +139,54 @@ async def test_100_mib_argument_round_trip_keeps_node_memory_flat(node):
         assert growth < 20 * 1024 * 1024, growth  # the node never holds the payload
 
 
+def _base_type(arr):
+    """The type of what C{arr}'s memory belongs to (down its chain of bases)."""
+    import numpy
+
+    base = arr
+    while True:
+        if isinstance(base, numpy.ndarray) and base.base is not None:
+            base = base.base
+        elif isinstance(base, memoryview):
+            base = base.obj
+        else:
+            return type(base).__name__
+
+
+def array_task(arr):
+    """How the argument arrived; it is changed in place (it must be writable), and a new array goes back."""
+    import numpy
+
+    seen = {"owndata": bool(arr.flags.owndata), "base": _base_type(arr), "writeable": bool(arr.flags.writeable),
+            "dtype": str(arr.dtype), "shape": arr.shape, "sum": int(arr.sum(dtype=numpy.int64))}
+    arr += 1
+    return seen, arr
+
+
+@pytest_twisted.ensureDeferred
+async def test_a_large_numpy_array_travels_out_of_band_both_ways(node):
+    np = pytest.importorskip("numpy")
+    a = np.arange(8 * 1024 * 1024, dtype=np.int32).reshape(2048, 4096)  # 32 MiB
+    async with Session(node, [array_task, collect, _base_type]) as comp:
+        seen, back = await comp.run_result(array_task, a)
+        # The server's argument sat on the bytearray its blob was read into.
+        assert seen == {"owndata": False, "base": "bytearray", "writeable": True, "dtype": "int32",
+                        "shape": (2048, 4096), "sum": int(a.sum(dtype=np.int64))}
+        np.testing.assert_array_equal(back, a + 1)
+        assert back.dtype == a.dtype and not back.flags.owndata and _base_type(back) == "bytearray"
+        assert back.flags.writeable
+        # and as a message (a task receives it, and returns it)
+        rtask = await comp.run(collect, 1)
+        rtask.send(a)
+        (got,) = await rtask.result(timeout=120)
+        np.testing.assert_array_equal(got, a)
+        # a mid-sized one, inline: equal, and writable as before
+        mid = np.ones(100_000)
+        seen, back = await comp.run_result(array_task, mid)
+        assert seen["writeable"] and seen["sum"] == 100_000
+        np.testing.assert_array_equal(back, mid + 1)
+
+
 @pytest_twisted.ensureDeferred
 async def test_twenty_thousand_messages_in_order(node):
     async with Session(node, [collect]) as comp:

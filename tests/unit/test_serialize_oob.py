@@ -188,3 +188,18 @@ def test_a_good_header_with_a_bad_pickle_fails_like_pickle():
     blob[-1:] = b"?"  # the STOP opcode gone
     with pytest.raises(pickle.UnpicklingError):
         serialize.loads(bytes(blob))
+
+
+def test_dumps_is_the_join_of_dumps_parts():
+    a = np.arange(300_000, dtype=np.int16)
+    ro = np.arange(50_000, dtype=np.float64)
+    ro.flags.writeable = False
+    obj = {"a": a, "ro": ro, "bytes": _Buffered(b"c" * 100_000), "small": np.arange(3)}
+    blob = serialize.dumps(obj)
+    assert blob == b"".join(serialize.dumps_parts(obj))
+    a[:] = 7  # the blob is a copy: what happens to the array after does not show
+    back = serialize.loads(blob)
+    np.testing.assert_array_equal(back["a"], np.arange(300_000, dtype=np.int16))
+    assert back["a"].flags.writeable and not back["ro"].flags.writeable
+    np.testing.assert_array_equal(back["ro"], ro)
+    assert bytes(back["bytes"].data) == b"c" * 100_000

@@ -31,17 +31,40 @@ def _run_service(options_class, make_service, argv, prog):
     start_logging(options.get("debug"), log_format=options.get("log_format") or "text",
                   log_file=options.get("log_file"))
 
-    def main(reactor):
-        svc.privilegedStartService()
-        svc.startService()
+    task.react(lambda reactor: run_until_stopped(reactor, svc))
+
+
+def run_until_stopped(reactor, svc):
+    """
+    C{task.react}'s C{main}: start C{svc} once C{reactor} runs and stop it
+    when the reactor shuts down. The Deferred returned fails (so C{react}
+    logs the error and exits 1) if the service cannot start, and otherwise
+    never fires.
+
+    C{react} calls its C{main} before C{reactor.run()}, and the reactor
+    installs its SIGINT/SIGTERM handlers only as it starts: a service
+    started in C{main} itself listens (and forks) while those signals still
+    kill the process at once, unlogged, its children left behind. So the
+    service starts in C{callWhenRunning}, after the handlers.
+    """
+
+    done = defer.Deferred()
+
+    def start():
+        try:
+            svc.privilegedStartService()
+            svc.startService()
+        except BaseException:
+            done.errback()
+            return
         # As twistd does: SIGINT/SIGTERM stop the reactor, which first stops the
         # service (ending tasks and server processes); a second signal during
         # that wait ends the process at once.
         reactor.addSystemEventTrigger("before", "shutdown", svc.stopService)
         reactor.addSystemEventTrigger("before", "shutdown", _second_signal_kills)
-        return defer.Deferred()
 
-    task.react(main)
+    reactor.callWhenRunning(start)
+    return done
 
 
 def _second_signal_kills():

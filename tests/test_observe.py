@@ -576,6 +576,10 @@ def test_shared_scheduler_json_log(fresh_node):
     sched = SchedulerProcess([node.location], node.secret, args=["--log_format", "json"])
     sched.stop()
     text = sched.proc.stdout.read().decode("utf-8", "replace")
+    # SIGTERM as soon as it listens: it must have been handled (a clean stop, exit 0), never the
+    # default action that ends the process unlogged (which it was while services started before
+    # the reactor ran, see dispycos.scripts.run_until_stopped).
+    assert sched.proc.returncode == 0, text
     records = _json_records(text)
     assert any("listening at 127.0.0.1:%d" % sched.port in r["message"] for r in records), text
     assert all(line.startswith("\x1e{") for line in text.split("\n") if line), text[:2000]

@@ -1,0 +1,50 @@
+"""The console scripts' main: the service starts only once the reactor runs."""
+
+from twisted.application import service
+from twisted.internet.testing import MemoryReactor
+
+from dispycos.scripts import run_until_stopped
+
+
+class Recorder(service.Service):
+    def __init__(self, fail=False):
+        self.calls = []
+        self.fail = fail
+
+    def privilegedStartService(self):
+        self.calls.append("privileged")
+
+    def startService(self):
+        self.calls.append("start")
+        if self.fail:
+            raise OSError("port in use")
+        super().startService()
+
+    def stopService(self):
+        self.calls.append("stop")
+        return super().stopService()
+
+
+def test_the_service_starts_after_the_reactor_does():
+    # task.react calls main before reactor.run(), i.e. before the reactor
+    # installs its SIGTERM handler: nothing may listen or fork yet.
+    reactor = MemoryReactor()
+    svc = Recorder()
+    done = run_until_stopped(reactor, svc)
+    assert svc.calls == []
+    assert reactor.triggers.get("before", {}).get("shutdown", []) == []
+    reactor.run()  # MemoryReactor.run runs the callWhenRunning hooks
+    assert svc.calls == ["privileged", "start"]
+    before = [f for f, args, kw in reactor.triggers["before"]["shutdown"]]
+    assert svc.stopService in before
+    assert not done.called
+
+
+def test_a_service_that_cannot_start_fails_main():
+    reactor = MemoryReactor()
+    done = run_until_stopped(reactor, Recorder(fail=True))
+    reactor.run()
+    failures = []
+    done.addErrback(failures.append)
+    assert len(failures) == 1 and failures[0].check(OSError)
+    assert reactor.triggers.get("before", {}).get("shutdown", []) == []

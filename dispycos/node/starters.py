@@ -221,6 +221,9 @@ class ZygoteStarter:
         self._reader = _ZygoteReader(self)
         directlyProvides(self._reader, IReadDescriptor)
         reactor.addReader(self._reader)
+        # A Ctrl-C or SIGTERM to the node's process group reaches the zygote too, which may end
+        # before the node stops this starter: a zygote gone during shutdown is no news.
+        reactor.addSystemEventTrigger("before", "shutdown", self._shutting_down)
 
     @property
     def alive(self):
@@ -314,8 +317,13 @@ class ZygoteStarter:
     #: Fires once the zygote is reaped (after its socket closed), else None.
     _reaped = None
 
+    _shutdown = False
+
+    def _shutting_down(self):
+        self._shutdown = True
+
     def _stopping(self):
-        return self._stopped
+        return self._stopped or self._shutdown
 
     def _reap_zygote(self, tries):
         """

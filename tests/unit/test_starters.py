@@ -370,3 +370,32 @@ def test_when_the_node_forks(argv, env, expected, monkeypatch):
     monkeypatch.setattr(zygote, "fork_available", lambda: True)
     monkeypatch.delitem(__import__("sys").modules, "twisted.internet.reactor", raising=False)
     assert zygote.wanted(argv, env) is expected
+
+
+def test_zygote_gone_during_shutdown_is_no_warning():
+    # A SIGTERM to the node's process group ends the zygote too, maybe before the node stops
+    # its starter: that is no "is gone" warning.
+    from twisted.logger import capturedLogs
+
+    reactor = MemoryReactorClock()
+    z = FakeZygote()
+    starter = ZygoteStarter(reactor, zygote.Handle(99999, z.node_end), fallback=FakeStarter())
+    for f, args, kw in reactor.triggers["before"]["shutdown"]:
+        f(*args, **kw)
+    z.close()
+    with capturedLogs() as events:
+        read_zygote(starter)
+    assert not starter.alive
+    assert [e for e in events if "is gone" in e.get("log_format", "")] == []
+
+
+def test_zygote_gone_while_running_warns():
+    from twisted.logger import capturedLogs
+
+    reactor = MemoryReactorClock()
+    z = FakeZygote()
+    starter = ZygoteStarter(reactor, zygote.Handle(99999, z.node_end), fallback=FakeStarter())
+    z.close()
+    with capturedLogs() as events:
+        read_zygote(starter)
+    assert [e for e in events if "is gone" in e.get("log_format", "")] != []

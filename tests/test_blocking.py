@@ -257,7 +257,10 @@ def test_interpreter_exit_closes_what_was_left_open(workdir):
 
 
 SIGINT_SCRIPT = """
-import os, sys, time
+import os, signal, sys, time
+# Ctrl-C as at a terminal, even when the test runner was started in the background by a shell
+# (which starts it, and so this script, with SIGINT ignored).
+signal.signal(signal.SIGINT, signal.default_int_handler)
 import dispycos
 from dispycos.blocking import Computation, LocalCluster, Task
 

@@ -50,10 +50,9 @@ def run_workload(args):
 
     w, size = args.workload, args.size
     extra = {}
-    serial = n_cpu = None
+    n_cpu = None
     if w == "W5":
         n_cpu = args.cpu_iters or common.calibrate(size["w5_seconds"], cpu_task)
-        serial = common.serial_seconds(cpu_task, n_cpu, size["w5_tasks"])
     data = b"\x5a" * (size["w4_mib"] * 2**20) if w == "W4" else None
     local_dir = args.workdir or None
     dask.config.set({"distributed.worker.daemon": True, "temporary-directory": local_dir})
@@ -73,7 +72,7 @@ def run_workload(args):
 
         return common.measure_blocking(
             w, size, lambda fn, *a: client.submit(fn, *a, pure=False), lambda f, timeout: f.result(timeout=timeout),
-            noop, cpu_task, n_cpu=n_cpu, serial=serial, data=data, start_w3=start_w3,
+            noop, cpu_task, n_cpu=n_cpu, data=data, start_w3=start_w3,
             map_all=lambda fn, it: client.gather(client.map(fn, it, pure=False)))
     finally:
         pids = common.descendants(os.getpid())

@@ -187,11 +187,11 @@ async def wait_servers(comp, reactor, want, timeout=120):
 
 
 class Context:
-    """What a workload function needs: the computation, the sizes, the reactor, W5's loop count and serial time."""
+    """What a workload function needs: the computation, the sizes, the reactor, the cluster, W5's loop count."""
 
-    def __init__(self, comp, size, reactor, cluster, n_cpu=None, serial=None):
+    def __init__(self, comp, size, reactor, cluster, n_cpu=None):
         self.comp, self.size, self.reactor, self.cluster = comp, size, reactor, cluster
-        self.n_cpu, self.serial = n_cpu, serial
+        self.n_cpu = n_cpu
 
 
 class Clock:
@@ -331,9 +331,9 @@ async def w4(ctx):
     return mib / dt, {"seconds": dt}
 
 
-def speedup(ctx, wall):
-    """W5/W5g's value and extra fields for a wall time."""
-    return ctx.serial / wall, {"serial_seconds": ctx.serial, "wall_seconds": wall, "cpu_iters": ctx.n_cpu}
+def speedup(ctx, serial, wall):
+    """W5/W5g's value and extra fields for a wall time (see common.speedup)."""
+    return common.speedup(serial, cpu_task, ctx.n_cpu, ctx.size["w5_tasks"], wall)
 
 
 async def w5(ctx):
@@ -341,17 +341,19 @@ async def w5(ctx):
     from twisted.internet import defer
 
     k = ctx.size["w5_tasks"]
+    serial = common.serial_seconds(cpu_task, ctx.n_cpu, k)
     t = time.perf_counter()
     results = await defer.gatherResults([ctx.comp.run_result(cpu_task, ctx.n_cpu) for _ in range(k)],
                                         consumeErrors=True)
     wall = time.perf_counter() - t
     assert len(results) == k
-    return speedup(ctx, wall)
+    return speedup(ctx, serial, wall)
 
 
 async def w5g(ctx):
     """W5g: the CPU-bound generator function submitted as W1: C{await run} x k, then C{result()} x k."""
     k = ctx.size["w5_tasks"]
+    serial = common.serial_seconds(cpu_task, ctx.n_cpu, k)
     t = time.perf_counter()
     rtasks = []
     for _ in range(k):
@@ -359,7 +361,7 @@ async def w5g(ctx):
     results = [await rt.result() for rt in rtasks]
     wall = time.perf_counter() - t
     assert len(results) == k and results[0] == cpu_task(ctx.n_cpu), results
-    return speedup(ctx, wall)
+    return speedup(ctx, serial, wall)
 
 
 async def mem(ctx):
@@ -387,10 +389,9 @@ async def run_workload(args, reactor):
     if w == "W1map" and not hasattr(Computation, "map"):
         return None, {"skipped": "no Computation.map"}
     extra = {}
-    n_cpu = serial = None
+    n_cpu = None
     if w in ("W5", "W5g"):
         n_cpu = args.cpu_iters or common.calibrate(size["w5_seconds"], cpu_task)
-        serial = common.serial_seconds(cpu_task, n_cpu, size["w5_tasks"])
     count, cpus = cluster_shape(w, size)
     t_spawn = time.perf_counter()
     cluster = _state["cluster"] = Cluster(count, cpus, workdir=args.workdir)
@@ -413,7 +414,7 @@ async def run_workload(args, reactor):
             extra.update(node_ready_seconds=t_ready - t_spawn, scheduled_seconds=t_scheduled - t_ready,
                          first_task_seconds=t_spawn + value - t_scheduled)
         else:
-            value, more = await MEASURE[w](Context(comp, size, reactor, cluster, n_cpu, serial))
+            value, more = await MEASURE[w](Context(comp, size, reactor, cluster, n_cpu))
             extra.update(more)
         prof.stop()
     finally:

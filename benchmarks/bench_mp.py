@@ -51,10 +51,9 @@ def cpu_task(n):
 def run_workload(args):
     w, size = args.workload, args.size
     extra = {}
-    serial = n_cpu = None
+    n_cpu = None
     if w == "W5":
         n_cpu = args.cpu_iters or common.calibrate(size["w5_seconds"], cpu_task)
-        serial = common.serial_seconds(cpu_task, n_cpu, size["w5_tasks"])
     data = b"\x5a" * (size["w4_mib"] * 2**20) if w == "W4" else None
     q = multiprocessing.Queue() if w == "W3" else None
 
@@ -67,7 +66,7 @@ def run_workload(args):
             return time.perf_counter() - t_spawn, extra
         return common.measure_blocking(
             w, size, lambda fn, *a: pool.apply_async(fn, a), lambda r, timeout: r.get(timeout),
-            noop, cpu_task, n_cpu=n_cpu, serial=serial, data=data,
+            noop, cpu_task, n_cpu=n_cpu, data=data,
             start_w3=lambda n: (pool.apply_async(receiver, (n,)), q.put),
             map_all=pool.map, imap=lambda fn, it: pool.imap(fn, it, chunksize=1000),
             per_task_key="mp_apply_async_tasks_s")

@@ -103,11 +103,9 @@ def run_workload(args):
     pycos.logger.setLevel(pycos.Logger.WARNING)
     w, size = args.workload, args.size
     extra = {}
-    serial = None
     n_cpu = None
     if w in ("W5", "W5g"):
         n_cpu = args.cpu_iters or common.calibrate(size["w5_seconds"])
-        serial = common.serial_seconds(common.cpu_loop, n_cpu, size["w5_tasks"])
     data = b"\x5a" * (size["w4_mib"] * 2**20) if w == "W4" else None
     sched_dir = tempfile.mkdtemp(prefix="pycos-bench-sched-", dir=args.workdir)
 
@@ -183,6 +181,7 @@ def run_workload(args):
                     return size["w4_mib"] / dt
                 if w in ("W5", "W5g"):  # cpu_task is a generator function: W5 is already W5g
                     k = size["w5_tasks"]
+                    serial = common.serial_seconds(common.cpu_loop, n_cpu, k)  # (blocks pycos: nothing runs)
                     t = time.perf_counter()
                     rtasks = []
                     for _ in range(k):
@@ -190,8 +189,9 @@ def run_workload(args):
                     for rt in rtasks:
                         yield rt()
                     wall = time.perf_counter() - t
-                    extra.update(serial_seconds=serial, wall_seconds=wall, cpu_iters=n_cpu)
-                    return serial / wall
+                    value, more = common.speedup(serial, common.cpu_loop, n_cpu, k, wall)
+                    extra.update(more)
+                    return value
                 if w == "MEM":
                     yield task.sleep(size["mem_settle"])
                     mib, more = common.memory_report(node.pids())

@@ -360,7 +360,7 @@ def submit_then_collect(submit, result, fn, n):
     return dt, t_submitted
 
 
-def measure_blocking(w, size, submit, result, noop, cpu_task, n_cpu=None, serial=None, data=None, start_w3=None,
+def measure_blocking(w, size, submit, result, noop, cpu_task, n_cpu=None, data=None, start_w3=None,
                      map_all=None, imap=None, per_task_key=None):
     """
     Measure workload C{w} (not W6, which spans the cluster's start: the driver
@@ -431,13 +431,15 @@ def measure_blocking(w, size, submit, result, noop, cpu_task, n_cpu=None, serial
         return size["w4_mib"] / dt, extra
     if w == "W5":
         k = size["w5_tasks"]
+        serial = serial_seconds(cpu_task, n_cpu, k)
         t = time.perf_counter()
         handles = [submit(cpu_task, n_cpu) for _ in range(k)]
         for h in handles:
             result(h, 300)
         wall = time.perf_counter() - t
-        extra.update(serial_seconds=serial, wall_seconds=wall, cpu_iters=n_cpu)
-        return serial / wall, extra
+        value, more = speedup(serial, cpu_task, n_cpu, k, wall)
+        extra.update(more)
+        return value, extra
     if w == "MEM":
         time.sleep(size["mem_settle"])
         return memory_report(descendants(os.getpid()))
@@ -468,6 +470,23 @@ def serial_seconds(fn, n, k, runs=3):
         dt = time.perf_counter() - t
         best = dt if best is None else min(best, dt)
     return k * best
+
+
+def speedup(serial_before, fn, n, k, wall):
+    """
+    W5's value and extra fields: the serial time of C{k} calls C{fn(n)}
+    (L{serial_seconds}) measured right before the parallel run
+    (C{serial_before}) and again right after it, both in the driver with
+    the cluster up and idle, their mean over C{wall}. On a shared 2-core
+    machine one call's time drifts by a quarter within seconds (and is
+    slower still while the previous trial's processes end): a numerator
+    taken on both sides of the wall keeps that drift out of the ratio, for
+    every system alike.
+    """
+    serial_after = serial_seconds(fn, n, k)
+    serial = (serial_before + serial_after) / 2
+    return serial / wall, {"serial_seconds": serial, "serial_before_seconds": serial_before,
+                           "serial_after_seconds": serial_after, "wall_seconds": wall, "cpu_iters": n}
 
 
 def calibrate(seconds, fn=cpu_loop):

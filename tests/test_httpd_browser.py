@@ -374,6 +374,35 @@ def test_settings_from_the_page_reach_every_browser(cluster, browser):
                                   arg=[row, "'%s'" % label])
 
 
+def test_an_unapplied_setting_survives_updates_from_another_browser(cluster, browser):
+    # The settings event another browser's change sends must not undo what this page's user
+    # changed and has not applied yet (it did, when an event came between a click and Apply).
+    first, second = browser(), browser()
+    mine = first.page(cluster.with_token())
+    theirs = second.page(cluster.with_token())
+    for page in (mine, theirs):
+        page.wait_for_function("() => document.querySelector('#live').textContent === 'live'")
+    try:
+        mine.uncheck("#show-args")  # not applied
+        theirs.fill("#poll-sec", "45")
+        theirs.click("#apply-settings")
+        mine.wait_for_function("() => document.querySelector('#poll-sec').value === '45'")  # the event came
+        assert not mine.is_checked("#show-args")
+        mine.click("#apply-settings")
+        theirs.wait_for_function("() => !document.querySelector('#show-args').checked")
+        # Applied: updates reach this page's fields again.
+        theirs.check("#show-args")
+        theirs.fill("#poll-sec", "60")
+        theirs.click("#apply-settings")
+        mine.wait_for_function("() => document.querySelector('#show-args').checked"
+                               " && document.querySelector('#poll-sec').value === '60'")
+    finally:
+        theirs.check("#show-args")
+        theirs.fill("#poll-sec", "60")
+        theirs.click("#apply-settings")
+        mine.wait_for_function("() => document.querySelector('#poll-sec').value === '60'")
+
+
 def test_only_the_token_lets_a_browser_in_and_its_cookie_keeps_it_in(cluster, browser):
     first = browser()
     page = first.page(cluster.url)  # the address without the token: what anyone else can guess

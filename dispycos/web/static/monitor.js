@@ -182,6 +182,9 @@
     this.busy = false;
     this.again = false;
     this.onSettings = null;
+    // Settings fields the user changed and has not applied yet: updates
+    // (events, polls) do not overwrite them.
+    this.edited = {};
     this.closed = false;
     if (window.EventSource) {
       var source = new EventSource("events");
@@ -245,8 +248,10 @@
       this.arm();
     }
     var poll = $("poll-sec"), show = $("show-args");
-    if (poll && document.activeElement !== poll && s.poll_sec !== undefined) poll.value = s.poll_sec;
-    if (show && s.show_task_args !== undefined) show.checked = !!s.show_task_args;
+    if (poll && document.activeElement !== poll && !this.edited["poll-sec"] && s.poll_sec !== undefined) {
+      poll.value = s.poll_sec;
+    }
+    if (show && !this.edited["show-args"] && s.show_task_args !== undefined) show.checked = !!s.show_task_args;
     if (this.onSettings) this.onSettings(s);
   };
 
@@ -260,10 +265,14 @@
   function setupSettings(live) {
     var button = $("apply-settings");
     if (!button) return;
+    [["poll-sec", "input"], ["show-args", "change"]].forEach(function (field) {
+      var el = $(field[0]);
+      if (el) el.addEventListener(field[1], function () { live.edited[field[0]] = true; });
+    });
     button.addEventListener("click", function () {
       postForm("update", [["poll_sec", $("poll-sec").value || "0"],
                           ["show_task_args", $("show-args").checked ? "true" : "false"]])
-        .then(function (s) { live.settings(s); message("Settings updated"); live.now(); })
+        .then(function (s) { live.edited = {}; live.settings(s); message("Settings updated"); live.now(); })
         .catch(function (err) { message("Could not update settings: " + err.message, true); });
     });
   }

@@ -16,7 +16,7 @@ C{message} (the formatted text, with the traceback of a failure).
 import signal
 import sys
 
-from twisted.application.service import MultiService
+from twisted.application.service import MultiService, Service
 from twisted.logger import ILogObserver
 from twisted.logger import (FilteringLogObserver, LogLevel, LogLevelFilterPredicate, eventFromJSON, formatEvent,
                             jsonFileLogObserver, textFileLogObserver)
@@ -140,6 +140,13 @@ class _TwistdLogLevel(MultiService):
     filtered at the level the plugin's C{-d} asks for and in the format of
     its C{--log_format}, as the console scripts do. (twistd uses an
     application's ILogObserver component instead of making its own.)
+
+    It also starts its child only once the child's reactor runs: twistd
+    starts the application before C{reactor.run()}, before the reactor
+    installs its SIGINT/SIGTERM handlers, and a node that listened and
+    forked then would die of an early signal unlogged, its servers left
+    behind (as L{dispycos.scripts.run_until_stopped} for the console
+    scripts).
     """
 
     def __init__(self, child, debug, twistd, log_format="text", log_file=None):
@@ -148,7 +155,29 @@ class _TwistdLogLevel(MultiService):
         self.twistd = twistd
         self.log_format = log_format
         self.log_file = log_file
+        self._reactor = getattr(child, "reactor", None)
+        self._children_started = False
         child.setServiceParent(self)
+
+    def startService(self):
+        reactor = self._reactor
+        if reactor is None or getattr(reactor, "running", True):
+            self._children_started = True
+            return super().startService()
+        Service.startService(self)
+        reactor.callWhenRunning(self._start_children)
+
+    def _start_children(self):
+        if self.running and not self._children_started:
+            self._children_started = True
+            for child in self:
+                child.startService()
+
+    def stopService(self):
+        if self._children_started:
+            self._children_started = False
+            return super().stopService()
+        Service.stopService(self)  # stopped before the reactor ran: nothing of its child started
 
     def setServiceParent(self, parent):
         if isinstance(parent, Componentized) and parent.getComponent(ILogObserver) is None:

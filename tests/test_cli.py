@@ -3,9 +3,13 @@ The command-line front doors: console scripts, twistd plugins, option parsing.
 """
 
 import os
+import signal
+import socket
 import subprocess
 import sys
+import time
 
+import pytest
 import pytest_twisted
 
 from dispycos import Computation, Scheduler
@@ -51,6 +55,43 @@ async def test_twistd_node_serves_a_computation():
             await scheduler.close()
     finally:
         node.stop()
+
+
+@pytest.mark.parametrize("front_door", ["twistd", "console script"])
+def test_a_sigterm_as_soon_as_the_node_listens_is_handled(front_door, tmp_path):
+    # Both twistd and task.react (the console scripts) start services before reactor.run(), when
+    # SIGTERM still killed the process at once: the node now listens only once the reactor runs,
+    # its signal handlers in place, so a SIGTERM at its first connection is a clean stop. (The window
+    # was milliseconds: tests/unit/test_scripts.py checks the order deterministically.)
+    s = socket.socket()
+    s.bind(("127.0.0.1", 0))
+    port = s.getsockname()[1]
+    s.close()
+    head = TWISTD + ["-n", "--pidfile=", "--logfile=-", "dispycosnode"] if front_door == "twistd" else \
+        [sys.executable, "-m", "dispycos.scripts"]
+    env = dict(env_for_children(), DISPYCOS_SECRET="s3cret")
+    proc = subprocess.Popen(head + ["-c", "1", "-i", "127.0.0.1", "--tcp_ports", str(port), "--daemon",
+                                    "--dest_path", str(tmp_path)],
+                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, env=env, cwd=str(tmp_path),
+                            start_new_session=True)
+    try:
+        deadline = time.monotonic() + 30
+        while time.monotonic() < deadline and proc.poll() is None:  # bounded
+            try:
+                socket.create_connection(("127.0.0.1", port), timeout=1).close()
+                break
+            except OSError:
+                time.sleep(0.01)
+        proc.send_signal(signal.SIGTERM)
+        out, _ = proc.communicate(timeout=30)
+    finally:
+        try:
+            os.killpg(proc.pid, signal.SIGKILL)
+        except (ProcessLookupError, PermissionError):
+            pass
+    text = out.decode("utf-8", "replace")
+    assert "Received SIGTERM" in text and "Main loop terminated" in text, text
+    assert proc.returncode in (0, -signal.SIGTERM), text  # (twistd ends by its signal once stopped)
 
 
 def test_console_script_node_refuses_exposed_without_secret(tmp_path):

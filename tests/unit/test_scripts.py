@@ -48,3 +48,38 @@ def test_a_service_that_cannot_start_fails_main():
     done.addErrback(failures.append)
     assert len(failures) == 1 and failures[0].check(OSError)
     assert reactor.triggers.get("before", {}).get("shutdown", []) == []
+
+
+class WithReactor(Recorder):
+    def __init__(self, reactor):
+        super().__init__()
+        self.reactor = reactor
+
+
+def test_under_twistd_the_service_starts_after_the_reactor_does():
+    # twistd starts its application before reactor.run(): the plugins' top service
+    # (dispycos.logs.for_twistd) starts its child only once the reactor runs.
+    from dispycos.logs import _TwistdLogLevel
+
+    reactor = MemoryReactor()
+    child = WithReactor(reactor)
+    top = _TwistdLogLevel(child, False, {"nodaemon": True})
+    top.privilegedStartService()
+    top.startService()
+    assert top.running and child.calls == ["privileged"]
+    reactor.run()
+    assert child.calls == ["privileged", "start"] and child.running
+    top.stopService()
+    assert child.calls[-1] == "stop" and not child.running
+
+
+def test_under_twistd_a_stop_before_the_reactor_ran_stops_nothing_unstarted():
+    from dispycos.logs import _TwistdLogLevel
+
+    reactor = MemoryReactor()
+    child = WithReactor(reactor)
+    top = _TwistdLogLevel(child, False, {"nodaemon": True})
+    top.startService()
+    top.stopService()
+    reactor.run()  # the hook finds the service stopped
+    assert child.calls == [] and not top.running

@@ -62,6 +62,23 @@ def env_for_children(tmpdir=None):
     return env
 
 
+def terminate_group(proc, timeout=30):
+    """
+    SIGTERM to C{proc} (started in a session of its own, its output piped),
+    its output once it ended (within C{timeout} seconds), then SIGKILL to
+    whatever is left of its process group.
+    """
+    try:
+        proc.send_signal(signal.SIGTERM)
+        out, _ = proc.communicate(timeout=timeout)
+    finally:
+        try:
+            os.killpg(proc.pid, signal.SIGKILL)
+        except (ProcessLookupError, PermissionError):
+            pass
+    return out.decode("utf-8", "replace")
+
+
 def stop_node_process(proc, log, dest, grace=15):
     """
     Stop a node started in a session of its own: TERM by PID, then KILL of

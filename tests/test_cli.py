@@ -15,7 +15,7 @@ import pytest_twisted
 from dispycos import Computation, Scheduler
 from dispycos.node.tap import Options as NodeOptions
 
-from .conftest import NodeProcess, env_for_children
+from .conftest import NodeProcess, env_for_children, free_port, terminate_group
 
 TWISTD = [sys.executable, "-c", "import sys; from twisted.scripts.twistd import run; sys.argv[0] = 'twistd'; run()"]
 
@@ -63,10 +63,7 @@ def test_a_sigterm_as_soon_as_the_node_listens_is_handled(front_door, tmp_path):
     # SIGTERM still killed the process at once: the node now listens only once the reactor runs,
     # its signal handlers in place, so a SIGTERM at its first connection is a clean stop. (The window
     # was milliseconds: tests/unit/test_scripts.py checks the order deterministically.)
-    s = socket.socket()
-    s.bind(("127.0.0.1", 0))
-    port = s.getsockname()[1]
-    s.close()
+    port = free_port()
     head = TWISTD + ["-n", "--pidfile=", "--logfile=-", "dispycosnode"] if front_door == "twistd" else \
         [sys.executable, "-m", "dispycos.scripts"]
     env = dict(env_for_children(), DISPYCOS_SECRET="s3cret")
@@ -74,22 +71,14 @@ def test_a_sigterm_as_soon_as_the_node_listens_is_handled(front_door, tmp_path):
                                     "--dest_path", str(tmp_path)],
                             stdout=subprocess.PIPE, stderr=subprocess.STDOUT, env=env, cwd=str(tmp_path),
                             start_new_session=True)
-    try:
-        deadline = time.monotonic() + 30
-        while time.monotonic() < deadline and proc.poll() is None:  # bounded
-            try:
-                socket.create_connection(("127.0.0.1", port), timeout=1).close()
-                break
-            except OSError:
-                time.sleep(0.01)
-        proc.send_signal(signal.SIGTERM)
-        out, _ = proc.communicate(timeout=30)
-    finally:
+    deadline = time.monotonic() + 30
+    while time.monotonic() < deadline and proc.poll() is None:  # bounded
         try:
-            os.killpg(proc.pid, signal.SIGKILL)
-        except (ProcessLookupError, PermissionError):
-            pass
-    text = out.decode("utf-8", "replace")
+            socket.create_connection(("127.0.0.1", port), timeout=1).close()
+            break
+        except OSError:
+            time.sleep(0.01)
+    text = terminate_group(proc)
     assert "Received SIGTERM" in text and "Main loop terminated" in text, text
     assert proc.returncode in (0, -signal.SIGTERM), text  # (twistd ends by its signal once stopped)
 

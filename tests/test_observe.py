@@ -8,7 +8,6 @@ import json
 import os
 import re
 import shutil
-import signal
 import subprocess
 import sys
 import tempfile
@@ -23,7 +22,7 @@ from twisted.python import usage
 import dispycos
 from dispycos import Computation, Scheduler
 
-from .conftest import NodeProcess, Session, free_port
+from .conftest import NodeProcess, Session, free_port, terminate_group
 from .test_core import sleep, wait_for
 from .test_shared import SchedulerProcess
 
@@ -556,16 +555,10 @@ def test_twistd_node_json_log_and_metrics():
             values = {s.name: s.value for f in parser.text_string_to_metric_families(page) for s in f.samples}
         assert values["dispycos_servers"] == 1
     finally:
-        proc.send_signal(signal.SIGTERM)
         try:
-            out, _ = proc.communicate(timeout=30)
+            text = terminate_group(proc)
         finally:
-            try:
-                os.killpg(proc.pid, signal.SIGKILL)
-            except (ProcessLookupError, PermissionError):
-                pass
             shutil.rmtree(dest, ignore_errors=True)
-    text = out.decode("utf-8", "replace")
     records = _json_records(text)
     assert any("ready at" in r["message"] for r in records)
     assert any("metrics at http://127.0.0.1:%d/metrics" % port in r["message"] for r in records)

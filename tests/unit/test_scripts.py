@@ -56,14 +56,19 @@ class WithReactor(Recorder):
         self.reactor = reactor
 
 
-def test_under_twistd_the_service_starts_after_the_reactor_does():
-    # twistd starts its application before reactor.run(): the plugins' top service
-    # (dispycos.logs.for_twistd) starts its child only once the reactor runs.
+def twistd_top():
+    """A memory reactor, a service on it, and the plugins' top service around it."""
     from dispycos.logs import _TwistdLogLevel
 
     reactor = MemoryReactor()
     child = WithReactor(reactor)
-    top = _TwistdLogLevel(child, False, {"nodaemon": True})
+    return reactor, child, _TwistdLogLevel(child, False, {"nodaemon": True})
+
+
+def test_under_twistd_the_service_starts_after_the_reactor_does():
+    # twistd starts its application before reactor.run(): the plugins' top service
+    # (dispycos.logs.for_twistd) starts its child only once the reactor runs.
+    reactor, child, top = twistd_top()
     top.privilegedStartService()
     top.startService()
     assert top.running and child.calls == ["privileged"]
@@ -74,11 +79,7 @@ def test_under_twistd_the_service_starts_after_the_reactor_does():
 
 
 def test_under_twistd_a_stop_before_the_reactor_ran_stops_nothing_unstarted():
-    from dispycos.logs import _TwistdLogLevel
-
-    reactor = MemoryReactor()
-    child = WithReactor(reactor)
-    top = _TwistdLogLevel(child, False, {"nodaemon": True})
+    reactor, child, top = twistd_top()
     top.startService()
     top.stopService()
     reactor.run()  # the hook finds the service stopped

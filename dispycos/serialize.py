@@ -248,11 +248,32 @@ def _read_buffer(f, n, known):
     return buffer
 
 
+def _starts_with_magic(f):
+    """
+    Whether file C{f} starts with L{MAGIC}, C{f} left where it was; None
+    when that cannot be told without consuming it (no C{peek}, no C{seek}).
+    """
+    peek = getattr(f, "peek", None)
+    if peek is not None:
+        head = peek(len(MAGIC))[: len(MAGIC)]
+        if len(head) == len(MAGIC) or not head:
+            return head == MAGIC
+    seekable = getattr(f, "seekable", None)
+    if seekable is not None and seekable():
+        at = f.tell()
+        head = f.read(len(MAGIC))
+        f.seek(at)
+        return head == MAGIC
+    return None
+
+
 def _load_file(f):
-    head = f.read(len(MAGIC))
-    if head != MAGIC:
-        return pickle.load(_Prefixed(head, f))
-    _, count, pickled = _HEAD.unpack(head + _read(f, _HEAD.size - len(MAGIC)))
+    magic = _starts_with_magic(f)
+    if magic is None:  # a plain stream: read whole
+        return loads(f.read())
+    if not magic:
+        return pickle.load(f)
+    _, count, pickled = _HEAD.unpack(_read(f, _HEAD.size))
     left = _remaining(f)
     _check_count(count, left)
     entries = _entries(_read(f, count * _ENTRY.size), count)
@@ -260,43 +281,6 @@ def _load_file(f):
         raise BlobError("malformed out-of-band blob: its lengths do not add up to its %d bytes" % (left,))
     buffers = [_read_buffer(f, n, left is not None) for n, _ in entries]
     return pickle.load(f, buffers=buffers)
-
-
-class _Prefixed:
-    """File C{f} with the bytes C{prefix}, read from it already, put back in front."""
-
-    def __init__(self, prefix, f):
-        self._prefix = prefix
-        self._f = f
-
-    def read(self, n=-1):
-        p = self._prefix
-        if not p:
-            return self._f.read(n)
-        if n is None or n < 0:
-            self._prefix = b""
-            return p + self._f.read()
-        self._prefix = p[n:]
-        return p[:n] if n <= len(p) else p + self._f.read(n - len(p))
-
-    def readinto(self, buffer):
-        p = self._prefix
-        if not p:
-            return self._f.readinto(buffer)
-        out = memoryview(buffer).cast("B")
-        k = min(len(p), len(out))
-        out[:k] = p[:k]
-        self._prefix = p[k:]
-        return k + (self._f.readinto(out[k:]) if k < len(out) else 0)
-
-    def readline(self):
-        p = self._prefix
-        end = p.find(b"\n") + 1
-        if end:
-            self._prefix = p[end:]
-            return p[:end]
-        self._prefix = b""
-        return p + self._f.readline()
 
 
 def loads(data):

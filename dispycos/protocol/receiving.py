@@ -237,6 +237,18 @@ class _IncomingBlob:
         """Bytes not read yet."""
         return self._left
 
+    def peek(self, n):
+        """Up to the next C{n} bytes, not consumed (as C{io.BufferedReader.peek})."""
+        out = []
+        at = self._at
+        for piece in self.pieces:
+            out.append(bytes(memoryview(piece)[at : at + n]))
+            n -= len(out[-1])
+            at = 0
+            if n <= 0:
+                break
+        return b"".join(out)
+
     def readinto(self, buffer):
         out = memoryview(buffer).cast("B")
         n = 0

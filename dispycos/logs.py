@@ -156,26 +156,22 @@ class _TwistdLogLevel(MultiService):
         self.log_format = log_format
         self.log_file = log_file
         self._reactor = getattr(child, "reactor", None)
-        self._children_started = False
         child.setServiceParent(self)
 
     def startService(self):
         reactor = self._reactor
         if reactor is None or getattr(reactor, "running", True):
-            self._children_started = True
             return super().startService()
         Service.startService(self)
         reactor.callWhenRunning(self._start_children)
 
     def _start_children(self):
-        if self.running and not self._children_started:
-            self._children_started = True
+        if self.running:
             for child in self:
                 child.startService()
 
     def stopService(self):
-        if self._children_started:
-            self._children_started = False
+        if any(child.running for child in self):
             return super().stopService()
         Service.stopService(self)  # stopped before the reactor ran: nothing of its child started
 

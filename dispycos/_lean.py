@@ -36,6 +36,16 @@ def _lazy_module(name):
     setattr(importlib.import_module(parent), child, module)
 
 
+def defer_cookiejar():
+    """
+    Make C{http.cookiejar} (which Twisted's compatibility module imports, and
+    with it urllib.request, http.client and email) load on first use instead
+    of now. Call it before anything imports Twisted; nothing once it is loaded.
+    """
+    if "http.cookiejar" not in sys.modules:
+        _lazy_module("http.cookiejar")
+
+
 def import_twisted(twisted_tls=False, install=True):
     """
     Import the reactor (without C{install}: only its module, so that a zygote
@@ -46,8 +56,7 @@ def import_twisted(twisted_tls=False, install=True):
     """
     if twisted_tls or "twisted.internet.tcp" in sys.modules or "OpenSSL" in sys.modules:
         return
-    if "http.cookiejar" not in sys.modules:
-        _lazy_module("http.cookiejar")
+    defer_cookiejar()
     sys.modules["OpenSSL"] = None  # "import OpenSSL" raises ImportError
     try:
         if install:

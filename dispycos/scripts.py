@@ -8,10 +8,16 @@ import os
 import signal
 import sys
 
-from twisted.internet import defer, task
-from twisted.python import usage
+from dispycos import _lean
 
-from dispycos.logs import log_predicate, start_logging  # noqa: F401 (log_predicate: API)
+# Before this module imports Twisted: a node, and the servers it forks, load
+# what Twisted imports only for cookies on first use (~3 MiB a process).
+_lean.defer_cookiejar()
+
+from twisted.internet import defer, task  # noqa: E402
+from twisted.python import usage  # noqa: E402
+
+from dispycos.logs import log_predicate, start_logging  # noqa: E402,F401 (log_predicate: API)
 
 
 def _run_service(options_class, make_service, argv, prog):
@@ -77,7 +83,6 @@ def _second_signal_kills():
 
 def node_main(argv=None):
     """Entry point of C{dispycosnode}."""
-    from dispycos import _lean
     from dispycos.node import zygote
 
     argv = sys.argv[1:] if argv is None else argv

@@ -80,6 +80,32 @@ def test_lean_import_in_a_fresh_interpreter():
     assert out.stdout.strip() == "ok", out.stderr
 
 
+def cookie_modules():
+    import sys
+
+    loaded_at_start = "urllib.request" in sys.modules
+    import http.cookiejar  # a task may still use it
+
+    return {"at_start": loaded_at_start, "works": type(http.cookiejar.CookieJar()).__name__}
+
+
+@pytest_twisted.ensureDeferred
+async def test_servers_start_without_what_twisted_imports_for_cookies(node):
+    # Twisted's compatibility module imports http.cookiejar (urllib.request, http.client, email):
+    # ~3 MiB in every node and server process, unless loaded lazily before the node's first
+    # import of Twisted (dispycos.scripts does it at the top).
+    async with Session(node, [cookie_modules]) as comp:
+        state = await comp.run_result(cookie_modules)
+    assert state == {"at_start": False, "works": "CookieJar"}
+
+
+def test_the_console_scripts_module_imports_twisted_without_cookies():
+    code = ("import sys, dispycos.scripts\n"
+            "print('twisted.internet.defer' in sys.modules, 'urllib.request' in sys.modules)\n")
+    out = run_python(code)
+    assert out.stdout.split() == ["True", "False"], out.stderr
+
+
 def test_import_dispycos_is_light():
     code = "import sys, dispycos; print('twisted.internet.reactor' in sys.modules, 'dispycos.client.computation' in sys.modules)"
     out = run_python(code)

@@ -433,7 +433,9 @@ def main(argv=None):
     # (JSON records on stderr: the node logs them as its own, see ServerSlot.)
     start_logging(args.debug, log_format=args.log_format)
 
-    pool = ThreadPool(minthreads=1, maxthreads=64, name="dispycos-tasks")
+    # No worker thread until a plain function needs one (then it stays): an
+    # idle thread costs a server ~0.2 MiB of its own, and most never run one.
+    pool = ThreadPool(minthreads=0, maxthreads=64, name="dispycos-tasks")
     pool.start()
     reactor.addSystemEventTrigger("during", "shutdown", pool.stop)
     runtime = Runtime(reactor, host=args.host, port=args.port, announce=args.announce, threadpool=pool)

@@ -349,6 +349,9 @@ class DispycosAMP(amp.AMP):
         """
         Prove the secret to the listener and check its proof.
 
+        @param key: the key, or a Deferred firing with it (a key still being
+            stretched: see L{auth.StretchedKey}), waited for once the
+            listener has answered C{Hello}.
         @return: a Deferred firing with None, or failing with
             L{AuthenticationError} (the connection is then dropped).
         """
@@ -369,6 +372,8 @@ class DispycosAMP(amp.AMP):
         except Exception as e:
             self.transport.abortConnection()
             raise AuthenticationError("handshake with %s failed: %s" % (self._peer(), e))
+        if isinstance(key, defer.Deferred):
+            key = yield key
         # Both proofs are bound to this connection (its TLS session) and to
         # what each side announced: relayed or replayed, they fail.
         bound = auth.context(config.ProtocolVersion, computation, self.my_location, r["location"],

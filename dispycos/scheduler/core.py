@@ -104,8 +104,11 @@ class Scheduler(Placing, Controlling, Enlisting, service.MultiService):
         self.default_pulse_interval = pulse_interval
         if node_secret_file:
             node_secret = read_secret_file(node_secret_file)
-        #: The key nodes prove (their own secret, else the cluster's, kept apart from what clients prove).
-        self.key = auth.key_from_secret(node_secret or secret, auth.NODE)
+        # The key nodes prove (their own secret, else the cluster's, kept apart from what
+        # clients prove), stretched in the reactor's thread pool (auth.StretchedKey): the
+        # links connect meanwhile, and their handshakes wait for it.
+        self._node_key = auth.StretchedKey(reactor, node_secret or secret, auth.NODE)
+        self._node_key.start()
         self.client_key = client_key
         self.tls = TLS(certfile, keyfile, cafile)
         if ip_addr is None:
@@ -149,17 +152,34 @@ class Scheduler(Placing, Controlling, Enlisting, service.MultiService):
         if discover is None:
             discover = not nodes  # listed nodes only, unless asked to discover as well
         if discover:
-            self.discovery = Discovery(reactor, [ip_addr if ip_addr is not None else "127.0.0.1"], udp_port, self.key,
+            # Its key is set once stretched (it neither sends nor accepts a packet before).
+            self.discovery = Discovery(reactor, [ip_addr if ip_addr is not None else "127.0.0.1"], udp_port, None,
                                        self._discovered, client_key=client_key)
             self.discovery.setName("discovery")
             self.discovery.setServiceParent(self)
         self.startService()
         for entry in nodes:
             self.add_node(entry)
-        self.probe()
+        self._node_key.wait().addCallback(self._key_stretched)
         runtime.lost_hooks.append(self._connection_lost)
         if private:
             _private[reactor] = self
+
+    @property
+    def key(self):
+        """The key nodes prove (stretched now if it is not yet)."""
+        return self._node_key.now()
+
+    def stretched_key(self):
+        """A Deferred firing with L{key} once it is stretched (at once when it is)."""
+        return self._node_key.wait()
+
+    def _key_stretched(self, key):
+        if self.discovery is not None:
+            self.discovery.key = key
+        if not self.closed:
+            self.probe()
+        return key
 
     def pulse_interval(self):
         """The heartbeat interval: the active computation's, else the default."""

@@ -304,7 +304,7 @@ class NodeLink(service.Service):
         """The service's C{prepareConnection}: the handshake, then the node's L{commands.NodeInfo}."""
         attempt = self._attempt
         client = attempt.client
-        d = client.handshake(self.scheduler.key, "scheduler")
+        d = client.handshake(self.scheduler.stretched_key(), "scheduler")
         d.addCallback(lambda _: client.callRemote(commands.NodeInfo))
 
         def admitted(info):

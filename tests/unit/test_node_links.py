@@ -10,6 +10,7 @@ Pulse), and a minimal fake scheduler records what the link tells it.
 from types import SimpleNamespace
 
 import pytest
+from twisted.internet import defer
 from twisted.internet.error import ConnectionRefusedError
 from twisted.internet.protocol import Factory
 from twisted.internet.testing import MemoryReactorClock
@@ -39,6 +40,9 @@ class FakeScheduler:
         self.runtime = SimpleNamespace(counts=None)
         self.active = None
         self.told = []
+
+    def stretched_key(self):
+        return defer.succeed(self.key)
 
     def pulse_interval(self):
         return PULSE

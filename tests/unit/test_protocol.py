@@ -11,6 +11,7 @@ import hmac
 import pickle
 
 import pytest
+from twisted.internet import defer
 from twisted.internet.error import ConnectionDone, ConnectionLost
 from twisted.internet.protocol import Factory
 from twisted.internet.task import Clock
@@ -424,6 +425,25 @@ def test_handshake_succeeds_with_the_right_key():
     clock.advance(config.HandshakeTimeout * 3)
     pump.flush()
     assert server.connected and client.connected
+
+
+@pytest.mark.parametrize("key, ok", [(KEY, True), (WRONG, False)])
+def test_handshake_with_a_key_still_being_stretched_waits_for_it_after_hello(key, ok):
+    """A connector's key may be a Deferred (auth.StretchedKey.wait): Hello goes out, the proof waits for the key."""
+    clock, client, server, pump = connect()
+    stretching = defer.Deferred()
+    d = client.handshake(stretching, "peer", "c1")
+    pump.flush()
+    assert server._hello_seen and not d.called  # Hello answered, nothing proved yet
+    assert not server.authenticated and client.connected
+    stretching.callback(key)
+    pump.flush()
+    if ok:
+        assert result_of(d) is None
+        assert client.authenticated and server.authenticated
+    else:
+        failure_of(d).trap(AuthenticationError)
+        assert dropped(client) and not server.authenticated
 
 
 def test_after_authentication_commands_are_dispatched():

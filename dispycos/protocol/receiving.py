@@ -17,6 +17,7 @@ import stat
 from twisted.logger import Logger
 
 from dispycos import config, paths
+from dispycos.serialize import BufferAssembler
 from dispycos.errors import FileTransferError
 
 
@@ -205,18 +206,20 @@ class _Incoming:
 
 class _IncomingBlob:
     """
-    A blob being received: its pieces, in memory. Once complete it is a file
-    to read from once: C{pickle.load} reads a large value straight from the
-    pieces into place, and L{dispycos.serialize.loads} each out-of-band
-    buffer into a bytearray of its own (C{remaining} bounds what it
-    allocates), so the blob is never joined into one copy first. Pieces
-    are let go as they are read.
+    A blob being received. Its out-of-band buffers (a large C{bytes} value,
+    an array's data) are filled as they arrive (L{BufferAssembler}: only
+    copied, never unpickled here); the pickle is kept as the pieces it
+    arrived in. Once complete it is a file to read from once, which
+    L{dispycos.serialize.loads} takes: C{pickle.load} reads what is still
+    in the pickle straight from the pieces into place, so the blob is
+    never joined into one copy first. Pieces are let go as they are read.
     """
 
     def __init__(self, sid, size):
         self.id = sid
         self.size = size
         self.received = 0
+        self.assembled = BufferAssembler(size)
         self.pieces = collections.deque()
         self._at = 0  # read offset into pieces[0]
         self._left = 0  # bytes not read yet
@@ -224,9 +227,11 @@ class _IncomingBlob:
     def write(self, pieces):
         for piece in pieces:
             if piece:
-                self.pieces.append(piece)
                 self.received += len(piece)
-                self._left += len(piece)
+                piece = self.assembled.feed(piece)
+                if piece:
+                    self.pieces.append(piece)
+                    self._left += len(piece)
 
     def discard(self):
         self.pieces.clear()

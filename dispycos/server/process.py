@@ -29,6 +29,7 @@ from dispycos.peer.registry import set_runtime
 from dispycos.peer.runtime import Runtime
 from dispycos.peer.tasks import Task
 from dispycos.protocol import commands
+from dispycos.server.heap import Heap
 from dispycos.server.taskrunner import ServerGroup, Starter, resolve_function
 from dispycos.status import Location
 
@@ -105,6 +106,8 @@ class ServerControl(amp.AMP):
 
     def _report_busy(self):
         n = len(self.server.runtime.tasks) + len(self.server.runtime.groups)
+        if not n:
+            self.server.heap.release_if_idle()
         if n or self.server.was_busy:
             self.callRemote(commands.Busy, tasks=n)
         self.server.was_busy = bool(n)
@@ -141,8 +144,10 @@ class ServerControl(amp.AMP):
 class Server:
     """One server's state: its runtime, the computation's components, its tasks."""
 
-    def __init__(self, reactor, runtime, index):
+    def __init__(self, reactor, runtime, index, heap=None):
         self.reactor = reactor
+        #: The malloc policy (L{dispycos.server.heap.Heap}): large blocks kept while busy, released when idle.
+        self.heap = Heap(libc=False) if heap is None else heap
         self.runtime = runtime
         self.index = index
         self.components = {}
@@ -418,6 +423,8 @@ def main(argv=None):
         print("python -m dispycos.server: %s" % (e,), file=sys.stderr)
         sys.exit(2)
     die_with_parent(args.parent)
+    heap = Heap()
+    heap.keep_large_blocks()
     sys.setswitchinterval(0.001)
     if not args.sched_normal:
         batch_scheduling()
@@ -446,7 +453,7 @@ def main(argv=None):
     runtime.listen()
     runtime.max_file_size = args.max_file_size
     set_runtime(runtime)
-    server = Server(reactor, runtime, args.index)
+    server = Server(reactor, runtime, args.index, heap)
     server.control = ServerControl(server)
     stdio.StandardIO(server.control, stdin=_FD_IN, stdout=_FD_OUT)
     # Twisted's signal handlers reap the programs tasks start (SIGCHLD); the

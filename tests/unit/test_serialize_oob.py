@@ -33,9 +33,11 @@ class _Recording(_IncomingBlob):
         super().__init__(1, len(data))
         self.write([data[i : i + piece] for i in range(0, len(data), piece)])
         self.filled = []
+        self.sizes = []
 
     def readinto(self, buffer):
         self.filled.append(buffer.obj if isinstance(buffer, memoryview) else buffer)
+        self.sizes.append(memoryview(buffer).nbytes)
         return super().readinto(buffer)
 
 
@@ -83,16 +85,23 @@ def test_a_writable_blob_gives_views_without_a_copy():
 
 def test_a_gathered_blob_is_read_into_preallocated_buffers():
     a = np.random.default_rng(1).random((1024, 512))  # 4 MiB
-    blob = _blob((a, b"p" * 300_000, "text"))
+    big = bytes(range(256)) * (3 * serialize.BYTES_OOB // 256)  # 3 MiB
+    blob = _blob((a, b"p" * 300_000, "text", big))
     f = _Recording(blob)
-    back, plain, text = serialize.loads(f)
+    # Filled as the pieces arrived: only the pickle waits in pieces.
+    assert f.assembled.complete and f.remaining < 300_000 + 4096
+    back, plain, text, big_back = serialize.loads(f)
     np.testing.assert_array_equal(back, a)
     assert plain == b"p" * 300_000 and text == "text"
     assert not back.flags.owndata and back.flags.writeable
-    # The array sits on the very bytearray the blob was read into: no copy after.
-    ours = [b for b in f.filled if type(b) is bytearray and len(b) == a.nbytes]
+    # The array sits on the very bytearray the blob was received into, and
+    # the bytes value is the very bytes object: no copy after.
+    ours = [b for b in f.assembled.buffers if type(b) is bytearray and len(b) == a.nbytes]
     assert len(ours) == 1
     assert np.shares_memory(back, np.frombuffer(ours[0], dtype=np.uint8))
+    assert type(big_back) is bytes and big_back == big
+    assert any(b is big_back for b in f.assembled.buffers)
+    assert max(f.sizes) < serialize.BYTES_OOB  # nothing that large read into place
     assert f.remaining == 0
 
 

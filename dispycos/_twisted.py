@@ -27,18 +27,65 @@ from twisted.protocols import amp
 # left to the reactor.
 
 
+def _holds_nothing(transport):
+    """True when a FileDescriptor has nothing buffered (False when it cannot tell)."""
+    return not getattr(transport, "_tempDataLen", 1) and len(getattr(transport, "dataBuffer", b"x")) <= getattr(
+        transport, "offset", 0)
+
+
+def _tcp(transport):
+    """Whether C{transport} is a plain TCP connection (a file descriptor Twisted writes for us)."""
+    return interfaces.IWriteDescriptor.providedBy(transport) and interfaces.ITCPTransport.providedBy(transport)
+
+
 def write_now(transport):
     """Write what C{transport} buffered to its socket now, when it is (or TLS runs over) an open TCP connection."""
     if interfaces.ISSLTransport.providedBy(transport):
         transport = getattr(transport, "transport", None)  # TLS writes its records to the TCP connection at once
-    if not (interfaces.IWriteDescriptor.providedBy(transport) and interfaces.ITCPTransport.providedBy(transport)):
+    if not _tcp(transport):
         return
     if not getattr(transport, "connected", False) or getattr(transport, "disconnecting", True):
         return
-    if not getattr(transport, "_tempDataLen", 1) and len(getattr(transport, "dataBuffer", b"x")) <= getattr(
-            transport, "offset", 0):
-        return  # nothing buffered
+    if _holds_nothing(transport):
+        return
     transport.doWrite()
+
+
+#: Writes up to this size go through (see L{install_write_through}).
+WRITE_THROUGH = 1 << 16
+
+
+def install_write_through(transport):
+    """
+    Make C{transport.write} hand data to the socket at once when the
+    connection holds nothing else (what the socket does not take is
+    buffered by Twisted as ever), for a plain TCP connection; True when
+    installed. Twisted's own C{write} only buffers and registers the socket
+    for writing, and its C{doWrite} unregisters it again: two C{epoll_ctl}
+    calls and a dozen Python calls on the path of every task and outcome.
+    C{writeSomeData} is FileDescriptor's documented hook (it returns what
+    was written, or the error that ends the connection).
+    """
+    if interfaces.ISSLTransport.providedBy(transport) or not _tcp(transport):
+        return False
+    buffered_write = transport.write
+
+    def write_through(data):
+        # (Large writes are left to Twisted, which sends them from where they are.)
+        if len(data) <= WRITE_THROUGH and transport.connected and not transport.disconnecting and \
+                _holds_nothing(transport):
+            n = transport.writeSomeData(data)
+            if type(n) is int and n > 0:
+                if n >= len(data):
+                    return
+                data = data[n:]
+        buffered_write(data)
+
+    try:
+        transport.write = write_through
+    except AttributeError:
+        return False
+    return True
 
 
 # -- raw frames inside an AMP connection -------------------------------------------

@@ -21,7 +21,7 @@ from dispycos.peer.registry import runtime_for
 from dispycos.protocol import auth
 from dispycos.protocol import scheduling
 from dispycos.protocol.arguments import unpack_items
-from dispycos.protocol.base import DispycosAMP
+from dispycos.protocol.base import DispycosAMP, batch_responder
 from dispycos.protocol.streams import send_file
 from dispycos.protocol.tls import connect as tls_connect
 from dispycos.status import DispycosNodeAvailInfo, DispycosNodeInfo, DispycosStatus, Location, Status
@@ -50,7 +50,7 @@ class _SchedulerProtocol(DispycosAMP):
                                 DispycosNodeAvailInfo(None, memory=node.get("memory"), disk=node.get("disk")))
         return {"cpus": int(comp.allocate(info))}
 
-    @scheduling.StatusBatch.responder
+    @batch_responder(scheduling.StatusBatch)
     def _statuses(self, batch):
         for _, blob in unpack_items(batch):
             self.owner._status(pickle.loads(blob))

@@ -15,6 +15,7 @@ from dispycos.metrics import CountedConnection
 from dispycos.peer.outcomes import ABANDONED, encode_outcome
 from dispycos.protocol import commands
 from dispycos.protocol.arguments import unpack_items
+from dispycos.protocol.base import batch_responder
 from dispycos.protocol.streams import StreamingAMP, send_blob
 
 
@@ -85,7 +86,7 @@ class PeerAMP(CountedConnection, StreamingAMP):
 
     # -- tasks -------------------------------------------------------------------------
 
-    @commands.RunTasks.responder
+    @batch_responder(commands.RunTasks)
     def _run_tasks(self, batch):
         executor = self.runtime.executor
         if executor is None:
@@ -124,7 +125,7 @@ class PeerAMP(CountedConnection, StreamingAMP):
         self.runtime.group_outcomes(task, start, outcomes, seconds)
         return {}
 
-    @commands.Messages.responder
+    @batch_responder(commands.Messages)
     def _messages(self, batch):
         tasks = self.runtime.tasks
         refused = set()
@@ -157,7 +158,7 @@ class PeerAMP(CountedConnection, StreamingAMP):
             self.runtime.refused[(self.peer_loc, task)] = reason
         return {}
 
-    @commands.TaskOutput.responder
+    @batch_responder(commands.TaskOutput)
     def _task_output(self, batch):
         output = getattr(self.runtime, "task_output", None)
         if output is not None:  # only a client that asked for it (forward_output) writes anything
@@ -180,7 +181,7 @@ class PeerAMP(CountedConnection, StreamingAMP):
             raise UnknownTaskError("task %d at %s has ended" % (task, self.runtime.location))
         return {}
 
-    @commands.TaskEnded.responder
+    @batch_responder(commands.TaskEnded)
     def _task_ended(self, batch):
         outcome = self.runtime.remote_outcome
         for tid, blob in unpack_items(batch):

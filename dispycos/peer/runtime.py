@@ -23,7 +23,6 @@ from dispycos.peer.outcomes import ABANDONED, OK, decode_outcome, decode_outcome
 from dispycos.protocol import commands
 from dispycos.protocol.streams import send_blob
 from dispycos.protocol.tls import connect as tls_connect, listen as tls_listen
-from dispycos._twisted import write_now
 from dispycos.status import Location
 
 #: How many finished tasks' outcomes a process keeps for C{WaitTask}.
@@ -219,7 +218,7 @@ class Runtime(Messaging):
         for link in self.links.values():
             proto = link.proto
             if proto is not None and proto.connected:
-                write_now(proto.transport)
+                proto.write_out()
 
     def _keep_finished(self, tid, outcome, size):
         """

@@ -27,7 +27,7 @@ from dispycos import config
 from dispycos.errors import ConnectionLostError, FileTransferError
 from dispycos.protocol import commands
 from dispycos.protocol.base import DispycosAMP
-from dispycos._twisted import stop_parsing, take_unparsed, write_now
+from dispycos._twisted import stop_parsing, take_unparsed
 from dispycos.protocol.receiving import StreamReceiver, _IncomingBlob
 
 #: The largest C{bytes} part sent as one raw frame as it is; larger parts go
@@ -84,7 +84,7 @@ def _send_raw(proto, sid, parts):
                 proto.callRemote(commands.StreamData, stream=sid, offset=offset, size=len(piece))
                 # The box goes to the socket first, so the frame is alone in
                 # the transport's buffer (which then sends it without a copy).
-                write_now(proto.transport)
+                proto.write_out()
                 proto.transport.write(piece)
                 offset += len(piece)
                 yield proto.drained()

@@ -23,6 +23,7 @@ from dispycos.interfaces import IComputationEvents
 from dispycos.protocol import auth
 from dispycos.protocol import scheduling
 from dispycos.protocol.arguments import unpack_items
+from dispycos.protocol.base import batch_responder
 from dispycos.protocol.receiving import safe_join
 from dispycos.protocol.streams import StreamingAMP
 from dispycos.scheduler import daemonparts
@@ -251,7 +252,7 @@ class ClientChannel(metrics.CountedConnection, StreamingAMP):
             return {"location": str(placed.location), "node": placed.node_addr}
         return placed.addCallback(lambda entry: {"location": str(entry.location), "node": entry.node_addr})
 
-    @scheduling.TaskDone.responder
+    @batch_responder(scheduling.TaskDone)
     def _task_done(self, batch):
         scheduler = self.service.scheduler
         if scheduler.active not in self.computations.values():

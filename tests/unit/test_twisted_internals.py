@@ -49,6 +49,57 @@ def test_write_now_writes_what_a_tcp_connection_buffered():
     _twisted.write_now(StringTransport())  # not a TCP connection: left alone
 
 
+class _Socket(abstract.FileDescriptor):
+    """A TCP connection whose socket takes C{room} bytes per call (records what it took)."""
+
+    connected, disconnecting = True, False
+
+    def __init__(self, room):
+        super().__init__(reactor=MemoryReactor())
+        from zope.interface import directlyProvides
+
+        from twisted.internet.interfaces import IReadWriteDescriptor, ITCPTransport
+
+        directlyProvides(self, ITCPTransport, IReadWriteDescriptor)
+        self.room = room
+        self.sent = []
+
+    def writeSomeData(self, data):
+        if isinstance(self.room, Exception):
+            return self.room
+        n = min(self.room, len(data))
+        self.sent.append(bytes(data[:n]))
+        return n
+
+
+def test_writes_go_through_to_the_socket_when_nothing_is_buffered():
+    from twisted.internet import tcp
+
+    assert callable(getattr(tcp.Connection, "writeSomeData", None))  # the hook write_through uses
+    conn = _Socket(room=100)
+    assert _twisted.install_write_through(conn)
+    conn.write(b"now")
+    assert conn.sent == [b"now"] and _twisted.buffered_bytes(conn) == 0
+    conn.room = 2
+    conn.write(b"abcdef")  # the socket takes 2: the rest waits in Twisted's buffer
+    assert conn.sent[-1] == b"ab" and _twisted.buffered_bytes(conn) == 4
+    conn.room = 100
+    conn.write(b"gh")  # something is buffered: in order, behind it
+    assert conn.sent[-1] == b"ab" and _twisted.buffered_bytes(conn) == 6
+    conn.doWrite()
+    assert b"".join(conn.sent) == b"nowabcdefgh"
+    conn.room = ConnectionError("lost")  # writeSomeData's error: Twisted's buffer finds it
+    conn.write(b"x")
+    assert _twisted.buffered_bytes(conn) == 1
+
+
+def test_write_through_leaves_other_transports_alone():
+    t = StringTransport()
+    assert not _twisted.install_write_through(t)
+    t.write(b"x")
+    assert t.value() == b"x"
+
+
 def test_the_amp_parser_stops_and_hands_over_what_it_did_not_parse():
     seen = []
 

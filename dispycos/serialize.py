@@ -146,8 +146,43 @@ class _BytesByReference(cloudpickle.Pickler):
         return None
 
 
+_SCALARS = frozenset((int, float, str, bool, type(None), complex))
+
+
+def _plain(obj, depth=3):
+    """
+    True for data the standard pickler pickles as cloudpickle would: exact
+    scalars, small bytes, and small tuples, lists and str-keyed dicts of them
+    (C{depth} levels): a task's C{(function, args, kwargs)} of such values,
+    an outcome. For those, making a cloudpickle pickler costs more than the
+    pickling.
+    """
+    t = type(obj)
+    if t in _SCALARS:
+        return True
+    if t is tuple or t is list:
+        if depth <= 0 or len(obj) > 16:
+            return False
+        for x in obj:
+            if type(x) not in _SCALARS and not _plain(x, depth - 1):
+                return False
+        return True
+    if t is dict:
+        if depth <= 0 or len(obj) > 16:
+            return False
+        for k, v in obj.items():
+            if type(k) is not str or (type(v) not in _SCALARS and not _plain(v, depth - 1)):
+                return False
+        return True
+    if t is bytes:
+        return len(obj) < OOB_THRESHOLD
+    return False
+
+
 def _pickle(obj, what, copy):
     """The parts of C{obj}'s blob; out-of-band buffers as views of their data unless C{copy}."""
+    if _plain(obj):
+        return [pickle.dumps(obj, protocol=pickle.HIGHEST_PROTOCOL)]
     buffers = []
 
     def out_of_band(buffer):

@@ -21,6 +21,7 @@ from dispycos.peer.connection import INLINE_LIMIT, PeerAMP
 from dispycos.peer.messaging import Messaging
 from dispycos.peer.outcomes import ABANDONED, OK, decode_outcome, decode_outcomes, encode_outcome, error_outcome
 from dispycos.protocol import commands
+from dispycos.protocol.base import FlushGroup
 from dispycos.protocol.streams import send_blob
 from dispycos.protocol.tls import connect as tls_connect, listen as tls_listen
 from dispycos.status import Location
@@ -70,7 +71,7 @@ class Runtime(Messaging):
         self.location = None
         self.tasks = {}
         #: Connections with one-way items queued (flushed together at the end of a read).
-        self.queued = set()
+        self.queued = FlushGroup()
         self._tids = itertools.count(1)
         #: Ids of tasks this process creates elsewhere (disjoint from the local ones).
         self._remote_tids = itertools.count(REMOTE_TIDS)

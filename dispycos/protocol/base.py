@@ -8,6 +8,8 @@ arguments inside the responder that C{locateResponder} returns, so a command
 refused there is never decoded, let alone unpickled.
 """
 
+import contextlib
+
 from twisted.internet import defer
 from twisted.internet.error import ConnectionDone, ConnectionLost
 from twisted.logger import Logger
@@ -90,6 +92,35 @@ class _WriteWatcher:
         d = defer.Deferred()
         self._waiters.append(d)
         return d
+
+
+class FlushGroup(set):
+    """
+    The connections of one process with one-way items queued (see
+    L{DispycosAMP.queue}). While something that flushes them all when it is
+    done runs (L{flushing_after}: a read, the start of tasks), what is
+    queued joins the group without a reactor call of its own.
+    """
+
+    flushing = False
+
+    @contextlib.contextmanager
+    def flushing_after(self):
+        """Run the block, then flush (and write out) every connection in the group."""
+        outer, self.flushing = self.flushing, True
+        try:
+            yield
+        finally:
+            self.flushing = outer
+            if not outer:
+                self.flush()
+
+    def flush(self):
+        """Send what every connection of the group queued, now."""
+        while self:
+            proto = self.pop()
+            proto.flush()
+            proto.write_out()
 
 
 class DispycosAMP(amp.AMP):
@@ -207,16 +238,17 @@ class DispycosAMP(amp.AMP):
             # (Twisted's bufferSize is also where its transport pauses a
             # producer: drain() waits for up to BULK_READ queued meanwhile.)
             tcp.bufferSize = BULK_READ if len(data) >= tcp.bufferSize else self._small_reads
-        self._parse(data)
+        group = self.flush_group
+        if group is None:
+            self._parse(data)
+            self.write_out()
+            return
         # What handling this data wrote or queued (answers, the next task, on
         # this connection or another) goes out now rather than on the
         # reactor's next turn: one trip less through epoll per round trip.
         # Plain TCP only; what the socket does not take stays for the reactor.
-        group = self.flush_group
-        if group:
-            for proto in list(group):
-                proto.flush()
-                proto.write_out()
+        with group.flushing_after():
+            self._parse(data)
         self.write_out()
 
     _through = False
@@ -491,10 +523,14 @@ class DispycosAMP(amp.AMP):
         self._batch_size += size
         if self._batch_size >= BATCH_BYTES:
             self.flush()
+            return
+        group = self.flush_group
+        if group is not None and group.flushing:
+            group.add(self)  # what is reading (or running tasks) flushes the group when it is done
         elif self._flush_call is None:
             self._flush_call = self.reactor.callLater(0, self.flush)
-            if self.flush_group is not None:
-                self.flush_group.add(self)
+            if group is not None:
+                group.add(self)
 
     def flush(self):
         """Send everything queued now, in order."""

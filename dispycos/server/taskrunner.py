@@ -58,11 +58,12 @@ class Starter:
         self.runtime.flush_links()
         deadline = time.monotonic() + SLICE
         queue = self.queue
-        while queue:
-            queue.popleft()._start()
-            if queue and time.monotonic() > deadline:
-                self._call = self.reactor.callLater(0, self._run)
-                break
+        with self.runtime.queued.flushing_after():
+            while queue:
+                queue.popleft()._start()
+                if queue and time.monotonic() > deadline:
+                    self._call = self.reactor.callLater(0, self._run)
+                    break
         # Outcomes of the tasks that ended at once go out now.
         self.runtime.flush_links()
 

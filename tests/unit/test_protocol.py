@@ -24,7 +24,7 @@ from dispycos.errors import AuthenticationError, ConnectionLostError, PayloadToo
 from dispycos.protocol import auth, commands
 from dispycos.protocol.admission import PendingConnections
 from dispycos.protocol.arguments import BigBytes, pack_items, unpack_items
-from dispycos.protocol.base import BATCH_BYTES, DispycosAMP
+from dispycos.protocol.base import BATCH_BYTES, DispycosAMP, FlushGroup
 from dispycos.peer.connection import PeerAMP
 from dispycos.status import Location
 
@@ -618,7 +618,7 @@ class FakeRuntime:
         self.outcomes = []
         self.executor = None
         self.max_file_size = 0
-        self.queued = set()
+        self.queued = FlushGroup()
         self.channels = {}
 
     def stream_root(self, dest, computation):
@@ -880,6 +880,56 @@ def test_messages_for_unknown_tasks_or_bad_pickles_are_skipped():
     pump.flush()
     assert task.got == ["ok"]
     assert server.connected
+
+
+def test_a_batch_box_goes_straight_to_its_responder(monkeypatch):
+    """Authenticated one-way batches skip AMP's dispatch (batch_responder); other boxes do not."""
+    clock, client, server, pump, srt = peers()
+    task = srt.tasks[1] = FakeTask()
+    assert set(PeerAMP.batch_responders) >= {b"RunTasks", b"Messages", b"TaskEnded", b"TaskOutput"}
+    located = []
+    real = server.locateResponder
+    monkeypatch.setattr(server, "locateResponder", lambda name: located.append(name) or real(name))
+    client.queue(commands.Messages, 1, serialize.dumps("fast"))
+    pump.flush()
+    assert task.got == ["fast"] and located == []
+    # a batch too large for one AMP value (split over keys) takes AMP's way, and arrives the same
+    big = serialize.dumps(b"x" * 70_000)
+    client.queue(commands.Messages, 1, big)
+    pump.flush()
+    assert task.got == ["fast", b"x" * 70_000] and located == [b"Messages"]
+
+
+def test_a_failing_batch_responder_drops_the_connection_as_amp_does():
+    clock, client, server, pump, srt = peers()
+    client.transport.write(amp.AmpBox(_command=b"Messages", batch=b"\0\0\0").serialize())  # a truncated batch
+    pump.flush()
+    assert dropped(server)
+
+
+def test_items_queued_while_a_group_flushes_after_need_no_reactor_call():
+    clock, client, server, pump, srt = peers()
+    task = srt.tasks[1] = FakeTask()
+    group = client.flush_group
+    with group.flushing_after():
+        client.queue(commands.Messages, 1, serialize.dumps("a"))
+        client.queue(commands.Messages, 1, serialize.dumps("b"))
+        assert client._flush_call is None and client in group
+    assert client not in group and clock.getDelayedCalls() == []
+    pump.flush(advanceClock=False)
+    assert task.got == ["a", "b"] and server.received == [b"Messages"]
+    # flushed even when the block fails
+    try:
+        with group.flushing_after():
+            client.queue(commands.Messages, 1, serialize.dumps("c"))
+            raise RuntimeError("boom")
+    except RuntimeError:
+        pass
+    pump.flush(advanceClock=False)
+    assert task.got == ["a", "b", "c"]
+    # outside such a block: the reactor's next turn, as ever
+    client.queue(commands.Messages, 1, serialize.dumps("d"))
+    assert client._flush_call is not None
 
 
 def test_an_oversized_queued_item_does_not_lose_the_others():

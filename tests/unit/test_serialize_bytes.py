@@ -104,3 +104,29 @@ def test_a_garbled_header_passes_through_and_fails_clearly(garbled):
     assert f.assembled.entries is None and f.remaining == len(garbled)
     with pytest.raises(serialize.BlobError, match="malformed out-of-band blob"):
         serialize.loads(f)
+
+
+@pytest.mark.parametrize("obj", [
+    ("noop", (), {}), (0, 5), ("f", (1, 2.5, "s", None, True, b"b"), {"k": 3}), 7, "x", None,
+    ("f", ([1, 2], (3,)), {"a": (1, 2)}),
+])
+def test_plain_data_is_pickled_by_the_standard_pickler(obj):
+    import pickle
+
+    assert serialize._plain(obj)
+    assert serialize.dumps(obj) == pickle.dumps(obj, protocol=pickle.HIGHEST_PROTOCOL)
+    assert serialize.loads(serialize.dumps(obj)) == obj
+
+
+class _Int(int):
+    pass
+
+
+@pytest.mark.parametrize("obj", [
+    (lambda: 1,), (_Int(3),), [b"x" * serialize.OOB_THRESHOLD], tuple(range(17)), ((((1,),),),),
+    {1: "non-str key"}, {"f": print},
+])
+def test_anything_else_goes_through_cloudpickle(obj):
+    assert not serialize._plain(obj)
+    back = serialize.loads(serialize.dumps(obj))
+    assert type(back) is type(obj)

@@ -39,7 +39,9 @@ MaxPending = 64
 MaxBoxBeforeAuth = 4096
 #: Largest AMP box after authentication (inline payloads plus framing).
 MaxBox = MaxInlineBytes + 1024 * 1024
-#: Most keys in one AMP box (a 16 MiB inline value needs 257).
+#: Most keys in one AMP box (a 16 MiB inline value needs 257). MaxBox and
+#: MaxBoxKeys are never below the limits before authentication (4096 bytes,
+#: 16 keys): DispycosAMP looks the limits up only past those.
 MaxBoxKeys = 4096
 #: Streams one connection may have open at once.
 MaxOpenStreams = 64

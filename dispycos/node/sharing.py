@@ -17,11 +17,12 @@ USS in total without this (and without psutil preloaded), 31.6 with both
 unloaded and servers started their worker threads on demand).
 """
 
-import ctypes
 import gc
 import os
 import sys
 import tempfile
+
+from dispycos.server.heap import Heap
 
 #: The filler objects (never used: they only occupy slots in shared pools).
 _fillers = []
@@ -78,10 +79,7 @@ def fill_pools():
 
 def trim_heap():
     """Return the C heap's free pages to the system (glibc's C{malloc_trim}; nothing elsewhere)."""
-    try:
-        ctypes.CDLL(None).malloc_trim(0)
-    except (OSError, AttributeError):
-        pass
+    Heap().trim()
 
 
 def prepare_fork():

@@ -264,24 +264,29 @@ class DispycosAMP(amp.AMP):
 
     # AMP keeps a box in memory until it is complete: bound its size and its
     # number of keys (tiny before authentication).
-    def _count(self, n, key):
-        self._box_bytes += n + 2
-        if key:
-            self._box_keys += 1
+    def _limits(self):
         if self.authenticated or self.keyring is None:
-            limit, keys = config.MaxBox, config.MaxBoxKeys
-        else:
-            limit, keys = config.MaxBoxBeforeAuth, 16
+            return config.MaxBox, config.MaxBoxKeys
+        return config.MaxBoxBeforeAuth, 16
+
+    def _over(self):
+        limit, keys = self._limits()
         if self._box_bytes > limit or self._box_keys > keys:
             self._drop("a box over {n} bytes or {k} keys", n=limit, k=keys)
 
+    # (The limits are looked up only past the smallest of them: these run for every key and value.)
     def proto_key(self, string):
         if string:
-            self._count(len(string), True)
+            self._box_bytes += len(string) + 2
+            self._box_keys += 1
+            if self._box_keys > 16 or self._box_bytes > config.MaxBoxBeforeAuth:
+                self._over()
         return super().proto_key(string)
 
     def proto_value(self, string):
-        self._count(len(string), False)
+        self._box_bytes += len(string) + 2
+        if self._box_bytes > config.MaxBoxBeforeAuth:
+            self._over()
         return super().proto_value(string)
 
     _HANDSHAKE_KEYS = {

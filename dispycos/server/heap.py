@@ -94,6 +94,13 @@ class Heap:
         free = self.free_bytes()
         if free is not None and free < RELEASE_AT:
             return False
-        self.libc.malloc_trim(0)
+        self.trim()
         self.releases += 1
+        return True
+
+    def trim(self):
+        """Hand the heap's free pages back to the system now (C{malloc_trim}); False without glibc."""
+        if self.libc is None:
+            return False
+        self.libc.malloc_trim(0)
         return True

@@ -170,3 +170,9 @@ def test_the_servers_busy_report_releases_memory_only_when_it_has_no_task():
     del server.runtime.tasks["t1"]
     control._report_busy()
     assert server.heap.idle_calls == 1
+
+
+def test_trim_hands_free_pages_back_at_once_and_does_nothing_without_glibc():
+    libc = FakeLibc()
+    assert Heap(libc).trim() is True and libc.calls == [("malloc_trim", 0)]
+    assert Heap(libc=False).trim() is False

@@ -29,7 +29,7 @@ M_MMAP_THRESHOLD = -3
 #: Blocks up to this size come from the heap rather than from their own mmap.
 LARGE_BLOCK = 1 << 30
 #: An idle server gives its free heap memory back when it holds at least this much.
-RELEASE_AT = 1 << 20
+RELEASE_AT = 128 << 10
 
 
 class _MallInfo2(ctypes.Structure):

@@ -87,6 +87,21 @@ def register_by_value(obj):
     return None
 
 
+#: Types whose values pickle the same with any pickler (no module to ship).
+_SCALARS = frozenset((int, float, str, bool, type(None), complex))
+
+
+def register_types_of(values):
+    """L{register_by_value} for the type of each of C{values}, each distinct type once."""
+    seen = set()
+    for value in values:
+        t = type(value)
+        if t not in seen:
+            seen.add(t)
+            if t not in _SCALARS:
+                register_by_value(t)
+
+
 #: Buffers of this many bytes or more travel out-of-band; smaller ones stay in the pickle.
 OOB_THRESHOLD = 64 * 1024
 #: The start of a blob with out-of-band buffers (a protocol 5 pickle starts with C{\\x80\\x05}).
@@ -144,9 +159,6 @@ class _BytesByReference(cloudpickle.Pickler):
                 self.found.append(obj)
             return index
         return None
-
-
-_SCALARS = frozenset((int, float, str, bool, type(None), complex))
 
 
 def _plain(obj, depth=3):

@@ -344,10 +344,10 @@ class Computation(_TaskMethods, ClusterControl):
         try:
             self._check_open()
             ref, code = self._function_ref(fn)
-            for obj in args:
-                serialize.register_by_value(type(obj))
-            for obj in kwargs.values():
-                serialize.register_by_value(type(obj))
+            if args:
+                serialize.register_types_of(args)
+            if kwargs:
+                serialize.register_types_of(kwargs.values())
             # In parts: a large bytes argument is streamed from where it is, not copied.
             blob = serialize.dumps_parts((ref, args, kwargs), "arguments of %s" % (component_name(fn),))
             if len(blob) == 1:

@@ -24,8 +24,7 @@ class ClusterControl:
             return defer.fail(ComputationClosed("computation is not scheduled"))
         blob = None
         if args:
-            for a in args:
-                serialize.register_by_value(type(a))
+            serialize.register_types_of(args)
             try:
                 blob = serialize.dumps(tuple(args), "arguments of %s" % action)
             except PicklingError as e:

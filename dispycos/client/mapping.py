@@ -245,9 +245,7 @@ class MapRun:
             self._check_done()
             return
         try:
-            for args in batch:
-                for a in args:
-                    serialize.register_by_value(type(a))
+            serialize.register_types_of(itertools.chain.from_iterable(batch))
             calls = serialize.dumps((self.ref, batch), "arguments of %s" % (self.name,))
         except PicklingError as e:
             self.scheduler.task_done(entry, True)

@@ -130,3 +130,14 @@ def test_anything_else_goes_through_cloudpickle(obj):
     assert not serialize._plain(obj)
     back = serialize.loads(serialize.dumps(obj))
     assert type(back) is type(obj)
+
+
+def test_register_types_of_looks_at_each_distinct_non_scalar_type_once(monkeypatch):
+    seen = []
+    monkeypatch.setattr(serialize, "register_by_value", seen.append)
+
+    class A:
+        pass
+
+    serialize.register_types_of([1, 2.5, "s", None, A(), A(), _Int(1), (1,), A()])
+    assert seen == [A, _Int, tuple]

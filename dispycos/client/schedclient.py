@@ -21,7 +21,8 @@ from dispycos.peer.registry import runtime_for
 from dispycos.protocol import auth
 from dispycos.protocol import scheduling
 from dispycos.protocol.arguments import unpack_items
-from dispycos.protocol.base import DispycosAMP, batch_responder
+from dispycos.protocol.base import DispycosAMP
+from dispycos.protocol.batching import batch_responder
 from dispycos.protocol.streams import send_file
 from dispycos.protocol.tls import connect as tls_connect
 from dispycos.status import DispycosNodeAvailInfo, DispycosNodeInfo, DispycosStatus, Location, Status

@@ -15,7 +15,7 @@ from dispycos.metrics import CountedConnection
 from dispycos.peer.outcomes import ABANDONED, encode_outcome
 from dispycos.protocol import commands
 from dispycos.protocol.arguments import unpack_items
-from dispycos.protocol.base import batch_responder
+from dispycos.protocol.batching import batch_responder
 from dispycos.protocol.streams import StreamingAMP, send_blob
 
 

@@ -21,7 +21,7 @@ from dispycos.peer.connection import INLINE_LIMIT, PeerAMP
 from dispycos.peer.messaging import Messaging
 from dispycos.peer.outcomes import ABANDONED, OK, decode_outcome, decode_outcomes, encode_outcome, error_outcome
 from dispycos.protocol import commands
-from dispycos.protocol.base import FlushGroup
+from dispycos.protocol.batching import FlushGroup
 from dispycos.protocol.streams import send_blob
 from dispycos.protocol.tls import connect as tls_connect, listen as tls_listen
 from dispycos.status import Location

@@ -8,8 +8,6 @@ arguments inside the responder that C{locateResponder} returns, so a command
 refused there is never decoded, let alone unpickled.
 """
 
-import contextlib
-
 from twisted.internet import defer
 from twisted.internet.error import ConnectionDone, ConnectionLost
 from twisted.logger import Logger
@@ -20,43 +18,15 @@ from dispycos import config
 from dispycos.errors import AuthenticationError, ConnectionLostError, PayloadTooLarge
 from dispycos.protocol import auth, commands
 from dispycos.protocol.admission import pending_for
-from dispycos.protocol.arguments import pack_items
+from dispycos.protocol.batching import Batching
 from dispycos.protocol.tls import channel_binding
 from dispycos._twisted import buffered_bytes, install_write_through, stop_parsing, write_now
 
 _OPEN_COMMANDS = (b"Hello", b"Authenticate")
 
 
-#: Flush what is queued at once when it holds this many bytes.
-BATCH_BYTES = 256 * 1024
-#: Largest batch in one box.
-BATCH_BOX = 4 * 1024 * 1024
-
-
 #: Bytes read from a socket at once while data keeps coming (Twisted reads 64 KiB).
 BULK_READ = 1024 * 1024
-
-#: The largest value of one AMP key (a larger batch is split over several: see BigBytes).
-_AMP_VALUE = 0xFFFF
-
-
-def batch_responder(command):
-    """
-    Decorator for the responder of a one-way batch command (its one
-    argument C{batch}, as L{DispycosAMP.queue} sends): C{command.responder},
-    and the method a box of that command goes to straight from
-    L{DispycosAMP.ampBoxReceived}, without AMP's per-command argument
-    parsing and Deferreds (tens of microseconds per box, on the path of
-    every task and message).
-    """
-
-    def decorate(method):
-        method = command.responder(method)
-        method.batch_command = command.commandName
-        return method
-
-    return decorate
-
 
 def _tcp_under(transport):
     """The TCP connection under C{transport} (possibly TLS over TCP), or None."""
@@ -94,36 +64,7 @@ class _WriteWatcher:
         return d
 
 
-class FlushGroup(set):
-    """
-    The connections of one process with one-way items queued (see
-    L{DispycosAMP.queue}). While something that flushes them all when it is
-    done runs (L{flushing_after}: a read, the start of tasks), what is
-    queued joins the group without a reactor call of its own.
-    """
-
-    flushing = False
-
-    @contextlib.contextmanager
-    def flushing_after(self):
-        """Run the block, then flush (and write out) every connection in the group."""
-        outer, self.flushing = self.flushing, True
-        try:
-            yield
-        finally:
-            self.flushing = outer
-            if not outer:
-                self.flush()
-
-    def flush(self):
-        """Send what every connection of the group queued, now."""
-        while self:
-            proto = self.pop()
-            proto.flush()
-            proto.write_out()
-
-
-class DispycosAMP(amp.AMP):
+class DispycosAMP(Batching, amp.AMP):
     """
     One authenticated dispycos connection.
 
@@ -137,18 +78,6 @@ class DispycosAMP(amp.AMP):
 
     log = Logger()
 
-    #: {command name: responder} of the L{batch_responder}s of this class and its bases.
-    batch_responders = {}
-
-    def __init_subclass__(cls, **kw):
-        super().__init_subclass__(**kw)
-        table = dict(cls.batch_responders)
-        for value in vars(cls).values():
-            name = getattr(value, "batch_command", None)
-            if name is not None:
-                table[name] = value
-        cls.batch_responders = table
-
     def __init__(self, reactor, keyring=None, location="", locator=None):
         super().__init__(locator=locator)
         self.reactor = reactor
@@ -161,9 +90,6 @@ class DispycosAMP(amp.AMP):
         self._pending_proof = None
         self._hello_seen = False
         self._deadline = None
-        self._batches = []
-        self._batch_size = 0
-        self._flush_call = None
         self.lost = defer.Deferred()
         self.connected = False
         self.ever_connected = False
@@ -355,9 +281,7 @@ class DispycosAMP(amp.AMP):
         self._unpend()
         if self._deadline is not None and self._deadline.active():
             self._deadline.cancel()
-        if self._flush_call is not None and self._flush_call.active():
-            self._flush_call.cancel()
-        self._flush_call = None
+        self.cancel_flush()
         try:
             super().connectionLost(reason)
         finally:
@@ -497,82 +421,3 @@ class DispycosAMP(amp.AMP):
             return f
 
         return d.addErrback(lost)
-
-    # -- batching of one-way traffic -----------------------------------
-
-    #: A set shared by the connections of one process: those with items
-    #: queued, flushed at the end of any read (see L{dataReceived}).
-    flush_group = None
-
-    def queue(self, command, number, blob):
-        """
-        @raise PayloadTooLarge: when C{blob} alone exceeds the inline cap.
-
-        Queue C{(number, blob)} for the one-way batch C{command} (a command
-        whose one argument is C{batch}: see L{batch_responder}). What is
-        queued goes out on the next reactor turn (or at once when large), in
-        the order queued: consecutive items of one command share a box.
-        """
-        if len(blob) + 12 > config.MaxInlineBytes:
-            raise PayloadTooLarge("a message of %d bytes exceeds the inline cap of %d bytes"
-                                  % (len(blob), config.MaxInlineBytes))
-        self._batches.append((command, number, blob))
-        self._schedule_flush(len(blob) + 12)
-
-    def queue_call(self, command, **kw):
-        """Queue the one-way C{command} with arguments C{kw}, in order with L{queue}d items."""
-        self._batches.append((command, None, kw))
-        self._schedule_flush(1024)
-
-    def _schedule_flush(self, size):
-        self._batch_size += size
-        if self._batch_size >= BATCH_BYTES:
-            self.flush()
-            return
-        group = self.flush_group
-        if group is not None and group.flushing:
-            group.add(self)  # what is reading (or running tasks) flushes the group when it is done
-        elif self._flush_call is None:
-            self._flush_call = self.reactor.callLater(0, self.flush)
-            if group is not None:
-                group.add(self)
-
-    def flush(self):
-        """Send everything queued now, in order."""
-        if self.flush_group is not None:
-            self.flush_group.discard(self)
-        if self._flush_call is not None:
-            if self._flush_call.active():
-                self._flush_call.cancel()
-            self._flush_call = None
-        if not self._batches:
-            return
-        queued, self._batches, self._batch_size = self._batches, [], 0
-        if not self.connected:
-            return
-        # Consecutive items of one command go in one box, split so one box
-        # stays well inside the inline cap.
-        command, chunk, size = None, [], 0
-        for cmd, number, blob in queued:
-            if number is None:  # a one-way call of its own
-                if chunk:
-                    self._send_batch(command, pack_items(chunk))
-                    chunk, size = [], 0
-                amp.AMP.callRemote(self, cmd, **blob)
-                continue
-            n = len(blob) + 12
-            if chunk and (cmd is not command or size + n > BATCH_BOX):
-                self._send_batch(command, pack_items(chunk))
-                chunk, size = [], 0
-            command = cmd
-            chunk.append((number, blob))
-            size += n
-        if chunk:
-            self._send_batch(command, pack_items(chunk))
-
-    def _send_batch(self, command, data):
-        """Send the one-way batch C{command}: a box made here when C{data} fits one AMP value."""
-        if len(data) <= _AMP_VALUE:
-            self.sendBox(amp.AmpBox({b"_command": command.commandName, b"batch": data}))
-        else:  # split over keys by its argument (BigBytes)
-            amp.AMP.callRemote(self, command, batch=data)

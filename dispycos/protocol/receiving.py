@@ -17,7 +17,7 @@ import stat
 from twisted.logger import Logger
 
 from dispycos import config, paths
-from dispycos.serialize import BufferAssembler
+from dispycos.blobs import BufferAssembler
 from dispycos.errors import FileTransferError
 
 

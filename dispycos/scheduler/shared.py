@@ -23,7 +23,7 @@ from dispycos.interfaces import IComputationEvents
 from dispycos.protocol import auth
 from dispycos.protocol import scheduling
 from dispycos.protocol.arguments import unpack_items
-from dispycos.protocol.base import batch_responder
+from dispycos.protocol.batching import batch_responder
 from dispycos.protocol.receiving import safe_join
 from dispycos.protocol.streams import StreamingAMP
 from dispycos.scheduler import daemonparts

@@ -24,7 +24,8 @@ from dispycos.errors import AuthenticationError, ConnectionLostError, PayloadToo
 from dispycos.protocol import auth, commands
 from dispycos.protocol.admission import PendingConnections
 from dispycos.protocol.arguments import BigBytes, pack_items, unpack_items
-from dispycos.protocol.base import BATCH_BYTES, DispycosAMP, FlushGroup
+from dispycos.protocol.base import DispycosAMP
+from dispycos.protocol.batching import BATCH_BYTES, FlushGroup
 from dispycos.peer.connection import PeerAMP
 from dispycos.status import Location
 

@@ -1,7 +1,7 @@
 """
 Large C{bytes} values out-of-band (L{dispycos.serialize}): sent from where
 they are, received straight into the bytes object that becomes the value
-(L{dispycos.serialize.BufferAssembler}, L{dispycos._cpython.new_bytes}),
+(L{dispycos.blobs.BufferAssembler}, L{dispycos._cpython.new_bytes}),
 whatever pieces the blob arrives in; garbled blobs still fail clearly.
 """
 
@@ -9,7 +9,7 @@ import struct
 
 import pytest
 
-from dispycos import _cpython, serialize
+from dispycos import _cpython, blobs, serialize
 from dispycos.protocol.receiving import _IncomingBlob
 
 BIG = serialize.BYTES_OOB
@@ -39,7 +39,7 @@ def test_a_large_bytes_value_is_a_part_of_its_own_and_named_by_persistent_id():
     assert any(p is big for p in parts)  # not copied
     assert sum(map(len, parts)) < len(big) + 1024
     _, count, _ = struct.unpack_from("!4sIQ", parts[0])
-    assert count == 1 and struct.unpack_from("!QB", parts[0], 16) == (len(big), serialize._BYTES)
+    assert count == 1 and struct.unpack_from("!QB", parts[0], 16) == (len(big), blobs.BYTES)
     fn, (back,), _ = serialize.loads(b"".join(parts))
     assert fn is len and type(back) is bytes and back == big
 
@@ -88,15 +88,15 @@ def _header(count, pickled, entries):
 def test_a_persistent_id_without_its_value_is_refused():
     # a pickle asking for value 3 of a blob that has one
     bad = b"\x80\x05K\x03Q."
-    blob = _header(1, len(bad), [(2, serialize._BYTES)]) + b"ab" + bad
+    blob = _header(1, len(bad), [(2, blobs.BYTES)]) + b"ab" + bad
     for data in (blob, _received(blob, 3)):
         with pytest.raises(serialize.BlobError, match="no bytes value 3"):
             serialize.loads(data)
 
 
 @pytest.mark.parametrize("garbled", [
-    _header(1, 10, [(10, serialize._BYTES)]) + b"x" * 5,  # lengths past the data
-    _header(2, 0, [(1, serialize._BYTES), (1, 9)]) + b"ab",  # a kind that means nothing
+    _header(1, 10, [(10, blobs.BYTES)]) + b"x" * 5,  # lengths past the data
+    _header(2, 0, [(1, blobs.BYTES), (1, 9)]) + b"ab",  # a kind that means nothing
     serialize.MAGIC + b"\0\0",  # shorter than a header
 ])
 def test_a_garbled_header_passes_through_and_fails_clearly(garbled):

@@ -40,6 +40,22 @@ def private_runtime_dir():
         shutil.rmtree(runtime_dir, ignore_errors=True)
 
 
+@pytest.fixture(scope="session", autouse=True)
+def default_dest_path_left_as_found():
+    """
+    Processes started without --dest_path (the CLI's and examples' tests)
+    keep their files under the default C{<tempdir>/dispycos-<uid>}: made by
+    this session, it is removed at its end (one that was there is left).
+    """
+    from dispycos import config
+
+    path = config.default_dest_path()
+    existed = os.path.lexists(path)
+    yield path
+    if not existed:
+        shutil.rmtree(path, ignore_errors=True)
+
+
 def free_port():
     """A TCP port of 127.0.0.1 that was free a moment ago."""
     s = socket.socket()

@@ -7,8 +7,6 @@ end of whatever is running (L{FlushGroup}); the receiving side hands a
 batch box straight to its L{batch_responder}.
 """
 
-import contextlib
-
 from twisted.protocols import amp
 
 from dispycos import config
@@ -50,17 +48,28 @@ class FlushGroup(set):
     """
 
     flushing = False
+    _depth = 0
 
-    @contextlib.contextmanager
     def flushing_after(self):
-        """Run the block, then flush (and write out) every connection in the group."""
-        outer, self.flushing = self.flushing, True
-        try:
-            yield
-        finally:
-            self.flushing = outer
-            if not outer:
-                self.flush()
+        """
+        A context manager (the group itself: no generator on the path of
+        every read): run the block, then flush (and write out) every
+        connection in the group, once the outermost such block ends, even
+        when it raised.
+        """
+        return self
+
+    def __enter__(self):
+        self._depth += 1
+        self.flushing = True
+        return self
+
+    def __exit__(self, *exc):
+        self._depth -= 1
+        if not self._depth:
+            self.flushing = False
+            self.flush()
+        return False
 
     def flush(self):
         """Send what every connection of the group queued, now."""

@@ -100,6 +100,14 @@ def _unpickle(pickled, entries, buffers):
     return pickle.loads(pickled, buffers=buffers)
 
 
+def _new_buffer(n, kind):
+    """C{(buffer, writable view)} for a buffer of C{n} bytes of C{kind}: a C{bytes} value's is a new bytes."""
+    if kind == BYTES:
+        return new_bytes(n)
+    buffer = bytearray(n)
+    return buffer, memoryview(buffer)
+
+
 class BufferAssembler:
     """
     The out-of-band buffers of a blob that arrives in pieces, filled as
@@ -186,11 +194,7 @@ class BufferAssembler:
             return 0
         self.entries = entries
         for n, kind in entries:
-            if kind == BYTES:
-                value, view = new_bytes(n)
-            else:
-                value = bytearray(n)
-                view = memoryview(value)
+            value, view = _new_buffer(n, kind)
             self.buffers.append(value)
             self._views.append(view)
         self._skip_empty()
@@ -226,11 +230,7 @@ def _read_buffer(f, n, known, kind=0):
     C{f}'s size is C{known}; a C{bytes} value's into a new bytes).
     """
     if known:
-        if kind == BYTES:
-            buffer, view = new_bytes(n)
-        else:
-            buffer = bytearray(n)
-            view = memoryview(buffer)
+        buffer, view = _new_buffer(n, kind)
         got = 0
         while got < n:
             k = f.readinto(view[got:])

@@ -15,7 +15,7 @@ from twisted.internet import reactor, task
 
 from dispycos.server import heap
 
-from .conftest import NodeProcess, Session
+from .conftest import Session
 
 pytestmark = pytest.mark.skipif(not sys.platform.startswith("linux") or heap._glibc() is None,
                                 reason="glibc on Linux only")
@@ -30,15 +30,9 @@ def faults_so_far(data):
     return os.getpid(), int(fields[7]), len(data)
 
 
-@pytest.fixture(scope="module")
-def one_server_node():
-    n = NodeProcess(cpus=1)
-    yield n
-    n.stop()
-
-
 @pytest_twisted.ensureDeferred
-async def test_large_arguments_reuse_memory_and_an_idle_server_releases_it(one_server_node):
+async def test_large_arguments_reuse_memory_and_an_idle_server_releases_it(fresh_node):
+    one_server_node = fresh_node(cpus=1)
     size = 64 << 20
     data = b"\x5a" * size
     pages = size // 4096

@@ -28,6 +28,7 @@ _OPEN_COMMANDS = (b"Hello", b"Authenticate")
 #: Bytes read from a socket at once while data keeps coming (Twisted reads 64 KiB).
 BULK_READ = 1024 * 1024
 
+
 def _tcp_under(transport):
     """The TCP connection under C{transport} (possibly TLS over TCP), or None."""
     seen = 0
@@ -164,17 +165,16 @@ class DispycosAMP(Batching, amp.AMP):
             # (Twisted's bufferSize is also where its transport pauses a
             # producer: drain() waits for up to BULK_READ queued meanwhile.)
             tcp.bufferSize = BULK_READ if len(data) >= tcp.bufferSize else self._small_reads
-        group = self.flush_group
-        if group is None:
-            self._parse(data)
-            self.write_out()
-            return
         # What handling this data wrote or queued (answers, the next task, on
         # this connection or another) goes out now rather than on the
         # reactor's next turn: one trip less through epoll per round trip.
         # Plain TCP only; what the socket does not take stays for the reactor.
-        with group.flushing_after():
+        group = self.flush_group
+        if group is None:
             self._parse(data)
+        else:
+            with group:  # flushes the group's connections at the end (FlushGroup)
+                self._parse(data)
         self.write_out()
 
     _through = False
@@ -190,13 +190,11 @@ class DispycosAMP(Batching, amp.AMP):
 
     # AMP keeps a box in memory until it is complete: bound its size and its
     # number of keys (tiny before authentication).
-    def _limits(self):
-        if self.authenticated or self.keyring is None:
-            return config.MaxBox, config.MaxBoxKeys
-        return config.MaxBoxBeforeAuth, 16
-
     def _over(self):
-        limit, keys = self._limits()
+        if self.authenticated or self.keyring is None:
+            limit, keys = config.MaxBox, config.MaxBoxKeys
+        else:
+            limit, keys = config.MaxBoxBeforeAuth, 16
         if self._box_bytes > limit or self._box_keys > keys:
             self._drop("a box over {n} bytes or {k} keys", n=limit, k=keys)
 

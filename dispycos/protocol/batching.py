@@ -42,32 +42,24 @@ def batch_responder(command):
 class FlushGroup(set):
     """
     The connections of one process with one-way items queued (see
-    L{DispycosAMP.queue}). While something that flushes them all when it is
-    done runs (L{flushing_after}: a read, the start of tasks), what is
-    queued joins the group without a reactor call of its own.
+    L{Batching.queue}). While something that flushes them all when it is
+    done runs - C{with group:} around a read or the start of tasks - what
+    is queued joins the group without a reactor call of its own; the
+    outermost such block flushes (and writes out) every connection in the
+    group when it ends, even when it raised. (The group is its own context
+    manager: no generator on the path of every read.)
     """
 
-    flushing = False
-    _depth = 0
-
-    def flushing_after(self):
-        """
-        A context manager (the group itself: no generator on the path of
-        every read): run the block, then flush (and write out) every
-        connection in the group, once the outermost such block ends, even
-        when it raised.
-        """
-        return self
+    #: How many such blocks are running (nested): true while one is.
+    flushing = 0
 
     def __enter__(self):
-        self._depth += 1
-        self.flushing = True
+        self.flushing += 1
         return self
 
     def __exit__(self, *exc):
-        self._depth -= 1
-        if not self._depth:
-            self.flushing = False
+        self.flushing -= 1
+        if not self.flushing:
             self.flush()
         return False
 

@@ -58,7 +58,7 @@ class Starter:
         self.runtime.flush_links()
         deadline = time.monotonic() + SLICE
         queue = self.queue
-        with self.runtime.queued.flushing_after():
+        with self.runtime.queued:  # what the tasks queue goes out at the end (FlushGroup)
             while queue:
                 queue.popleft()._start()
                 if queue and time.monotonic() > deadline:

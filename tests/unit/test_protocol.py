@@ -912,7 +912,7 @@ def test_items_queued_while_a_group_flushes_after_need_no_reactor_call():
     clock, client, server, pump, srt = peers()
     task = srt.tasks[1] = FakeTask()
     group = client.flush_group
-    with group.flushing_after():
+    with group:
         client.queue(commands.Messages, 1, serialize.dumps("a"))
         client.queue(commands.Messages, 1, serialize.dumps("b"))
         assert client._flush_call is None and client in group
@@ -921,7 +921,7 @@ def test_items_queued_while_a_group_flushes_after_need_no_reactor_call():
     assert task.got == ["a", "b"] and server.received == [b"Messages"]
     # flushed even when the block fails
     try:
-        with group.flushing_after():
+        with group:
             client.queue(commands.Messages, 1, serialize.dumps("c"))
             raise RuntimeError("boom")
     except RuntimeError:

@@ -174,6 +174,7 @@ class NodeService(Hosting, NodePolicies, service.MultiService):
     def keyring(self, role, computation):
         if role != "scheduler":
             return None
+        self._key.start()  # (if the servers are still starting)
         return self._key.value or self._key.wait()
 
     def _key_stretched(self, key):
@@ -199,7 +200,6 @@ class NodeService(Hosting, NodePolicies, service.MultiService):
     def startService(self):
         # Refused (UnsafePathError) unless this user's alone: see dispycos.paths.
         self.dest_path = paths.private_dir(self.dest_path)
-        self._key.start()
         key = self._key.wait().addCallback(self._key_stretched)
         factory = Factory.forProtocol(lambda: NodeProtocol(self))
         port = self.ports[0]
@@ -217,6 +217,9 @@ class NodeService(Hosting, NodePolicies, service.MultiService):
             slot.spawn()
         d = defer.DeferredList([s.when_ready() for s in self.slots], consumeErrors=True)
         d.addCallback(self._announce_ready)
+        # The secret is stretched (~50 ms of CPU in a thread) once the servers
+        # are up, not while they start, unless a scheduler asks for it first.
+        d.addCallback(lambda _: self._key.start())
         # Schedulers hear of the node once it can answer them (its key stretched, its servers up).
         defer.DeferredList([d, key], consumeErrors=True).addCallback(lambda _: self.announce())
         # Then the children, in order: discovery, /metrics, heartbeat, pid file,

@@ -14,6 +14,7 @@ from twisted.internet.task import Clock
 from twisted.internet.testing import MemoryReactorClock
 
 from dispycos.node import console as consolemod
+from dispycos.protocol import auth
 from dispycos.node import pidfile as pidfilemod
 from dispycos.node.console import ConsoleService
 from dispycos.node.nodeconfig import NodeConfig
@@ -206,3 +207,32 @@ def test_the_service_window_child_cancels_its_timer(tmp_path, events):
     assert node.service_phase is not None and node._window_timer.active()
     child.stopService()
     assert node._window_timer is None and not clock.getDelayedCalls()
+
+
+class SilentStarter(FakeStarter):
+    """Starts servers that never connect (they are still starting)."""
+
+    def start(self, protocol, args, env):
+        self.events.append("server started")
+
+
+def test_the_secret_is_stretched_once_the_servers_are_up_or_when_a_scheduler_asks(tmp_path, events):
+    # Stretching takes ~50 ms of CPU (in a thread on a real reactor; at once on
+    # this one): not while the servers start, but before a scheduler's
+    # handshake needs it.
+    starting = NodeService(MemoryReactorClock(), NodeConfig(
+        1, ["127.0.0.1"], [0], node_name="kids", dest_path=str(tmp_path / "a"), udp_port=0, scheduler_port=0,
+        secret="s", starter=SilentStarter(events)))
+    starting.startService()
+    assert events == ["server started"]
+    assert starting._key.value is None and starting.discovery.key is None
+    key = starting.keyring("scheduler", "computation 1")
+    assert key == auth.key_from_secret("s") and starting.discovery.key == key
+    starting.stopService()
+
+    up = NodeService(MemoryReactorClock(), NodeConfig(
+        0, ["127.0.0.1"], [0], node_name="kids", dest_path=str(tmp_path / "b"), udp_port=0, scheduler_port=0,
+        secret="s", starter=FakeStarter(events)))
+    up.startService()  # no servers: up at once
+    assert up._key.value == auth.key_from_secret("s") and up.discovery.key == up._key.value
+    up.stopService()

@@ -90,6 +90,7 @@ class Runtime(Messaging):
         self.remote = {}
         self.remote_groups = {}
         self.executor = None
+        #: Called with a location whose connection broke or could not be made (a scheduler stops placing there).
         self.lost_hooks = []
         self._threadpool = threadpool
         self._listening = None
@@ -302,9 +303,13 @@ class Runtime(Messaging):
         if link is not None and link.proto is proto:
             del self.links[loc]
             # Bookkeeping first, then the errbacks that wake user code.
-            for hook in list(self.lost_hooks):
-                hook(loc)
+            self._unreachable(loc)
             self._abandon_at(loc, "connection to %s lost" % (loc,))
+
+    def _unreachable(self, loc):
+        """Tell the L{lost_hooks} that C{loc} cannot be reached (its connection broke or was never made)."""
+        for hook in list(self.lost_hooks):
+            hook(loc)
 
     def drop(self, location):
         """Abort the connection to C{location} (its tasks are abandoned)."""
@@ -339,6 +344,9 @@ class Runtime(Messaging):
             self.log.warn("cannot reach {loc}: {err}", loc=link.location, err=f.getErrorMessage())
             if proto.transport is not None:
                 proto.transport.abortConnection()
+            # As for a connection that broke: a scheduler places nothing more
+            # there (its node may not have told it yet that the server is gone).
+            self._unreachable(link.location)
             self._link_failed(link, ConnectionLostError("cannot reach %s: %s" % (link.location, f.getErrorMessage())))
 
         d.addCallbacks(ok, failed)

@@ -975,6 +975,31 @@ def test_an_oversized_task_outcome_still_reaches_the_creator():  # streamed as a
     assert kind == OK and value == b"r" * (config.MaxInlineBytes + 1)
 
 
+def test_a_connection_never_made_is_reported_as_the_peer_unreachable():
+    # A server that died before our connection to it was made: whoever
+    # places work there (a scheduler's lost hook) hears of it as of a broken
+    # connection, and what waited for the connection fails.
+    from twisted.internet.error import ConnectionRefusedError
+    from twisted.internet.testing import MemoryReactorClock
+
+    from dispycos.peer.runtime import Runtime
+
+    reactor = MemoryReactorClock()
+    rt = Runtime(reactor, threadpool=object())
+    rt.keys[""] = KEY
+    unreachable = []
+    rt.lost_hooks.append(unreachable.append)
+    where = Location("127.0.0.1", 9)
+    d = rt.connection(where)
+    (host, port, factory, _, _), = reactor.tcpClients
+    assert (host, port) == ("127.0.0.1", 9) and unreachable == []
+    factory.clientConnectionFailed(None, Failure(ConnectionRefusedError()))
+    assert unreachable == [where]
+    with pytest.raises(ConnectionLostError):
+        result_of(d)
+    assert where not in rt.links
+
+
 # -- raw frames (StreamData) ---------------------------------------------------------------
 
 

@@ -124,6 +124,12 @@ def default_dest_path(env):
 NOBODY = 65534
 
 
+def run_python(code, timeout=60):
+    """The Python C{code} run by a fresh interpreter with this checkout (the completed process, text output)."""
+    return subprocess.run([sys.executable, "-c", code], env=env_for_children(), capture_output=True, text=True,
+                          timeout=timeout)
+
+
 def run_as_nobody(code, *args, timeout=60, env=None):
     """
     Run the Python C{code} (with C{sys.argv[1:]} = C{args}) as user nobody

@@ -4,18 +4,9 @@ pyOpenSSL unless the node runs with --twisted_tls; tasks can still import
 pyOpenSSL, and TLS links keep working (tests/test_tls.py).
 """
 
-import subprocess
-import sys
-
 import pytest_twisted
 
-from .conftest import NodeProcess, Session, env_for_children
-
-
-def run_python(code):
-    """C{code} run by a fresh interpreter with this checkout (its output, as text)."""
-    return subprocess.run([sys.executable, "-c", code], env=env_for_children(), capture_output=True, text=True,
-                          timeout=60)
+from .conftest import NodeProcess, Session, run_python
 
 
 def twisted_tls_state():

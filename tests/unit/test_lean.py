@@ -9,15 +9,13 @@ import ast
 import asyncio
 import collections.abc
 import inspect
-import subprocess
-import sys
 import types
 
 from twisted.internet import defer
 
 from dispycos import _lean
 
-from ..conftest import env_for_children
+from ..conftest import run_python
 
 
 def _asyncio_imports(module):
@@ -30,11 +28,6 @@ def _asyncio_imports(module):
         elif isinstance(node, ast.Import) and any(a.name.split(".")[0] == "asyncio" for a in node.names):
             whole = True
     return names, whole
-
-
-def run_python(code):
-    return subprocess.run([sys.executable, "-c", code], env=env_for_children(), capture_output=True, text=True,
-                          timeout=60)
 
 
 def test_twisted_defer_takes_from_asyncio_what_the_stand_in_has():

@@ -132,6 +132,8 @@ class Scheduler(Placing, Controlling, Enlisting, service.MultiService):
         if private and max_file_size:
             runtime.max_file_size = max_file_size
         self.runtime = runtime
+        #: True when this scheduler runs in its client's process, on the runtime that carries the tasks.
+        self.private = private
         #: Tasks of this scheduler's computations, counted at the client (L{dispycos.metrics}).
         self.counts = metrics.Counts()
         self.computations_taken = 0
@@ -161,7 +163,10 @@ class Scheduler(Placing, Controlling, Enlisting, service.MultiService):
         for entry in nodes:
             self.add_node(entry)
         self._node_key.wait().addCallback(self._key_stretched)
-        runtime.lost_hooks.append(self._connection_lost)
+        if private:
+            # Only a private scheduler's runtime carries its computations' tasks: a
+            # shared one's never connects to their servers (its clients do).
+            runtime.lost_hooks.append(self._connection_lost)
         if private:
             _private[reactor] = self
 

@@ -130,8 +130,9 @@ class Enlisting:
             self.servers.append(entry)
             self.runtime.computation_of[location] = comp.id
         for entry, failure in entries:
-            if not failure:
-                # Connect now, so the first tasks do not wait for the handshake.
+            if not failure and self.private:
+                # Connect now, so the first tasks do not wait for the handshake (a
+                # shared scheduler's clients connect themselves, with their own TLS).
                 self.runtime.connection(entry.location).addErrback(lambda f: None)
             comp.status(Status.ServerDiscovered, entry.location)
             if failure:

@@ -67,3 +67,29 @@ def test_the_shared_schedulers_children_start_in_order_and_stop_before_it_closes
     assert done == [None]
     assert not listener.running and listener.ports == []
     assert not daemon.scheduler.running  # closed after its children stopped
+
+
+@pytest.mark.parametrize("private", [True, False])
+def test_only_a_private_scheduler_connects_to_servers_and_hears_of_lost_ones(private):
+    # A shared scheduler's runtime carries no task: its clients connect to the
+    # servers (with their own TLS). Its own connection to a TLS server would
+    # fail, and must not make that server unready for its clients.
+    from types import SimpleNamespace
+
+    from dispycos.status import Location
+
+    reactor = MemoryReactorClock()
+    s = Scheduler(nodes=["127.0.0.1:9801"], secret="s3cret", reactor=reactor, discover=False, private=private)
+    try:
+        link = s.links[Location("127.0.0.1", 9801)]
+        comp = SimpleNamespace(id="c1", status=lambda *a: None, status_message=lambda *a: None,
+                               server_ready=lambda: None)
+        s.runtime.keys["c1"] = b"k" * 32
+        before = len(reactor.tcpClients)
+        where = Location("127.0.0.1", 9811)
+        s._add_servers(link, comp, [(1, where, True, None)])
+        assert [(c[0], c[1]) for c in reactor.tcpClients[before:]] == ([("127.0.0.1", 9811)] if private else [])
+        s.runtime._unreachable(where)
+        assert [e.ready for e in s.servers] == [not private]
+    finally:
+        s.close()

@@ -3,6 +3,8 @@ Fixtures that start real dispycos processes on 127.0.0.1 and stop them by PID.
 (The fast in-memory tier, with no processes and no sockets, is tests/unit/.)
 """
 
+import functools
+import inspect
 import os
 import secrets
 import shutil
@@ -18,6 +20,34 @@ import pytest
 from dispycos import Computation, Scheduler
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+
+#: How long a test the reactor drives may wait before it fails with a TimeoutError
+#: (what it awaits is cancelled, so its own cleanup runs): one test that waits forever
+#: must not hold the whole run until CI's limit.
+TEST_TIMEOUT = float(os.environ.get("DISPYCOS_TEST_TIMEOUT", "300"))
+
+
+@pytest.hookimpl(tryfirst=True)
+def pytest_pyfunc_call(pyfuncitem):
+    """Bound every Deferred- or coroutine-returning test by L{TEST_TIMEOUT} (pytest-twisted then runs it)."""
+    test = pyfuncitem.obj
+    if getattr(test, "hypothesis", None) is not None or getattr(test, "_bounded", False):
+        return None
+
+    @functools.wraps(test)
+    def bounded(*args, **kwargs):
+        from twisted.internet import defer, reactor
+
+        result = test(*args, **kwargs)
+        if inspect.iscoroutine(result):
+            result = defer.ensureDeferred(result)
+        if isinstance(result, defer.Deferred):
+            result.addTimeout(TEST_TIMEOUT, reactor)
+        return result
+
+    bounded._bounded = True
+    pyfuncitem.obj = bounded
+    return None
 
 
 @pytest.fixture(scope="session", autouse=True)

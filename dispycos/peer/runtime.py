@@ -11,7 +11,7 @@ small one-way messages are batched per connection.
 import itertools
 from collections import OrderedDict
 
-from twisted.internet import defer
+from twisted.internet import defer, error
 from twisted.internet.protocol import Factory
 from twisted.logger import Logger
 
@@ -47,6 +47,10 @@ class _Link:
         self.pending = []
         self.waiters = []
         self.serial = []
+
+
+#: How a connection fails when its server is gone (refused: nobody listens; lost: it died meanwhile).
+_GONE = (error.ConnectionRefusedError, error.ConnectionLost, error.ConnectionDone, ConnectionLostError)
 
 
 class Runtime(Messaging):
@@ -90,7 +94,7 @@ class Runtime(Messaging):
         self.remote = {}
         self.remote_groups = {}
         self.executor = None
-        #: Called with a location whose connection broke or could not be made (a scheduler stops placing there).
+        #: Called with a location whose connection broke or was refused (a scheduler stops placing there).
         self.lost_hooks = []
         self._threadpool = threadpool
         self._listening = None
@@ -344,9 +348,13 @@ class Runtime(Messaging):
             self.log.warn("cannot reach {loc}: {err}", loc=link.location, err=f.getErrorMessage())
             if proto.transport is not None:
                 proto.transport.abortConnection()
-            # As for a connection that broke: a scheduler places nothing more
-            # there (its node may not have told it yet that the server is gone).
-            self._unreachable(link.location)
+            if f.check(*_GONE):
+                # Nobody listens there, or the connection broke before the
+                # handshake ended: as for a connection that broke later, a
+                # scheduler places nothing more there (its node may not have told
+                # it yet that the server is gone). A handshake refused or timed out
+                # says nothing of the server: only what waited for it fails.
+                self._unreachable(link.location)
             self._link_failed(link, ConnectionLostError("cannot reach %s: %s" % (link.location, f.getErrorMessage())))
 
         d.addCallbacks(ok, failed)

@@ -975,7 +975,7 @@ def test_an_oversized_task_outcome_still_reaches_the_creator():  # streamed as a
     assert kind == OK and value == b"r" * (config.MaxInlineBytes + 1)
 
 
-def test_a_connection_never_made_is_reported_as_the_peer_unreachable():
+def test_a_refused_connection_is_reported_as_the_peer_unreachable():
     # A server that died before our connection to it was made: whoever
     # places work there (a scheduler's lost hook) hears of it as of a broken
     # connection, and what waited for the connection fails.
@@ -998,6 +998,28 @@ def test_a_connection_never_made_is_reported_as_the_peer_unreachable():
     with pytest.raises(ConnectionLostError):
         result_of(d)
     assert where not in rt.links
+
+
+def test_a_connection_that_fails_otherwise_fails_its_waiters_only():
+    # A timeout, or a handshake lost half-way (a TLS server spoken to in the
+    # clear, say), says nothing of the server: it stays where work is placed.
+    from twisted.internet.error import TimeoutError
+    from twisted.internet.testing import MemoryReactorClock
+
+    from dispycos.peer.runtime import Runtime
+
+    reactor = MemoryReactorClock()
+    rt = Runtime(reactor, threadpool=object())
+    rt.keys[""] = KEY
+    unreachable = []
+    rt.lost_hooks.append(unreachable.append)
+    where = Location("127.0.0.1", 9)
+    d = rt.connection(where)
+    (_, _, factory, _, _), = reactor.tcpClients
+    factory.clientConnectionFailed(None, Failure(TimeoutError()))
+    with pytest.raises(ConnectionLostError):
+        result_of(d)
+    assert unreachable == [] and where not in rt.links
 
 
 # -- raw frames (StreamData) ---------------------------------------------------------------

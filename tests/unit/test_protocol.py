@@ -975,11 +975,14 @@ def test_an_oversized_task_outcome_still_reaches_the_creator():  # streamed as a
     assert kind == OK and value == b"r" * (config.MaxInlineBytes + 1)
 
 
-def test_a_refused_connection_is_reported_as_the_peer_unreachable():
-    # A server that died before our connection to it was made: whoever
-    # places work there (a scheduler's lost hook) hears of it as of a broken
-    # connection, and what waited for the connection fails.
-    from twisted.internet.error import ConnectionRefusedError
+@pytest.mark.parametrize("reason, gone", [("ConnectionRefusedError", True), ("ConnectionLost", True),
+                                           ("TimeoutError", False)])
+def test_a_connection_that_cannot_be_made_fails_its_waiters_and_a_gone_server_is_reported(reason, gone):
+    # A server that died before our connection to it was made: whoever places
+    # work there (a scheduler's lost hook) hears of it as of a broken
+    # connection. A timeout says nothing of the server: it stays where work is
+    # placed. Either way what waited for the connection fails.
+    from twisted.internet import error
     from twisted.internet.testing import MemoryReactorClock
 
     from dispycos.peer.runtime import Runtime
@@ -993,33 +996,11 @@ def test_a_refused_connection_is_reported_as_the_peer_unreachable():
     d = rt.connection(where)
     (host, port, factory, _, _), = reactor.tcpClients
     assert (host, port) == ("127.0.0.1", 9) and unreachable == []
-    factory.clientConnectionFailed(None, Failure(ConnectionRefusedError()))
-    assert unreachable == [where]
+    factory.clientConnectionFailed(None, Failure(getattr(error, reason)()))
+    assert unreachable == ([where] if gone else [])
     with pytest.raises(ConnectionLostError):
         result_of(d)
     assert where not in rt.links
-
-
-def test_a_connection_that_fails_otherwise_fails_its_waiters_only():
-    # A timeout, or a handshake lost half-way (a TLS server spoken to in the
-    # clear, say), says nothing of the server: it stays where work is placed.
-    from twisted.internet.error import TimeoutError
-    from twisted.internet.testing import MemoryReactorClock
-
-    from dispycos.peer.runtime import Runtime
-
-    reactor = MemoryReactorClock()
-    rt = Runtime(reactor, threadpool=object())
-    rt.keys[""] = KEY
-    unreachable = []
-    rt.lost_hooks.append(unreachable.append)
-    where = Location("127.0.0.1", 9)
-    d = rt.connection(where)
-    (_, _, factory, _, _), = reactor.tcpClients
-    factory.clientConnectionFailed(None, Failure(TimeoutError()))
-    with pytest.raises(ConnectionLostError):
-        result_of(d)
-    assert unreachable == [] and where not in rt.links
 
 
 # -- raw frames (StreamData) ---------------------------------------------------------------

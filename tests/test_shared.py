@@ -120,6 +120,30 @@ async def test_shared_scheduler_runs_a_computation(shared):
 
 
 @pytest_twisted.ensureDeferred
+async def test_a_killed_nodes_servers_get_no_new_task(shared):
+    # The client can find its links to the servers broken (or its connections
+    # to them refused) before the shared scheduler reads the end of its node
+    # link: it tells the scheduler, which places nothing more there, so a new
+    # task fails instead of going to a dead server.
+    from .test_core import slow
+
+    node, sched = shared
+    comp = Computation([slow], secret=node.secret)
+    await comp.schedule(sched.location, timeout=30)
+    try:
+        running = [await comp.run(slow, 60), await comp.run(slow, 60)]
+        results = [t.result() for t in running]
+        node.kill(signal.SIGKILL)
+        for d in results:
+            with pytest.raises(dispycos.TaskAbandoned):
+                await d
+        with pytest.raises(dispycos.DispycosError):
+            await comp.run(slow, 1)
+    finally:
+        await comp.close()
+
+
+@pytest_twisted.ensureDeferred
 async def test_second_client_waits_for_the_first(shared):
     node, sched = shared
     first = Computation([step], secret=node.secret)

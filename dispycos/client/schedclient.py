@@ -125,6 +125,18 @@ class RemoteScheduler:
         yield proto.callRemote(scheduling.Enqueue, computation=comp.id)
         self._report = "queued at scheduler %s" % (self.location,)
         self._start_pulses()
+        self.runtime.lost_hooks.append(self._server_gone)
+
+    def _server_gone(self, location):
+        """Our runtime found a server of the computation gone: tell the scheduler (a private one hears of it itself)."""
+        comp, proto = self.comp, self.proto
+        if proto is None or comp is None or comp.id is None or self.runtime.computation_of.get(location) != comp.id:
+            return
+        proto.queue_call(scheduling.ServerGone, computation=comp.id, location=str(location))
+
+    def _unhook(self):
+        if self._server_gone in self.runtime.lost_hooks:
+            self.runtime.lost_hooks.remove(self._server_gone)
 
     def _start_pulses(self):
         interval = self.comp.pulse_interval
@@ -151,6 +163,7 @@ class RemoteScheduler:
             return
         self.proto = None
         self._stop_pulses()
+        self._unhook()
         comp = self.comp
         if comp is not None:
             comp.scheduler_lost(ConnectionLostError("connection to the scheduler at %s lost" % (self.location,)))
@@ -257,5 +270,6 @@ class RemoteScheduler:
                 self.runtime.keys.pop(comp.id, None)
             proto, self.proto = self.proto, None
             self._stop_pulses()
+            self._unhook()
             if proto is not None and proto.connected:
                 proto.transport.loseConnection()

@@ -79,6 +79,18 @@ class TaskDone(amp.Command):
     requiresAnswer = False
 
 
+class ServerGone(amp.Command):
+    """
+    Client → scheduler, one-way: the client's connection to a server of the
+    computation was refused or broke (its node may not have said yet that the
+    server is gone): the scheduler places nothing more there until the node
+    reports the server again.
+    """
+
+    arguments = [(b"computation", amp.Unicode()), (b"location", amp.Unicode())]
+    requiresAnswer = False
+
+
 class Query(amp.Command):
     """Client → scheduler: C{nodes} or C{servers} of the computation."""
 

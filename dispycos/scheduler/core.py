@@ -166,7 +166,7 @@ class Scheduler(Placing, Controlling, Enlisting, service.MultiService):
         if private:
             # Only a private scheduler's runtime carries its computations' tasks: a
             # shared one's never connects to their servers (its clients do).
-            runtime.lost_hooks.append(self._connection_lost)
+            runtime.lost_hooks.append(self.server_unreachable)
         if private:
             _private[reactor] = self
 
@@ -314,9 +314,11 @@ class Scheduler(Placing, Controlling, Enlisting, service.MultiService):
         self._drop_node(link, Status.ServerAbandoned, Status.NodeAbandoned,
                         "node %s abandoned (no pulse)" % (link.location,))
 
-    def _connection_lost(self, location):
-        # Our connection to a server broke: place nothing there until its node
-        # reports it (re)initialized.
+    def server_unreachable(self, location):
+        """
+        A client's connection to the server at C{location} broke or was
+        refused: place nothing there until its node reports it (re)initialized.
+        """
         entry = self.entry_at(location)
         if entry is not None:
             entry.ready = False
@@ -422,8 +424,8 @@ class Scheduler(Placing, Controlling, Enlisting, service.MultiService):
             self.queue.popleft().schedule_failed(ScheduleError("scheduler closed"))
         if self.active is not None:
             yield self.active.close(terminate=True)
-        if self._connection_lost in self.runtime.lost_hooks:
-            self.runtime.lost_hooks.remove(self._connection_lost)
+        if self.server_unreachable in self.runtime.lost_hooks:
+            self.runtime.lost_hooks.remove(self.server_unreachable)
         if _private.get(self.reactor) is self:
             del _private[self.reactor]
         if self.running:

@@ -264,6 +264,20 @@ class ClientChannel(metrics.CountedConnection, StreamingAMP):
                 scheduler.task_done(entry, bool(cpu))
         return {}
 
+    @scheduling.ServerGone.responder
+    def _server_gone(self, computation, location):
+        scheduler = self.service.scheduler
+        comp = self.computations.get(computation)
+        if comp is not None and comp is scheduler.active:
+            # As for TaskDone: only the client whose computation has the servers speaks for them.
+            try:
+                where = Location.parse(location, 0)
+            except ValueError:
+                self.log.warn("ServerGone with a bad location {loc!r}: ignored", loc=location)
+            else:
+                scheduler.server_unreachable(where)
+        return {}
+
     @scheduling.Query.responder
     def _query(self, computation, what):
         comp = self._comp(computation)

@@ -93,3 +93,59 @@ def test_only_a_private_scheduler_connects_to_servers_and_hears_of_lost_ones(pri
         assert [e.ready for e in s.servers] == [not private]
     finally:
         s.close()
+
+
+def test_a_shared_schedulers_client_tells_it_of_a_gone_server_and_only_the_active_one_is_heard(tmp_path):
+    # The client of a shared scheduler finds a server gone (its connection
+    # refused or broken) before the scheduler hears it from the node: it says
+    # so, and the scheduler places nothing more there.
+    from types import SimpleNamespace
+
+    from dispycos.client.schedclient import RemoteScheduler
+    from dispycos.protocol import scheduling
+    from dispycos.scheduler.shared import ClientChannel, SchedulerService
+    from dispycos.status import Location
+
+    reactor = MemoryReactorClock()
+    where, other = Location("127.0.0.1", 9811), Location("127.0.0.1", 9812)
+
+    # The client's side: only its computation's servers, only while connected.
+    client = RemoteScheduler(Location("127.0.0.1", 9700), "s3cret", reactor=reactor)
+    sent = []
+    lost = []
+    client.comp = SimpleNamespace(id="c1", scheduler_lost=lost.append)
+    client.proto = SimpleNamespace(queue_call=lambda command, **kw: sent.append((command, kw)))
+    client.runtime.computation_of.update({where: "c1", other: "c2"})
+    client.runtime.lost_hooks.append(client._server_gone)  # as submit() does
+    client.runtime._unreachable(where)
+    client.runtime._unreachable(other)
+    assert sent == [(scheduling.ServerGone, {"computation": "c1", "location": "127.0.0.1:9811"})]
+    client._lost(client.proto)
+    assert client._server_gone not in client.runtime.lost_hooks and len(lost) == 1
+
+    # The scheduler's side: the active computation's client marks the server unready.
+    daemon = SchedulerService(reactor, hosts=["127.0.0.1"], tcp_port=0, secret="s3cret",
+                              dest_path=str(tmp_path), udp_port=0)
+    daemon.startService()
+    try:
+        scheduler = daemon.scheduler
+        scheduler.add_node("127.0.0.1:9801")
+        link = scheduler.links[Location("127.0.0.1", 9801)]
+        quiet = SimpleNamespace(id="c1", status=lambda *a: None, status_message=lambda *a: None,
+                                server_ready=lambda: None)
+        scheduler._add_servers(link, quiet, [(1, where, True, None)])
+        channel = ClientChannel(daemon)
+        mine = channel.computations["c1"] = SimpleNamespace(id="c1", closed=False)
+        scheduler.active = SimpleNamespace(id="c0")  # another client's computation has the servers
+        channel._server_gone("c1", "127.0.0.1:9811")
+        assert [e.ready for e in scheduler.servers] == [True]
+        scheduler.active = mine
+        channel._server_gone("c9", "127.0.0.1:9811")  # not this client's
+        assert [e.ready for e in scheduler.servers] == [True]
+        channel._server_gone("c1", "127.0.0.1:x")  # a bad location is ignored
+        assert [e.ready for e in scheduler.servers] == [True]
+        channel._server_gone("c1", "127.0.0.1:9811")
+        assert [e.ready for e in scheduler.servers] == [False]
+    finally:
+        scheduler.active = None
+        daemon.stopService()

@@ -16,7 +16,7 @@ import json
 import math
 import os
 import time
-from collections import OrderedDict
+from collections import OrderedDict, deque
 
 from twisted.internet.protocol import DatagramProtocol
 from twisted.logger import Logger
@@ -31,6 +31,9 @@ TAG_BYTES = 32
 MAX_PACKET = 4096
 #: Announcements older (or newer) than this many seconds are ignored.
 MAX_AGE = 120
+#: Packets kept (unread) while the key is not known yet: a node's is stretched
+#: once its servers are up, and the probes that come meanwhile are answered then.
+HELD_PACKETS = 32
 
 
 def encode(key, msg):
@@ -134,7 +137,8 @@ class Discovery(StartStopService):
     loopback only), or to all interfaces for C{""}.
 
     @param key: the key packets are signed with; None until it is known (a
-        node's, being stretched): till then nothing is sent and what comes is dropped.
+        node's, being stretched): till then nothing is sent, and the first
+        L{HELD_PACKETS} packets that come are kept and read once it is set.
     @param handler: called with C{(msg, (host, port))} for each valid packet.
     """
 
@@ -144,7 +148,8 @@ class Discovery(StartStopService):
         self.reactor = reactor
         self.hosts = list(hosts) or ["127.0.0.1"]
         self.port = port
-        self.key = key
+        self._held = deque()
+        self._key = key
         #: A second key (a shared scheduler's clients' one): packets it verifies
         #: are handled with C{msg["client"] = True}, and answered with it.
         self.client_key = client_key
@@ -152,6 +157,19 @@ class Discovery(StartStopService):
         self.guard = ReplayGuard()
         self.ports = []
         self.dropped = 0
+
+    @property
+    def key(self):
+        """The key packets are signed with (None: not known yet)."""
+        return self._key
+
+    @key.setter
+    def key(self, key):
+        self._key = key
+        if key is not None:
+            held, self._held = self._held, deque()
+            for data, addr in held:
+                self._received(data, addr)
 
     def start(self):
         binds = []
@@ -182,6 +200,7 @@ class Discovery(StartStopService):
             self.reply, self.reply_port = None, self.port
 
     def stop(self):
+        self._held.clear()
         ports, self.ports = self.ports, []
         if getattr(self, "reply", None) is not None:
             ports.append(self.reply)
@@ -190,10 +209,13 @@ class Discovery(StartStopService):
             p.stopListening()
 
     def _received(self, data, addr):
-        if self.key is None:  # not yet known (a node's, being stretched): nothing can be checked
-            self.dropped += 1
+        if self._key is None:  # not yet known (a node's, being stretched): read it once it is
+            if len(self._held) < HELD_PACKETS and len(data) <= MAX_PACKET:
+                self._held.append((data, addr))
+            else:
+                self.dropped += 1
             return
-        msg = decode(self.key, data, self.guard)
+        msg = decode(self._key, data, self.guard)
         if msg is None and self.client_key is not None:
             msg = decode(self.client_key, data, self.guard)
             if msg is not None:

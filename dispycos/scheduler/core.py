@@ -154,7 +154,7 @@ class Scheduler(Placing, Controlling, Enlisting, service.MultiService):
         if discover is None:
             discover = not nodes  # listed nodes only, unless asked to discover as well
         if discover:
-            # Its key is set once stretched (it neither sends nor accepts a packet before).
+            # Its key is set once stretched (it sends nothing before, and reads what came meanwhile then).
             self.discovery = Discovery(reactor, [ip_addr if ip_addr is not None else "127.0.0.1"], udp_port, None,
                                        self._discovered, client_key=client_key)
             self.discovery.setName("discovery")

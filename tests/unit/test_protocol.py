@@ -1114,3 +1114,26 @@ def test_a_listener_drops_the_oldest_silent_connection_for_a_new_one(monkeypatch
     pump.flush()
     result_of(d)
     assert server.authenticated and len(factory.dispycos_pending) == 2
+
+
+# -- discovery -----------------------------------------------------------------------------
+
+
+def test_discovery_reads_what_came_before_its_key_once_the_key_is_known():
+    # A node's key is stretched once its servers are up: a probe that comes
+    # right after it says ready is answered then, not lost (a bounded few are kept).
+    from twisted.internet.testing import MemoryReactorClock
+
+    from dispycos.protocol import discovery
+
+    got = []
+    d = discovery.Discovery(MemoryReactorClock(), ["127.0.0.1"], 0, None, lambda msg, addr: got.append(msg["n"]))
+    packets = [discovery.encode(KEY, {"kind": "probe", "n": i}) for i in range(discovery.HELD_PACKETS + 3)]
+    for pkt in packets:
+        d._received(pkt, ("127.0.0.1", 9))
+    assert got == [] and d.dropped == 3
+    d.key = KEY
+    assert got == list(range(discovery.HELD_PACKETS))
+    d._received(packets[0], ("127.0.0.1", 9))  # read already: a replay
+    d._received(discovery.encode(KEY, {"kind": "probe", "n": "late"}), ("127.0.0.1", 9))
+    assert got[-1] == "late" and len(got) == discovery.HELD_PACKETS + 1

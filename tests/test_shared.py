@@ -18,7 +18,7 @@ import dispycos
 from dispycos import Computation, Status
 
 from .conftest import env_for_children
-from .test_core import sleep
+from .test_core import sleep, slow
 
 
 class SchedulerProcess:
@@ -121,12 +121,10 @@ async def test_shared_scheduler_runs_a_computation(shared):
 
 @pytest_twisted.ensureDeferred
 async def test_a_killed_nodes_servers_get_no_new_task(shared):
-    # The client can find its links to the servers broken (or its connections
-    # to them refused) before the shared scheduler reads the end of its node
-    # link: it tells the scheduler, which places nothing more there, so a new
-    # task fails instead of going to a dead server.
-    from .test_core import slow
-
+    # Whoever hears of it first, the client (its links to the servers broken or
+    # its connections to them refused: it tells the scheduler, ServerGone) or
+    # the shared scheduler (the end of its node link), a new task fails instead
+    # of going to a dead server.
     node, sched = shared
     comp = Computation([slow], secret=node.secret)
     await comp.schedule(sched.location, timeout=30)

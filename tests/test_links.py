@@ -103,7 +103,8 @@ def certificate(directory):
 
 if mode == "tls":
     server_ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
-    server_ctx.load_cert_chain(certificate(tempfile.mkdtemp()))
+    with tempfile.TemporaryDirectory() as directory:  # read at once: nothing left behind
+        server_ctx.load_cert_chain(certificate(directory))
     client_ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_CLIENT)
     client_ctx.check_hostname = False
     client_ctx.verify_mode = ssl.CERT_NONE

@@ -167,7 +167,6 @@ class Scheduler(Placing, Controlling, Enlisting, service.MultiService):
             # Only a private scheduler's runtime carries its computations' tasks: a
             # shared one's never connects to their servers (its clients do).
             runtime.lost_hooks.append(self.server_unreachable)
-        if private:
             _private[reactor] = self
 
     @property

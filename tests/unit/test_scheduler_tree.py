@@ -69,25 +69,34 @@ def test_the_shared_schedulers_children_start_in_order_and_stop_before_it_closes
     assert not daemon.scheduler.running  # closed after its children stopped
 
 
+def book_server(scheduler, where, node="127.0.0.1:9801", computation="c1"):
+    """Book a ready server at C{where} of C{node} (a link of C{scheduler}'s) for C{computation}."""
+    from types import SimpleNamespace
+
+    from dispycos.status import Location
+
+    loc = Location.parse(node, 0)
+    if loc not in scheduler.links:
+        scheduler.add_node(node)
+    quiet = SimpleNamespace(id=computation, status=lambda *a: None, status_message=lambda *a: None,
+                            server_ready=lambda: None)
+    scheduler._add_servers(scheduler.links[loc], quiet, [(1, where, True, None)])
+
+
 @pytest.mark.parametrize("private", [True, False])
 def test_only_a_private_scheduler_connects_to_servers_and_hears_of_lost_ones(private):
     # A shared scheduler's runtime carries no task: its clients connect to the
     # servers (with their own TLS). Its own connection to a TLS server would
     # fail, and must not make that server unready for its clients.
-    from types import SimpleNamespace
-
     from dispycos.status import Location
 
     reactor = MemoryReactorClock()
     s = Scheduler(nodes=["127.0.0.1:9801"], secret="s3cret", reactor=reactor, discover=False, private=private)
     try:
-        link = s.links[Location("127.0.0.1", 9801)]
-        comp = SimpleNamespace(id="c1", status=lambda *a: None, status_message=lambda *a: None,
-                               server_ready=lambda: None)
         s.runtime.keys["c1"] = b"k" * 32
         before = len(reactor.tcpClients)
         where = Location("127.0.0.1", 9811)
-        s._add_servers(link, comp, [(1, where, True, None)])
+        book_server(s, where)
         assert [(c[0], c[1]) for c in reactor.tcpClients[before:]] == ([("127.0.0.1", 9811)] if private else [])
         s.runtime._unreachable(where)
         assert [e.ready for e in s.servers] == [not private]
@@ -129,11 +138,7 @@ def test_a_shared_schedulers_client_tells_it_of_a_gone_server_and_only_the_activ
     daemon.startService()
     try:
         scheduler = daemon.scheduler
-        scheduler.add_node("127.0.0.1:9801")
-        link = scheduler.links[Location("127.0.0.1", 9801)]
-        quiet = SimpleNamespace(id="c1", status=lambda *a: None, status_message=lambda *a: None,
-                                server_ready=lambda: None)
-        scheduler._add_servers(link, quiet, [(1, where, True, None)])
+        book_server(scheduler, where)
         channel = ClientChannel(daemon)
         mine = channel.computations["c1"] = SimpleNamespace(id="c1", closed=False)
         scheduler.active = SimpleNamespace(id="c0")  # another client's computation has the servers

@@ -5,6 +5,7 @@ joblib's auto batching does), L{RemoteGroup} is the client's record of one
 group of tasks sent to a server.
 """
 
+import collections
 import time
 
 
@@ -16,6 +17,10 @@ TARGET_SECONDS = 0.05
 
 #: ... and never longer than this.
 MAX_SECONDS = 0.5
+
+
+#: How many batches' costs the cost of the next is estimated from.
+OVERHEAD_WINDOW = 8
 
 
 #: Most tasks in one group.
@@ -43,7 +48,10 @@ class BatchSizer:
     its server reports it ran; the rest of the time from sending it to its
     last outcome is the cost of a batch (round trip, (un)pickling, waiting for
     a CPU), and the target grows to four times that, so that batches of short
-    tasks are not mostly overhead.
+    tasks are not mostly overhead. That cost is the least of the last
+    L{OVERHEAD_WINDOW} batches': a batch whose outcomes waited for a busy
+    client (a collection of its heap, the outcomes of other batches) says
+    how busy the client was, not what one more batch costs.
     """
 
     def __init__(self, target=TARGET_SECONDS, longest=MAX_SECONDS, largest=MAX_BATCH):
@@ -53,8 +61,9 @@ class BatchSizer:
         self.largest = largest
         #: Seconds per task (on its server) of the last batch, or None.
         self.per_task = None
-        #: Seconds a batch costs besides its tasks (the largest seen lately).
+        #: Seconds a batch costs besides its tasks (the least of the last few).
         self.overhead = 0.0
+        self._overheads = collections.deque(maxlen=OVERHEAD_WINDOW)
 
     def _target(self):
         return max(self.target, 4 * self.overhead)
@@ -78,7 +87,8 @@ class BatchSizer:
         if ran is None or ran > seconds:
             ran = seconds
         self.per_task = ran / count
-        self.overhead = max(self.overhead * 0.75, seconds - ran)
+        self._overheads.append(seconds - ran)
+        self.overhead = min(self._overheads)
         if count < self.size // 2:
             return  # a short last batch says little
         target = self._target()

@@ -63,11 +63,18 @@ class MapRun:
         self.window = window
         self.collect = collect
         self.sizer = BatchSizer()
+        #: The size of the batches that go out before any is measured (see L{_end_probe}).
+        self.unmeasured_size = 1
         if self.total:
             # Many items: the first batches need not be single tasks (each
-            # server would first take a round trip per task).
+            # server would first take a round trip per task). The first batch
+            # measures the tasks: it may hold a server's share of the input
+            # (and 1/32 of it), so the first task a cold server runs does not
+            # make them all look slow. The batches that go out unmeasured
+            # (the first took too long) hold 1/32 of a server's share.
             servers = max(1, len(self.scheduler.servers_now(comp._events)))
-            self.sizer.size = max(1, min(self.total // (32 * servers), FIRST_BATCH))
+            self.unmeasured_size = max(1, min(self.total // (32 * servers), FIRST_BATCH))
+            self.sizer.size = max(1, min(self.total // max(32, servers), FIRST_BATCH))
         self.next_index = 0  # items read (and sent) so far
         self.yielded = 0
         self.exhausted = False
@@ -184,6 +191,8 @@ class MapRun:
 
     def _end_probe(self):
         self._probe_over = True
+        if self.sizer.per_task is None:  # long tasks: balance them before anything is known
+            self.sizer.size = min(self.sizer.size, self.unmeasured_size)
         self._fill()
 
     def _fill(self):

@@ -3,10 +3,9 @@
 Every use of Twisted's private names, in one place.
 
 dispycos reaches under Twisted's public API in a few spots, for speed
-(writing queued bytes now rather than on the reactor's next turn, raw
-frames inside an AMP connection) or where no public hook exists (which
-options a command line gave, how many bytes a transport still holds, AMP's
-argument names). Each helper here falls back to public behaviour when what
+(writing queued bytes now rather than on the reactor's next turn) or where
+no public hook exists (which options a command line gave, how many bytes a
+transport still holds, AMP's argument names). Each helper here falls back to public behaviour when what
 it looks for is missing, and tests/unit/test_twisted_internals.py fails
 loudly when a Twisted release changes what they rely on. Nothing else in
 the package names a private attribute of Twisted.
@@ -86,30 +85,6 @@ def install_write_through(transport):
     except AttributeError:
         return False
     return True
-
-
-# -- raw frames inside an AMP connection -------------------------------------------
-#
-# A stream's bytes follow a StreamData box on the wire as they are, outside
-# AMP's framing (no 64 KiB values to cut and join, no box per chunk). The
-# box's responder runs while AMP's parser works through a read: it stops
-# the parser there, and the bytes it had not parsed yet (the start of the
-# frame, maybe more) are taken from it. Both reach into Twisted's
-# Int16StringReceiver (C{paused}, C{_unprocessed}); tests/unit/test_protocol.py
-# checks that they still mean what they meant.
-
-
-def stop_parsing(proto):
-    """Make AMP's parser stop after the box it is handling (the rest stays unparsed)."""
-    proto.paused = True
-
-
-def take_unparsed(proto):
-    """The bytes AMP's parser received but did not parse; it parses again from the next read."""
-    rest = proto._unprocessed
-    proto._unprocessed = b""
-    proto.paused = False
-    return rest
 
 
 # -- AMP argument names ---------------------------------------------------------------

@@ -19,8 +19,9 @@ from dispycos.errors import AuthenticationError, ConnectionLostError, PayloadToo
 from dispycos.protocol import auth, commands
 from dispycos.protocol.admission import pending_for
 from dispycos.protocol.batching import Batching
+from dispycos.protocol.boxes import BoxReader
 from dispycos.protocol.tls import channel_binding
-from dispycos._twisted import buffered_bytes, install_write_through, stop_parsing, write_now
+from dispycos._twisted import buffered_bytes, install_write_through, write_now
 
 _OPEN_COMMANDS = (b"Hello", b"Authenticate")
 
@@ -65,7 +66,7 @@ class _WriteWatcher:
         return d
 
 
-class DispycosAMP(Batching, amp.AMP):
+class DispycosAMP(Batching, BoxReader, amp.AMP):
     """
     One authenticated dispycos connection.
 
@@ -118,7 +119,6 @@ class DispycosAMP(Batching, amp.AMP):
         # TLS writes its records to the TCP connection under it: that one's writes go through.
         self._through = self._tcp is not None and install_write_through(self._tcp)
         self._small_reads = getattr(self._tcp, "bufferSize", 0)
-        self._box_bytes = 0
         if self.keyring is not None:
             # A listener's connection: it must say Hello soon and finish the
             # handshake in time, and it counts against the listener's caps on
@@ -149,7 +149,7 @@ class DispycosAMP(Batching, amp.AMP):
             self._dropped = True
             self.log.warn("dropping {peer}: " + why, peer=self._peer(), **kw)
             self.transport.abortConnection()
-        stop_parsing(self)
+        self.stop_reading()
 
     _tcp = None
 
@@ -185,11 +185,11 @@ class DispycosAMP(Batching, amp.AMP):
             write_now(self.transport)
 
     def _parse(self, data):
-        """Hand C{data} to AMP's parser (streams take their raw frames first)."""
-        amp.AMP.dataReceived(self, data)
+        """Read the boxes in C{data} (streams take their raw frames first)."""
+        self.read_boxes(data)
 
-    # AMP keeps a box in memory until it is complete: bound its size and its
-    # number of keys (tiny before authentication).
+    # A box is kept in memory until it is complete: bound its size and its
+    # number of keys (tiny before authentication). BoxReader counts them.
     def _over(self):
         if self.authenticated or self.keyring is None:
             limit, keys = config.MaxBox, config.MaxBoxKeys
@@ -198,28 +198,12 @@ class DispycosAMP(Batching, amp.AMP):
         if self._box_bytes > limit or self._box_keys > keys:
             self._drop("a box over {n} bytes or {k} keys", n=limit, k=keys)
 
-    # (The limits are looked up only past the smallest of them: these run for every key and value.)
-    def proto_key(self, string):
-        if string:
-            self._box_bytes += len(string) + 2
-            self._box_keys += 1
-            if self._box_keys > 16 or self._box_bytes > config.MaxBoxBeforeAuth:
-                self._over()
-        return super().proto_key(string)
-
-    def proto_value(self, string):
-        self._box_bytes += len(string) + 2
-        if self._box_bytes > config.MaxBoxBeforeAuth:
-            self._over()
-        return super().proto_value(string)
-
     _HANDSHAKE_KEYS = {
         b"Hello": {b"_command", b"_ask", b"version", b"role", b"computation", b"location", b"nonce"},
         b"Authenticate": {b"_command", b"_ask", b"proof"},
     }
 
     def ampBoxReceived(self, box):
-        self._box_bytes = self._box_keys = 0
         if self._dropped:
             return
         if self.keyring is not None and not self.authenticated:

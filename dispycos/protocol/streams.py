@@ -27,7 +27,6 @@ from dispycos import config
 from dispycos.errors import ConnectionLostError, FileTransferError
 from dispycos.protocol import commands
 from dispycos.protocol.base import DispycosAMP
-from dispycos._twisted import stop_parsing, take_unparsed
 from dispycos.protocol.receiving import StreamReceiver, _IncomingBlob
 
 #: The largest C{bytes} part sent as one raw frame as it is; larger parts go
@@ -165,7 +164,7 @@ class StreamingAMP(DispycosAMP):
             super()._parse(data)
             if self._raw is None or self._dropped:
                 return
-            data = take_unparsed(self)  # the parser stopped at a StreamData box: its frame follows
+            data = self.take_unread()  # the reading stopped at a StreamData box: its frame follows
 
     def _raw_bytes(self, data):
         """Take the frame's bytes from C{data}; the bytes after the frame."""
@@ -200,7 +199,7 @@ class StreamingAMP(DispycosAMP):
             self.streams.abort(stream)  # its bytes are read and dropped; closing it fails
         if size:
             self._raw = [stream, size, ok]
-            stop_parsing(self)
+            self.stop_reading()
         return {}
 
     def connectionLost(self, reason):

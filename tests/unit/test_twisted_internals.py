@@ -100,32 +100,6 @@ def test_write_through_leaves_other_transports_alone():
     assert t.value() == b"x"
 
 
-def test_the_amp_parser_stops_and_hands_over_what_it_did_not_parse():
-    seen = []
-
-    class Stop(amp.Command):
-        arguments = [(b"n", amp.Integer())]
-        requiresAnswer = False
-
-    class Proto(amp.AMP):
-        @Stop.responder
-        def stop(self, n):
-            seen.append(n)
-            if n == 1:
-                _twisted.stop_parsing(self)
-            return {}
-
-    proto = Proto()
-    proto.makeConnection(StringTransport())
-    wire = b"".join(amp.AmpBox(_command=b"Stop", n=b"%d" % i).serialize() for i in (1, 2))
-    proto.dataReceived(wire + b"raw bytes")
-    assert seen == [1]
-    rest = _twisted.take_unparsed(proto)
-    assert rest.startswith(amp.AmpBox(_command=b"Stop", n=b"2").serialize()) and rest.endswith(b"raw bytes")
-    proto.dataReceived(amp.AmpBox(_command=b"Stop", n=b"3").serialize())  # parses again from the next read
-    assert seen == [1, 3]
-
-
 def test_wire_names_map_as_amp_maps_them():
     class Probe(amp.Command):
         arguments = [(b"some-name", amp.Integer())]

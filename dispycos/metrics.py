@@ -140,6 +140,12 @@ class CountedConnection:
                 counts.streams_out += 1
         super().sendBox(box)
 
+    def write_box(self, wire):
+        counts = self.counts
+        if counts is not None:
+            counts.boxes_out += 1  # (a batch box: never a StreamOpen)
+        super().write_box(wire)
+
     def connectionLost(self, reason):
         counts = self.counts
         if counts is not None:

@@ -230,13 +230,28 @@ class DispycosAMP(Batching, BoxReader, amp.AMP):
                 return
         super().ampBoxReceived(box)
 
-    def sendBox(self, box):
+    def _reads(self):
+        """False, having dropped the connection, when the peer has left too much unread."""
         if buffered_bytes(self.transport) > config.MaxOutgoingBuffer:
             self.log.warn("dropping {peer}: it does not read ({n} bytes queued)", peer=self._peer(),
                           n=buffered_bytes(self.transport))
             self.transport.abortConnection()
-            return
-        super().sendBox(box)
+            return False
+        return True
+
+    def sendBox(self, box):
+        if self._reads():
+            super().sendBox(box)
+
+    def write_box(self, wire):
+        """
+        Send a box already in AMP's wire format (see
+        L{dispycos.protocol.batching.batch_box}), as L{sendBox} sends one.
+        """
+        if self.transport is None:
+            raise ConnectionLost("no transport to send a box on")
+        if self._reads():
+            self.transport.write(wire)
 
     def _handshake_timeout(self):
         self._deadline = None

@@ -7,6 +7,8 @@ end of whatever is running (L{FlushGroup}); the receiving side hands a
 batch box straight to its L{batch_responder}.
 """
 
+import struct
+
 from twisted.protocols import amp
 
 from dispycos import config
@@ -19,6 +21,25 @@ BATCH_BYTES = 256 * 1024
 BATCH_BOX = 4 * 1024 * 1024
 #: The largest value of one AMP key (a larger batch is split over several: see BigBytes).
 _AMP_VALUE = 0xFFFF
+
+
+_LENGTH = struct.Struct(">H")
+#: {command: the wire bytes of a batch box up to its value's length}
+_PREFIXES = {}
+
+
+def batch_box(command, data):
+    """
+    The one-way batch C{command} with C{batch=data} (at most 64 KiB) in
+    AMP's wire format: what C{AmpBox.serialize} makes of it, without its
+    generic loop (on the path of every task, outcome and message).
+    """
+    prefix = _PREFIXES.get(command)
+    if prefix is None:
+        name = command.commandName
+        prefix = _PREFIXES[command] = b"".join((_LENGTH.pack(8), b"_command", _LENGTH.pack(len(name)), name,
+                                                _LENGTH.pack(5), b"batch"))
+    return b"".join((prefix, _LENGTH.pack(len(data)), data, b"\x00\x00"))
 
 
 def batch_responder(command):
@@ -170,7 +191,7 @@ class Batching:
     def _send_batch(self, command, data):
         """Send the one-way batch C{command}: a box made here when C{data} fits one AMP value."""
         if len(data) <= _AMP_VALUE:
-            self.sendBox(amp.AmpBox({b"_command": command.commandName, b"batch": data}))
+            self.write_box(batch_box(command, data))
         else:  # split over keys by its argument (BigBytes)
             amp.AMP.callRemote(self, command, batch=data)
 

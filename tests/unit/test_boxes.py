@@ -1,7 +1,8 @@
 """
 dispycos.protocol.boxes.BoxReader, in memory: it reads what AMP writes,
 however the bytes are cut, stops where a responder asks and hands over the
-rest, and bounds what it holds.
+rest, and bounds what it holds; and batching's batch_box writes what AMP
+would.
 """
 
 from hypothesis import given, settings
@@ -9,6 +10,8 @@ from hypothesis import strategies as st
 from twisted.protocols import amp
 
 from dispycos import config
+from dispycos.protocol import commands
+from dispycos.protocol.batching import batch_box
 from dispycos.protocol.boxes import MAX_KEY, BoxReader
 
 
@@ -93,3 +96,13 @@ def test_the_owner_hears_of_a_box_past_the_smallest_limits():
     r = Reader()
     r.read_boxes(wire([{b"k": b"v" * (config.MaxBoxBeforeAuth + 1)}]))
     assert r.over == 1
+
+
+@settings(max_examples=50, deadline=None)
+@given(st.binary(max_size=65535))
+def test_a_batch_box_is_what_amp_writes(data):
+    wire = batch_box(commands.Messages, data)
+    assert wire == amp.AmpBox({b"_command": b"Messages", b"batch": data}).serialize()
+    r = Reader()
+    r.read_boxes(wire)
+    assert r.boxes == [{b"_command": b"Messages", b"batch": data}]

@@ -18,7 +18,7 @@ MaxPulseInterval = 100
 MissedPulses = 5
 
 #: Protocol version; peers with another version refuse each other.
-ProtocolVersion = 2
+ProtocolVersion = 3
 
 #: Largest payload (pickled function, argument, result or message) sent inline.
 MaxInlineBytes = 16 * 1024 * 1024

@@ -65,6 +65,27 @@ class BatchSizer:
         self.overhead = 0.0
         self._overheads = collections.deque(maxlen=OVERHEAD_WINDOW)
 
+    #: The size of the batches that go out before any is measured (see L{unmeasured}).
+    _unmeasured = 1
+
+    def start(self, total, servers):
+        """
+        Size the first batches of a map of C{total} items on C{servers}
+        servers. Many items need not go as single tasks (each server would
+        first take a round trip per task). The first batch measures the
+        tasks: it may hold a server's share of the input (and 1/32 of it),
+        so the first task a cold server runs does not make them all look
+        slow. The batches that go out unmeasured hold 1/32 of a share.
+        """
+        servers = max(1, servers)
+        self._unmeasured = max(1, min(total // (32 * servers), FIRST_BATCH))
+        self.size = max(1, min(total // max(32, servers), FIRST_BATCH))
+
+    def unmeasured(self):
+        """The first batch took too long to wait for: the next go out unmeasured (long tasks, balanced)."""
+        if self.per_task is None:
+            self.size = min(self.size, self._unmeasured)
+
     def _target(self):
         return max(self.target, 4 * self.overhead)
 
@@ -137,14 +158,18 @@ class RemoteGroup:
         indices = self.indices
         return self.first + pos if indices is None else indices[pos]
 
-    def outcomes(self, start, outcomes, seconds=None):
+    def outcomes(self, start, values, bad, seconds=None):
+        """
+        Outcomes of its tasks C{start}...: their results C{values} (None
+        where one did not succeed) and C{bad} C{{position: outcome}} of those.
+        """
         if seconds is not None:
             self.ran = seconds
-        self.mapper._outcomes(self, start, outcomes)
+        self.mapper._outcomes(self, start, values, bad)
 
     def abandoned(self, outcome):
         """Its server or node was lost: what did not come back is abandoned."""
         left = self.count - self.received
         if left > 0:
             self.faulty = True
-            self.mapper._outcomes(self, self.received, [outcome] * left)
+            self.mapper._outcomes(self, self.received, [None] * left, dict.fromkeys(range(left), outcome))

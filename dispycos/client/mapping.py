@@ -25,16 +25,21 @@ from twisted.logger import Logger
 
 from dispycos import serialize
 from dispycos.client.attempts import ESCALATE_AFTER, TERMINATE_GRACE
-from dispycos.client.groups import FIRST_BATCH, PROBE_SECONDS, BatchSizer, RemoteGroup
+from dispycos.client.groups import PROBE_SECONDS, BatchSizer, RemoteGroup
 from dispycos.client.progress import progress_bar
 from dispycos.errors import PicklingError
-from dispycos.peer.outcomes import ABANDONED, OK, TERMINATED, TIMEOUT, outcome_result
+from dispycos.peer.outcomes import ABANDONED, OK, TERMINATED, TIMEOUT, group_outcome, outcome_result
 from dispycos.peer.refs import RemoteTask
 from dispycos.status import Status, TaskInfo
 
 
 def _as_args(item):
     return item if isinstance(item, tuple) else (item,)
+
+
+def _any_tuple(items):
+    """Whether some of C{items} is a tuple (an argument list)."""
+    return any(issubclass(t, tuple) for t in set(map(type, items)))
 
 
 class MapRun:
@@ -63,18 +68,8 @@ class MapRun:
         self.window = window
         self.collect = collect
         self.sizer = BatchSizer()
-        #: The size of the batches that go out before any is measured (see L{_end_probe}).
-        self.unmeasured_size = 1
         if self.total:
-            # Many items: the first batches need not be single tasks (each
-            # server would first take a round trip per task). The first batch
-            # measures the tasks: it may hold a server's share of the input
-            # (and 1/32 of it), so the first task a cold server runs does not
-            # make them all look slow. The batches that go out unmeasured
-            # (the first took too long) hold 1/32 of a server's share.
-            servers = max(1, len(self.scheduler.servers_now(comp._events)))
-            self.unmeasured_size = max(1, min(self.total // (32 * servers), FIRST_BATCH))
-            self.sizer.size = max(1, min(self.total // max(32, servers), FIRST_BATCH))
+            self.sizer.start(self.total, len(self.scheduler.servers_now(comp._events)))
         self.next_index = 0  # items read (and sent) so far
         self.yielded = 0
         self.exhausted = False
@@ -191,8 +186,7 @@ class MapRun:
 
     def _end_probe(self):
         self._probe_over = True
-        if self.sizer.per_task is None:  # long tasks: balance them before anything is known
-            self.sizer.size = min(self.sizer.size, self.unmeasured_size)
+        self.sizer.unmeasured()
         self._fill()
 
     def _fill(self):
@@ -241,11 +235,17 @@ class MapRun:
         if not self.collect:
             size = min(size, max(1, self._limit() - self._in_flight()))
         try:
-            batch = [_as_args(item) for item in itertools.islice(self.items, size)]
+            batch = list(itertools.islice(self.items, size))
         except Exception as e:  # the input itself failed
             self.scheduler.task_done(entry, True)
             self._fail(e)
             return
+        # Items that are not tuples travel as they are, one argument each (no
+        # tuple per item to make, pickle and unpickle), unless the group is
+        # kept for retries or status (which take argument tuples).
+        single = self.options is None and self.comp.status_task is None and not _any_tuple(batch)
+        if not single:
+            batch = [_as_args(item) for item in batch]
         if len(batch) < size:
             self.exhausted = True
         if not batch or self.failure is not None or self.closed:
@@ -254,8 +254,8 @@ class MapRun:
             self._check_done()
             return
         try:
-            serialize.register_types_of(itertools.chain.from_iterable(batch))
-            calls = serialize.dumps((self.ref, batch), "arguments of %s" % (self.name,))
+            serialize.register_types_of(batch if single else itertools.chain.from_iterable(batch))
+            calls = serialize.dumps((self.ref, batch, single), "arguments of %s" % (self.name,))
         except PicklingError as e:
             self.scheduler.task_done(entry, True)
             self._fail(e)
@@ -289,7 +289,7 @@ class MapRun:
         indices = [index for index, _, _ in items]
         batch = [args for _, args, _ in items]
         try:
-            calls = serialize.dumps((self.ref, batch), "arguments of %s" % (self.name,))
+            calls = serialize.dumps((self.ref, batch, False), "arguments of %s" % (self.name,))
         except PicklingError as e:  # (they pickled before)
             self.scheduler.task_done(entry, True)
             self._fail(e)
@@ -313,22 +313,27 @@ class MapRun:
 
     # -- outcomes -----------------------------------------------------------------
 
-    def _outcomes(self, group, start, outcomes):
+    def _outcomes(self, group, start, values, bad):
         if group.tid not in self.groups:
             return
         again = False
+        n = len(values)
         if self.options is None:
             first = group.first + start
-            self.counts.tasks_ended += len(outcomes)
-            for i, outcome in enumerate(outcomes):
-                self._one(first + i, outcome)
-                if group.infos is not None:
-                    self._finished_status(group.infos[start + i], outcome)
+            self.counts.tasks_ended += n
+            if self.collect and not bad and group.infos is None:
+                self._collect(first, values)  # the common case: no outcome per task
+            else:
+                for i in range(n):
+                    outcome = group_outcome(values, bad, i)
+                    self._one(first + i, outcome)
+                    if group.infos is not None:
+                        self._finished_status(group.infos[start + i], outcome)
             if self.progress is not None:
-                self.progress.update(len(outcomes))
+                self.progress.update(n)
         else:
-            again = self._screened(group, start, outcomes)
-        group.received = max(group.received, start + len(outcomes))
+            again = self._screened(group, start, values, bad)
+        group.received = max(group.received, start + n)
         if group.received >= group.count:
             self._group_done(group)
         elif group.watch is not None and not group.timed_out:
@@ -353,14 +358,15 @@ class MapRun:
 
     # -- retries and timeouts --------------------------------------------------------
 
-    def _screened(self, group, start, outcomes):
+    def _screened(self, group, start, values, bad):
         """
         Outcomes of a map with options: those of lost or failed tasks that
         run again are held back (L{_screen}). True when some run again.
         """
         again = False
         taken = 0
-        for i, outcome in enumerate(outcomes):
+        for i in range(len(values)):
+            outcome = group_outcome(values, bad, i)
             pos = start + i
             if outcome[0] != OK:
                 outcome = self._screen(group, pos, outcome)
@@ -432,6 +438,14 @@ class MapRun:
                       loc=group.location)
         self.comp._control("close_server", group.location, terminate=True, restart=True).addErrback(
             lambda f: self.log.warn("restarting server {loc}: {e}", loc=group.location, e=f.getErrorMessage()))
+
+    def _collect(self, first, values):
+        """The results of tasks C{first}... that all succeeded (a C{run_results})."""
+        results = self.results
+        end = first + len(values)
+        if len(results) < end:
+            results.extend([None] * (end - len(results)))
+        results[first:end] = values
 
     def _one(self, index, outcome):
         if outcome[0] != OK:

@@ -65,18 +65,46 @@ def decode_outcome(blob):
     return _decoded(serialize.loads(blob))
 
 
-def encode_outcomes(outcomes):
-    """Pickle a list of outcomes (of a group's tasks) in one go; what cannot be pickled becomes an error."""
-    plain = [plain_outcome(o) for o in outcomes]
+def encode_group_outcomes(values, bad):
+    """
+    Pickle the outcomes of consecutive tasks of a group in one go: C{values}
+    their results (None for a task that did not succeed) and C{bad}
+    C{{position: outcome}} of those that did not; no outcome tuple per task.
+    A result that cannot be pickled becomes an error.
+    """
+    plain = {i: plain_outcome(o) for i, o in bad.items()}
     try:
-        return serialize.dumps(plain, "task results")
+        return serialize.dumps((values, plain), "task results")
     except PicklingError:
-        return serialize.dumps([serialize.loads(encode_outcome(o)) for o in outcomes], "task results")
+        kept = []
+        for i, value in enumerate(values):
+            if i not in plain:
+                try:
+                    serialize.dumps(value, "task result")
+                except PicklingError as e:
+                    plain[i] = plain_outcome(error_outcome(e))
+                    value = None
+            kept.append(value)
+        return serialize.dumps((kept, plain), "task results")
 
 
-def decode_outcomes(blob):
-    """Inverse of L{encode_outcomes}."""
-    return [_decoded(o) for o in serialize.loads(blob)]
+def group_failed(count, outcome):
+    """L{encode_group_outcomes} of C{count} tasks that all end with the plain C{outcome}."""
+    return serialize.dumps(([None] * count, dict.fromkeys(range(count), outcome)), "outcomes")
+
+
+def decode_group_outcomes(blob):
+    """Inverse of L{encode_group_outcomes}: C{(values, {position: outcome})}."""
+    values, bad = serialize.loads(blob)
+    if not isinstance(values, list) or not isinstance(bad, dict):
+        raise TypeError("not the outcomes of a group")
+    return values, {i: _decoded(o) for i, o in bad.items()}
+
+
+def group_outcome(values, bad, i):
+    """The outcome of task C{i} of what L{decode_group_outcomes} gave."""
+    outcome = bad.get(i) if bad else None
+    return (OK, values[i]) if outcome is None else outcome
 
 
 def outcome_result(outcome, task=None):

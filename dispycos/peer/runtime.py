@@ -19,7 +19,7 @@ from dispycos.errors import ComputationClosed, ConnectionLostError, DispycosErro
 from dispycos.metrics import Counts
 from dispycos.peer.connection import INLINE_LIMIT, PeerAMP
 from dispycos.peer.messaging import Messaging
-from dispycos.peer.outcomes import ABANDONED, OK, decode_outcome, decode_outcomes, encode_outcome, error_outcome
+from dispycos.peer.outcomes import ABANDONED, OK, decode_group_outcomes, decode_outcome, encode_outcome, error_outcome
 from dispycos.protocol import commands
 from dispycos.protocol.batching import FlushGroup
 from dispycos.protocol.streams import send_blob
@@ -473,11 +473,11 @@ class Runtime(Messaging):
         if group is None:
             return
         try:
-            outcomes = decode_outcomes(blob)
+            values, bad = decode_group_outcomes(blob)
         except Exception as e:
             group.abandoned((ABANDONED, "outcomes could not be unpickled: %r" % (e,)))
             return
-        group.outcomes(start, outcomes, seconds)
+        group.outcomes(start, values, bad, seconds)
 
     def _settle(self, rtask, outcome):
         self.remote.pop(rtask.tid, None)

@@ -19,8 +19,8 @@ from twisted.python.failure import Failure
 from dispycos import config
 from dispycos.errors import ConnectionLostError, MailboxFull, TaskTerminated, TimeoutError, UnknownTaskError
 from dispycos.peer.channels import ChannelRef
-from dispycos.peer.outcomes import (ABANDONED, ERROR, OK, TERMINATED, decode_outcome, decode_outcomes, encode_outcome,
-                                    encode_outcomes, error_outcome, outcome_result, plain_outcome)
+from dispycos.peer.outcomes import (ABANDONED, ERROR, OK, TERMINATED, decode_group_outcomes, decode_outcome,
+                                    encode_group_outcomes, encode_outcome, error_outcome, outcome_result, plain_outcome)
 from dispycos.peer.programs import start_program
 from dispycos.peer.reactorthread import blocking_in_thread, in_worker_thread, oneway_in_thread, with_timeout
 from dispycos.peer.refs import RemoteTask, TaskRef, _TaskAPI
@@ -31,7 +31,7 @@ from dispycos.protocol.streams import send_file
 log = Logger()
 
 __all__ = ["Task", "TaskRef", "RemoteTask", "TimeoutError", "OK", "ERROR", "TERMINATED", "ABANDONED",
-           "decode_outcome", "decode_outcomes", "encode_outcome", "encode_outcomes", "error_outcome",
+           "decode_outcome", "decode_group_outcomes", "encode_outcome", "encode_group_outcomes", "error_outcome",
            "outcome_result", "plain_outcome", "blocking_in_thread", "oneway_in_thread", "in_worker_thread",
            "with_timeout"]
 

@@ -23,7 +23,7 @@ from twisted.protocols import amp
 from dispycos import serialize
 from dispycos.errors import DispycosError, SetupError
 from dispycos.logs import start_logging
-from dispycos.peer.outcomes import error_outcome, plain_outcome
+from dispycos.peer.outcomes import error_outcome, group_failed, plain_outcome
 from dispycos.peer.reactorthread import in_worker_thread
 from dispycos.peer.registry import set_runtime
 from dispycos.peer.runtime import Runtime
@@ -285,9 +285,13 @@ class Server:
         self.starter.enqueue(task)
 
     def create_group(self, proto, tid, count, calls):
-        """Create the C{count} tasks of a group (a map's batch) from their pickled C{(function, [args, ...])}."""
+        """
+        Create the C{count} tasks of a group (a map's batch) from their
+        pickled C{(function, [args, ...], single)}: with C{single}, each
+        item of the list is the one argument of its task.
+        """
         try:
-            ref, arglist = serialize.loads(calls)
+            ref, arglist, single = serialize.loads(calls)
             if len(arglist) != count:
                 raise DispycosError("a group of %d tasks came with %d calls" % (count, len(arglist)))
             fn = resolve_function(self, proto, ref)
@@ -299,11 +303,10 @@ class Server:
             self.runtime.log.warn("group {tid} from {peer} not created: {e}", tid=tid, peer=proto._peer(), e=e)
             # One error for every task of the group (pickled once: the same object).
             failed = plain_outcome(error_outcome(e, ""))
-            proto.queue_call(commands.GroupEnded, task=tid, start=0,
-                             outcomes=serialize.dumps([failed] * count, "outcomes"))
+            proto.queue_call(commands.GroupEnded, task=tid, start=0, outcomes=group_failed(count, failed))
             return
         self.runtime.counts.tasks_started += count
-        group = ServerGroup(self, proto, tid, fn, arglist)
+        group = ServerGroup(self, proto, tid, fn, arglist, single)
         if self.output is not None:
             group.sink = self.output.sink(proto, getattr(fn, "__name__", "task"))
         self.starter.enqueue(group)

@@ -23,7 +23,7 @@ from twisted.python.failure import Failure
 from dispycos import serialize
 from dispycos.errors import DispycosError, TaskTerminated
 from dispycos.peer.connection import INLINE_LIMIT
-from dispycos.peer.outcomes import OK, TERMINATED, encode_outcome, encode_outcomes, error_outcome
+from dispycos.peer.outcomes import OK, TERMINATED, encode_group_outcomes, encode_outcome, error_outcome
 from dispycos.peer.runner import _async_raise, _Runner, _SinkRunner
 from dispycos.peer.tasks import Task, _wants_task
 from dispycos.protocol import commands
@@ -124,7 +124,7 @@ class ServerGroup:
 
     log = Logger()
 
-    def __init__(self, server, proto, tid, fn, calls):
+    def __init__(self, server, proto, tid, fn, calls, single=False):
         self.server = server
         self.runtime = server.runtime
         self.reactor = server.reactor
@@ -132,9 +132,14 @@ class ServerGroup:
         self.tid = tid
         self.fn = fn
         self.calls = calls
+        #: Each of C{calls} is its task's one argument (else its argument tuple).
+        self.single = single
         self.count = len(calls)
         self.index = 0
+        #: The results of its tasks that ended, in order (None where one did not succeed) ...
         self.outcomes = []
+        #: ... and the outcomes of those: {index: outcome}.
+        self.bad = {}
         self.reported = 0
         self.terminating = False
         self.current = None
@@ -170,10 +175,11 @@ class ServerGroup:
 
     def _call(self, i):
         """Call the function for task C{i}: its generator, coroutine or result, and its lazy task (or None)."""
+        args = self.calls[i]
         if self.wants_task:
             lazy = _LazyTask(self, self.tid + i)
-            return self.fn(*self.calls[i], task=lazy), lazy
-        return self.fn(*self.calls[i]), None
+            return (self.fn(args, task=lazy) if self.single else self.fn(*args, task=lazy)), lazy
+        return (self.fn(args) if self.single else self.fn(*args)), None
 
     @staticmethod
     def _ended(lazy, outcome):
@@ -213,7 +219,9 @@ class ServerGroup:
             it, lazy = self._call(i)
             y = it.send(None)
         except StopIteration as e:  # the common case: ended without waiting
-            self._item_ended(lazy, (OK, e.value))
+            self.outcomes.append(e.value)  # (no outcome tuple per task)
+            if lazy is not None and lazy._task is not None:
+                lazy._task._done((OK, e.value))
             return True
         except TaskTerminated:
             self._item_ended(lazy, (TERMINATED, None))
@@ -233,10 +241,16 @@ class ServerGroup:
         return self.current is None
 
     def _item_ended(self, lazy, outcome):
-        self.outcomes.append(outcome)
-        if outcome[0] is not OK:
-            self._count_bad(outcome)
+        self._add(outcome)
         self._ended(lazy, outcome)
+
+    def _add(self, outcome):
+        if outcome[0] is OK:
+            self.outcomes.append(outcome[1])
+        else:
+            self.bad[len(self.outcomes)] = outcome
+            self.outcomes.append(None)
+            self._count_bad(outcome)
 
     def _count_bad(self, outcome):
         if outcome[0] == TERMINATED:
@@ -255,7 +269,7 @@ class ServerGroup:
 
     def _in_thread(self):
         self.thread = threading.get_ident()
-        outcomes = self.outcomes
+        add = self._add
         last = time.monotonic()
         sink = self.sink
         if sink is not None:
@@ -273,9 +287,7 @@ class ServerGroup:
                     outcome = (TERMINATED, None)
                 except BaseException as e:
                     outcome = (TERMINATED, None) if self.terminating else error_outcome(e)
-                outcomes.append(outcome)
-                if outcome[0] is not OK:
-                    self._count_bad(outcome)
+                add(outcome)
                 if lazy is not None and lazy._task is not None:
                     self.reactor.callFromThread(lazy._task._done, outcome)
                 now = time.monotonic()
@@ -301,21 +313,26 @@ class ServerGroup:
         if end <= self.reported or not self.proto.connected:
             return
         start, self.reported = self.reported, end
-        self._send(start, self.outcomes[start:end])
+        bad = {}
+        if self.bad:
+            for i in [i for i in list(self.bad) if start <= i < end]:  # (a worker thread may add to it)
+                bad[i - start] = self.bad.pop(i)
+        self._send(start, self.outcomes[start:end], bad)
         for i in range(start, end):
             self.outcomes[i] = None  # sent: let the values go
 
-    def _send(self, start, outcomes):
-        blob = encode_outcomes(outcomes)
+    def _send(self, start, values, bad):
+        blob = encode_group_outcomes(values, bad)
         if len(blob) <= INLINE_LIMIT:
             self.proto.queue_call(commands.GroupEnded, task=self.tid, start=start, outcomes=blob,
                                   seconds=time.monotonic() - self.started_at if self.started_at else None)
-        elif len(outcomes) > 1:
-            half = len(outcomes) // 2
-            self._send(start, outcomes[:half])
-            self._send(start + half, outcomes[half:])
+        elif len(values) > 1:
+            half = len(values) // 2
+            self._send(start, values[:half], {i: o for i, o in bad.items() if i < half})
+            self._send(start + half, values[half:], {i - half: o for i, o in bad.items() if i >= half})
         else:  # one large result: streamed, as a task's own
-            self.runtime.send_outcome(self.proto, self.tid + start, encode_outcome(outcomes[0]))
+            outcome = bad.get(0) or (OK, values[0])
+            self.runtime.send_outcome(self.proto, self.tid + start, encode_outcome(outcome))
 
     def _finish(self):
         if self.ended:
@@ -323,7 +340,8 @@ class ServerGroup:
         # What was never run (terminated) ends as terminated.
         never = self.count - len(self.outcomes)
         while len(self.outcomes) < self.count:
-            self.outcomes.append((TERMINATED, None))
+            self.bad[len(self.outcomes)] = (TERMINATED, None)
+            self.outcomes.append(None)
         self.ended = True
         counts = self.runtime.counts
         counts.tasks_ended += self.count
@@ -332,6 +350,7 @@ class ServerGroup:
         self._report()
         self.runtime.groups.pop(self.tid, None)
         self.calls = self.outcomes = ()
+        self.bad = {}
         waiters, self._waiters = self._waiters, []
         for d in waiters:
             d.callback(None)

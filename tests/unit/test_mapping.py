@@ -5,6 +5,7 @@ connection.
 """
 
 import itertools
+import threading
 
 import pytest
 from twisted.internet import defer
@@ -12,8 +13,10 @@ from twisted.internet.task import Clock
 
 from dispycos.client.groups import FIRST_BATCH, OVERHEAD_WINDOW, PROBE_SECONDS, BatchSizer
 from dispycos.client.mapping import MapRun
+from dispycos.errors import RemoteTaskError
 from dispycos.metrics import Counts
-from dispycos.peer.outcomes import OK
+from dispycos.peer.outcomes import (ERROR, OK, TERMINATED, decode_group_outcomes, encode_group_outcomes,
+                                    error_outcome, group_outcome)
 
 from .placefakes import Placer
 
@@ -66,7 +69,7 @@ def cluster(nodes, servers):
 
 def finish(group, per_task=2e-6):
     """Every outcome of C{group} comes back, its tasks having run C{per_task} seconds each."""
-    group.outcomes(0, [(OK, group.index(i)) for i in range(group.count)], per_task * group.count)
+    group.outcomes(0, [group.index(i) for i in range(group.count)], {}, per_task * group.count)
 
 
 def finish_all(comp, run):
@@ -163,3 +166,35 @@ def test_a_batch_whose_outcomes_waited_does_not_make_every_batch_look_costly():
     for _ in range(OVERHEAD_WINDOW):  # ... and when every batch waits, that is what a batch costs
         sizer.observe(4096, 0.026, 0.006)
     assert sizer.overhead == pytest.approx(0.02)
+
+
+# -- a group's outcomes ----------------------------------------------------------
+
+
+def test_a_groups_outcomes_travel_as_its_results_and_those_that_did_not_succeed():
+    blob = encode_group_outcomes([1, None, 3, None], {1: error_outcome(ValueError("bad 1")), 3: (TERMINATED, None)})
+    values, bad = decode_group_outcomes(blob)
+    assert values == [1, None, 3, None] and set(bad) == {1, 3}
+    kind, (name, text, _tb, exc) = bad[1]
+    assert (kind, name, text) == (ERROR, "ValueError", "bad 1") and isinstance(exc, ValueError)
+    assert [group_outcome(values, bad, i)[0] for i in range(4)] == [OK, ERROR, OK, TERMINATED]
+
+
+def test_a_result_that_cannot_be_pickled_becomes_that_tasks_error():
+    values, bad = decode_group_outcomes(encode_group_outcomes([1, threading.Lock(), 3], {}))
+    assert values == [1, None, 3] and list(bad) == [1] and bad[1][0] == ERROR
+
+
+def test_a_task_that_failed_fails_run_results_and_the_rest_are_terminated():
+    comp = cluster(1, 2)
+    run = MapRun(comp, noop, range(1000), collect=True)
+    d = run.result()
+    first = comp.runtime.sent[0]
+    values = [first.index(i) for i in range(first.count)]
+    values[5] = None
+    first.outcomes(0, values, {5: error_outcome(ZeroDivisionError("boom"))}, 1e-6)
+    assert d.called
+    failure = d.result
+    d.addErrback(lambda f: None)
+    assert isinstance(failure.value, RemoteTaskError) and "boom" in str(failure.value)
+    assert run.closed and comp._counts.tasks_failed == 1

@@ -172,6 +172,10 @@ async def test_map_in_order_and_unordered_with_bounded_memory(node):
             count += 1
         assert count == n and seen.count(1) == n  # each exactly once
         assert await comp.run_results(noop, [(i,) for i in range(1000)]) == list(range(1000))
+        # A tuple item is the argument list, anything else the one argument
+        # (a batch without tuples travels as its items): mixed, and without.
+        assert await comp.run_results(noop, [[1, 2], "s", (3,), ((4, 5),), None]) == [[1, 2], "s", 3, (4, 5), None]
+        assert await comp.run_results(noop, [[i] for i in range(300)]) == [[i] for i in range(300)]
 
 
 @pytest_twisted.ensureDeferred

@@ -99,14 +99,20 @@ class BatchSizer:
             return 1
         return max(1, int(4 * self.overhead / max(self.per_task, 1e-7)))
 
-    def observe(self, count, seconds, ran=None):
+    def observe(self, count, seconds, ran=None, first=None):
         """
         A batch of C{count} tasks took C{seconds} from sending to its last
-        outcome, its tasks C{ran} seconds on their server (None: unknown).
+        outcome, its tasks C{ran} seconds on their server (None: unknown),
+        the first of them C{first}. What a task takes is measured without
+        the first, which also pays for what runs once (a fresh server's
+        first task costs about a millisecond of page copies; a function may
+        import on its first call).
         """
         count = max(count, 1)
         if ran is None or ran > seconds:
             ran = seconds
+        if first is not None and count > 1 and 0 <= first < ran:
+            ran = (ran - first) * count / (count - 1)  # as if every task took what the others took
         self.per_task = ran / count
         self._overheads.append(seconds - ran)
         self.overhead = min(self._overheads)
@@ -128,7 +134,7 @@ class RemoteGroup:
     """
 
     __slots__ = ("mapper", "entry", "location", "tid", "count", "first", "received", "sent_at", "infos", "ran",
-                 "calls", "indices", "attempts", "faulty", "timed_out", "lost_seen", "watch")
+                 "calls", "indices", "attempts", "faulty", "timed_out", "lost_seen", "watch", "first_ran")
 
     def __init__(self, mapper, entry, tid, count, first, infos=None, calls=None, indices=None, attempts=None):
         self.mapper = mapper
@@ -140,8 +146,9 @@ class RemoteGroup:
         self.received = 0
         self.sent_at = time.monotonic()
         self.infos = infos
-        #: Seconds its tasks held their server so far (as the server reports).
+        #: Seconds its tasks held their server so far, and its first task (as the server reports).
         self.ran = None
+        self.first_ran = None
         self.calls = calls
         self.indices = indices
         self.attempts = attempts
@@ -158,13 +165,16 @@ class RemoteGroup:
         indices = self.indices
         return self.first + pos if indices is None else indices[pos]
 
-    def outcomes(self, start, values, bad, seconds=None):
+    def outcomes(self, start, values, bad, seconds=None, first=None):
         """
         Outcomes of its tasks C{start}...: their results C{values} (None
-        where one did not succeed) and C{bad} C{{position: outcome}} of those.
+        where one did not succeed) and C{bad} C{{position: outcome}} of those;
+        C{seconds} its tasks ran so far, C{first} its first task.
         """
         if seconds is not None:
             self.ran = seconds
+        if first is not None:
+            self.first_ran = first
         self.mapper._outcomes(self, start, values, bad)
 
     def abandoned(self, outcome):

@@ -353,7 +353,7 @@ class MapRun:
             group.watch = None
         group.calls = None
         if not group.faulty:
-            self.sizer.observe(group.count, time.monotonic() - group.sent_at, group.ran)
+            self.sizer.observe(group.count, time.monotonic() - group.sent_at, group.ran, group.first_ran)
         self._fill()
 
     # -- retries and timeouts --------------------------------------------------------

@@ -121,8 +121,8 @@ class PeerAMP(CountedConnection, StreamingAMP):
         return {}
 
     @commands.GroupEnded.responder
-    def _group_ended(self, task, start, outcomes, seconds=None):
-        self.runtime.group_outcomes(task, start, outcomes, seconds)
+    def _group_ended(self, task, start, outcomes, seconds=None, first=None):
+        self.runtime.group_outcomes(task, start, outcomes, seconds, first)
         return {}
 
     @batch_responder(commands.Messages)

@@ -468,7 +468,7 @@ class Runtime(Messaging):
             outcome = (ABANDONED, "outcome could not be unpickled: %r" % (e,))
         self._settle(rt, outcome)
 
-    def group_outcomes(self, tid, start, blob, seconds=None):
+    def group_outcomes(self, tid, start, blob, seconds=None, first=None):
         group = self.remote_groups.get(tid)
         if group is None:
             return
@@ -477,7 +477,7 @@ class Runtime(Messaging):
         except Exception as e:
             group.abandoned((ABANDONED, "outcomes could not be unpickled: %r" % (e,)))
             return
-        group.outcomes(start, values, bad, seconds)
+        group.outcomes(start, values, bad, seconds, first)
 
     def _settle(self, rtask, outcome):
         self.remote.pop(rtask.tid, None)

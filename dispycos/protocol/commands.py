@@ -206,12 +206,14 @@ class RunGroup(amp.Command):
 class GroupEnded(amp.Command):
     """
     One-way: the pickled outcomes of tasks C{task + start} ... of group
-    C{task}, in order; C{seconds}: how long the group's tasks ran so far (the
-    creator sizes its batches from it).
+    C{task}, in order; C{seconds}: how long the group's tasks ran so far,
+    C{first}: how long its first task ran (which also paid for whatever
+    runs once: a fresh server's first pages, the function's first call). The
+    creator sizes its batches from them.
     """
 
     arguments = [(b"task", amp.Integer()), (b"start", amp.Integer()), (b"outcomes", BigBytes()),
-                 (b"seconds", amp.Float(optional=True))]
+                 (b"seconds", amp.Float(optional=True)), (b"first", amp.Float(optional=True))]
     requiresAnswer = False
 
 

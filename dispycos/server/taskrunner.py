@@ -152,8 +152,10 @@ class ServerGroup:
         self.terminated = 0
         #: Where its tasks' prints go (a L{dispycos.peer.output.Sink}: forward_output), or None.
         self.sink = None
-        #: When its first task started (how long it has held its server tells its creator how to size batches).
+        #: When its first task started (how long it has held its server tells its creator how to size batches),
+        #: and how long that task ran (when it ended without waiting).
         self.started_at = None
+        self.first_seconds = None
         self.on_reactor = inspect.isgeneratorfunction(fn) or inspect.iscoroutinefunction(fn)
         self.coroutine = inspect.iscoroutinefunction(fn)
         self.wants_task = _wants_task(fn)
@@ -206,6 +208,8 @@ class ServerGroup:
             self.index += 1
             if not self._run_one(i):
                 return  # it waits: its end goes on
+            if not i:
+                self.first_seconds = time.monotonic() - self.started_at
             if time.monotonic() > deadline and self.index < self.count:
                 self._report()
                 self.server.starter.later(self._loop)
@@ -291,6 +295,8 @@ class ServerGroup:
                 if lazy is not None and lazy._task is not None:
                     self.reactor.callFromThread(lazy._task._done, outcome)
                 now = time.monotonic()
+                if not i:
+                    self.first_seconds = now - self.started_at
                 if now - last > REPORT_EVERY:
                     last = now
                     self.reactor.callFromThread(self._report)
@@ -325,7 +331,8 @@ class ServerGroup:
         blob = encode_group_outcomes(values, bad)
         if len(blob) <= INLINE_LIMIT:
             self.proto.queue_call(commands.GroupEnded, task=self.tid, start=start, outcomes=blob,
-                                  seconds=time.monotonic() - self.started_at if self.started_at else None)
+                                  seconds=time.monotonic() - self.started_at if self.started_at else None,
+                                  first=self.first_seconds)
         elif len(values) > 1:
             half = len(values) // 2
             self._send(start, values[:half], {i: o for i, o in bad.items() if i < half})

@@ -198,3 +198,17 @@ def test_a_task_that_failed_fails_run_results_and_the_rest_are_terminated():
     d.addErrback(lambda f: None)
     assert isinstance(failure.value, RemoteTaskError) and "boom" in str(failure.value)
     assert run.closed and comp._counts.tasks_failed == 1
+
+
+def test_what_a_task_takes_is_measured_without_the_first_of_its_batch():
+    sizer = BatchSizer(target=0.05)
+    sizer.size = 64
+    # A fresh server: its first task took 1 ms (page copies), the other 63 took 63 us.
+    sizer.observe(64, 0.0015, 0.001063, first=0.001)
+    assert sizer.per_task == pytest.approx(1e-6)
+    assert sizer.overhead == pytest.approx(0.0015 - 64e-6)  # the first task's extra cost counts as the batch's
+    assert sizer.size == 64 * 64  # not the 3,000 that 16.6 us a task would have made
+    plain = BatchSizer(target=0.05)
+    plain.size = 64
+    plain.observe(64, 0.0015, 0.001063)
+    assert plain.per_task == pytest.approx(0.001063 / 64)

@@ -224,8 +224,8 @@ class ServerGroup:
             y = it.send(None)
         except StopIteration as e:  # the common case: ended without waiting
             self.outcomes.append(e.value)  # (no outcome tuple per task)
-            if lazy is not None and lazy._task is not None:
-                lazy._task._done((OK, e.value))
+            if lazy is not None:
+                self._ended(lazy, (OK, e.value))
             return True
         except TaskTerminated:
             self._item_ended(lazy, (TERMINATED, None))
